@@ -1,0 +1,152 @@
+"""Every coordinate conversion of rwth-sam, in one place.
+
+Three frames meet here:
+- world: napari's canvas coordinates (layer scale and translate applied), in the viewer's axes;
+- data: index coordinates of the image array, pixel centres at integers;
+- slice: the 2D slice the user sees, as SAM wants it: x is the column, y the row.
+
+A ``SlicePlane`` is one 2D slice of a 2D or 3D array oriented as on screen: its rows run along
+``row_axis`` and its columns along ``col_axis``, so any of a volume's three axes can be the sliced
+one. This module is the only place where (row, col) becomes (x, y).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """How a layer's data sits in the world: per-axis scale and translate (napari's convention)."""
+
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+
+    @classmethod
+    def identity(cls, ndim: int) -> LayerGeometry:
+        return cls((1.0,) * ndim, (0.0,) * ndim)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.scale)
+
+    def world_to_data(self, world_point: Sequence[float]) -> np.ndarray:
+        """The layer's data coordinates of a world point (which may have more, leading, axes)."""
+        world = np.asarray(world_point, dtype=np.float64)[-self.ndim :]
+        return (world - np.asarray(self.translate)) / np.asarray(self.scale)
+
+    def data_to_world(self, data_point: Sequence[float]) -> np.ndarray:
+        return np.asarray(data_point, dtype=np.float64) * np.asarray(self.scale) + np.asarray(self.translate)
+
+
+@dataclass(frozen=True)
+class SlicePlane:
+    """One 2D slice of a 2D or 3D array, oriented as displayed."""
+
+    shape: tuple[int, ...]
+    row_axis: int
+    col_axis: int
+    axis: int | None = None
+    index: int | None = None
+
+    def __post_init__(self):
+        ndim = len(self.shape)
+        if ndim not in (2, 3):
+            raise InputError(f"rwth-sam segments 2D images and 3D volumes, not {ndim}D data {self.shape}.")
+        axes = {self.row_axis, self.col_axis, self.axis} - {None}
+        if len(axes) != ndim or not axes <= set(range(ndim)):
+            raise InputError(f"Axes rows={self.row_axis}, cols={self.col_axis}, sliced={self.axis} do not fit {ndim}D data.")
+        if ndim == 3 and not 0 <= self.index < self.shape[self.axis]:
+            raise InputError(f"Slice {self.index} is outside the volume (axis {self.axis} has {self.shape[self.axis]} slices).")
+
+    @classmethod
+    def of(cls, shape: Sequence[int], axis: int | None = None, index: int | None = None) -> SlicePlane:
+        """The plane at ``index`` along ``axis`` (None for 2D), rows and columns in array order."""
+        shape = tuple(int(s) for s in shape)
+        rest = [a for a in range(len(shape)) if a != axis]
+        return cls(shape, rest[0], rest[1], axis, index)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the slice as displayed."""
+        return self.shape[self.row_axis], self.shape[self.col_axis]
+
+    @property
+    def _transposed(self) -> bool:
+        return self.row_axis > self.col_axis
+
+    def _index(self) -> tuple:
+        return tuple(self.index if a == self.axis else slice(None) for a in range(len(self.shape)))
+
+    def take(self, array: np.ndarray) -> np.ndarray:
+        """This slice of ``array`` (spatial axes first, optional trailing channel axis), as displayed.
+
+        For numpy arrays the result is a view, so writing into it writes into ``array``.
+        """
+        if tuple(array.shape[: len(self.shape)]) != self.shape:
+            raise InputError(f"Array of shape {array.shape} does not match the image's shape {self.shape}.")
+        section = array[self._index()]
+        return np.swapaxes(section, 0, 1) if self._transposed else section
+
+    def write(self, labels: np.ndarray, mask: np.ndarray, value: int) -> None:
+        """Set ``labels`` to ``value`` where the (H, W) slice ``mask`` is true."""
+        view = self.take(labels)
+        if mask.shape != view.shape:
+            raise InputError(f"Mask of shape {mask.shape} does not match the slice's shape {view.shape}.")
+        view[mask] = value
+
+    def slice_to_data(self, x: float, y: float) -> np.ndarray:
+        point = np.zeros(len(self.shape))
+        point[self.col_axis], point[self.row_axis] = x, y
+        if self.axis is not None:
+            point[self.axis] = self.index
+        return point
+
+    def data_to_slice(self, data_point: Sequence[float]) -> tuple[float, float]:
+        """(x, y) of a data point's projection onto this plane."""
+        return float(data_point[self.col_axis]), float(data_point[self.row_axis])
+
+    def contains(self, x: float, y: float) -> bool:
+        height, width = self.size
+        return -0.5 <= x < width - 0.5 and -0.5 <= y < height - 0.5
+
+    def box_corners(self, box: Sequence[float]) -> np.ndarray:
+        """The four data-space corners of an (x0, y0, x1, y1) box, for drawing it as a rectangle."""
+        x0, y0, x1, y1 = box
+        return np.array([self.slice_to_data(x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))])
+
+
+def plane_at(
+    world_point: Sequence[float],
+    displayed_world_axes: Sequence[int],
+    geometry: LayerGeometry,
+    shape: Sequence[int],
+) -> tuple[SlicePlane, float, float]:
+    """The displayed slice under a world point, and the point's (x, y) on it.
+
+    ``displayed_world_axes`` are the viewer's displayed axes, rows first (napari's ``dims.displayed``);
+    the layer's axes are the last ``len(shape)`` world axes.
+    """
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    if len(displayed_world_axes) != 2:
+        raise InputError("Switch the viewer to 2D display to segment (3D rendering has no slice to prompt on).")
+    offset = len(world_point) - ndim
+    row_axis, col_axis = (a - offset for a in displayed_world_axes)
+    if min(row_axis, col_axis) < 0:
+        raise InputError("The image's axes are not the displayed ones; show the image's last axes in the viewer.")
+    data = geometry.world_to_data(world_point)
+    axis = index = None
+    if ndim == 3:
+        (axis,) = set(range(3)) - {row_axis, col_axis}
+        index = int(np.round(data[axis]))
+        if not 0 <= index < shape[axis]:
+            raise InputError(f"The current slice ({index}) is outside the image along axis {axis}.")
+    plane = SlicePlane(shape, row_axis, col_axis, axis, index)
+    x, y = plane.data_to_slice(data)
+    return plane, x, y

@@ -1,0 +1,44 @@
+"""Which torch device a model runs on: CUDA, then Apple MPS, then CPU, unless the user says otherwise."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .errors import InputError
+
+
+def available_devices() -> list[str]:
+    """Devices this machine can run a model on, best first."""
+    devices = []
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    devices.append("cpu")
+    return devices
+
+
+def default_device() -> str:
+    return available_devices()[0]
+
+
+def resolve_device(name: str | torch.device | None = None) -> torch.device:
+    """Turn a user's choice (or None for the default) into a device, refusing one this machine lacks."""
+    if name is None or name == "auto":
+        return torch.device(default_device())
+    device = torch.device(name)
+    if device.type not in available_devices():
+        raise InputError(
+            f"Device '{name}' is not available here; choose one of: {', '.join(available_devices())}."
+        )
+    return device
+
+
+def warn_mps_fallback(error: Exception) -> None:
+    warnings.warn(
+        f"An operation is not supported on Apple MPS ({error}); running this model on the CPU instead.",
+        RuntimeWarning,
+        stacklevel=3,
+    )

@@ -1,0 +1,194 @@
+"""The interface every model family implements: embed a 2D slice once, then predict from prompts.
+
+Embeddings are plain values (not predictor state), so they can be cached per slice and reused.
+Prompts are in slice pixels: x is the column, y the row, pixel centres at integers.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..device import warn_mps_fallback
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Points (x, y) with labels (1 positive, 0 negative), an optional box and previous mask logits."""
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int32))
+    box: np.ndarray | None = None
+    mask_logits: np.ndarray | None = None
+
+    @classmethod
+    def make(cls, points=None, labels=None, box=None, mask_logits=None) -> Prompts:
+        """Validate and normalise user input into arrays of the right shapes and dtypes."""
+        points = np.zeros((0, 2)) if points is None else np.asarray(points, dtype=np.float64)
+        points = points.reshape(-1, 2) if points.size else np.zeros((0, 2))
+        labels = np.ones(len(points)) if labels is None else np.asarray(labels).reshape(-1)
+        if len(labels) != len(points):
+            raise InputError(f"{len(points)} points but {len(labels)} labels.")
+        if not np.isin(labels, (0, 1)).all():
+            raise InputError("Point labels must be 1 (positive) or 0 (negative).")
+        if box is not None:
+            box = np.asarray(box, dtype=np.float64).reshape(-1)
+            if box.shape != (4,):
+                raise InputError("A box is (x0, y0, x1, y1).")
+            box = np.array([min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])])
+        if mask_logits is not None:
+            mask_logits = np.asarray(mask_logits, dtype=np.float32)
+            mask_logits = mask_logits.reshape((1,) + mask_logits.shape[-2:])
+        if not np.isfinite(points).all() or (box is not None and not np.isfinite(box).all()):
+            raise InputError("Prompt coordinates must be finite numbers.")
+        if len(points) == 0 and box is None:
+            raise InputError("Add a point or a box first: there is no prompt to segment from.")
+        return cls(points.astype(np.float32), labels.astype(np.int32), box, mask_logits)
+
+    @property
+    def is_ambiguous(self) -> bool:
+        """A lone point is ambiguous (part, object or whole?): ask for several masks and keep the best."""
+        return len(self.points) == 1 and self.box is None and self.mask_logits is None
+
+
+@dataclass
+class Embedding:
+    """A slice's image features, as the model family needs them, with the slice's size."""
+
+    features: Any
+    image_size: tuple[int, int]
+    model_name: str
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in _tensors(self.features))
+
+    def to(self, device: torch.device) -> Embedding:
+        return Embedding(_move(self.features, device), self.image_size, self.model_name)
+
+
+@dataclass
+class Prediction:
+    """Masks at slice size, their predicted IoU scores and their low-resolution logits (for refinement)."""
+
+    masks: np.ndarray  # (K, H, W) bool
+    scores: np.ndarray  # (K,)
+    logits: np.ndarray  # (K, 256, 256) float32
+
+    @property
+    def best(self) -> int:
+        return int(np.argmax(self.scores))
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.masks[self.best]
+
+    @property
+    def best_logits(self) -> np.ndarray:
+        return self.logits[self.best : self.best + 1]
+
+
+class Predictor(ABC):
+    """A Segment Anything model ready to embed slices and answer prompts.
+
+    Subclasses implement ``_embed`` and ``_predict``; this class handles devices (and the fall back
+    from Apple MPS to the CPU when an operation is missing there) and input checks.
+    """
+
+    def __init__(self, model: torch.nn.Module, name: str, device: torch.device):
+        self.model = model
+        self.name = name
+        self.device = device
+
+    @property
+    @abstractmethod
+    def input_size(self) -> int:
+        """Side of the square the encoder sees (1024 for SAM)."""
+
+    @abstractmethod
+    def _embed(self, rgb: np.ndarray) -> Embedding: ...
+
+    @abstractmethod
+    def _predict(self, embedding: Embedding, prompts: Prompts, multimask: bool, all_masks: bool) -> Prediction: ...
+
+    def embed(self, rgb: np.ndarray) -> Embedding:
+        """Encode an (H, W, 3) uint8 RGB slice."""
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise InputError(f"The encoder takes an (H, W, 3) uint8 RGB image, not {rgb.shape} {rgb.dtype}.")
+        if min(rgb.shape[:2]) < 2:
+            raise InputError(f"A slice of {rgb.shape[0]}x{rgb.shape[1]} pixels is too small to segment.")
+        return self._with_mps_fallback(lambda: self._embed(np.ascontiguousarray(rgb)))
+
+    def predict(
+        self,
+        embedding: Embedding,
+        prompts: Prompts,
+        multimask: bool | None = None,
+        all_masks: bool = False,
+    ) -> Prediction:
+        """Masks for prompts on an embedded slice.
+
+        ``multimask`` (default: only for a lone point) asks the decoder for three candidates.
+        Only the best one is upsampled to slice size unless ``all_masks`` is set, which is what
+        makes a click fast: upstream upsamples every candidate.
+        """
+        if embedding.model_name != self.name:
+            raise InputError(f"This embedding was made by {embedding.model_name}, not {self.name}.")
+        multimask = prompts.is_ambiguous if multimask is None else multimask
+        return self._with_mps_fallback(
+            lambda: self._predict(embedding.to(self.device), prompts, multimask, all_masks)
+        )
+
+    def _with_mps_fallback(self, operation):
+        with torch.inference_mode():
+            try:
+                return operation()
+            except (NotImplementedError, RuntimeError) as error:
+                if self.device.type != "mps":
+                    raise
+                warn_mps_fallback(error)
+                self.device = torch.device("cpu")
+                self.model.to(self.device)
+                return operation()
+
+
+def _tensors(features):
+    if isinstance(features, torch.Tensor):
+        yield features
+    elif isinstance(features, dict):
+        for value in features.values():
+            yield from _tensors(value)
+    elif isinstance(features, (list, tuple)):
+        for value in features:
+            yield from _tensors(value)
+
+
+def _move(features, device):
+    if isinstance(features, torch.Tensor):
+        return features.to(device)
+    if isinstance(features, dict):
+        return {key: _move(value, device) for key, value in features.items()}
+    if isinstance(features, (list, tuple)):
+        return type(features)(_move(value, device) for value in features)
+    return features
+
+
+def select_candidates(low_res: torch.Tensor, scores: torch.Tensor, all_masks: bool) -> torch.Tensor:
+    """Indices of the decoder's candidates to upsample: all, or only the highest-scoring one."""
+    if all_masks:
+        return torch.arange(low_res.shape[1], device=low_res.device)
+    return torch.argmax(scores[0]).reshape(1)
+
+
+def to_prediction(masks: torch.Tensor, scores: torch.Tensor, low_res: torch.Tensor, keep: torch.Tensor) -> Prediction:
+    return Prediction(
+        masks=masks[0].cpu().numpy(),
+        scores=scores[0, keep].float().cpu().numpy(),
+        logits=low_res[0, keep].float().cpu().numpy(),
+    )

@@ -1,0 +1,68 @@
+"""SAM, SAM-HQ and MobileSAM: one predictor over the three packages that share SAM's design.
+
+The encoder runs through the upstream ``SamPredictor.set_image``, so what the model sees is exactly
+what upstream feeds it. The decoder runs through the model's own prompt encoder and mask decoder,
+with the same coordinate transform as upstream, but only the chosen mask is upsampled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Embedding, Prediction, Predictor, Prompts, select_candidates, to_prediction
+
+
+class SamPredictor(Predictor):
+    """Predictor for models built by ``segment_anything``, ``segment_anything_hq`` or ``mobile_sam``."""
+
+    def __init__(self, model, name, device, upstream_predictor_class, hq: bool = False):
+        super().__init__(model, name, device)
+        self._upstream = upstream_predictor_class(model)
+        self._hq = hq
+
+    @property
+    def input_size(self) -> int:
+        return self.model.image_encoder.img_size
+
+    def _embed(self, rgb: np.ndarray) -> Embedding:
+        self._upstream.set_image(rgb, image_format="RGB")
+        features = {"image": self._upstream.features, "input_size": tuple(self._upstream.input_size)}
+        if self._hq:
+            features["interm"] = self._upstream.interm_features
+        self._upstream.reset_image()
+        return Embedding(features, tuple(rgb.shape[:2]), self.name)
+
+    def _predict(self, embedding: Embedding, prompts: Prompts, multimask: bool, all_masks: bool) -> Prediction:
+        transform = self._upstream.transform
+        original_size = embedding.image_size
+        points = None
+        if len(prompts.points):
+            coords = transform.apply_coords(prompts.points.astype(np.float64), original_size)
+            points = (
+                torch.as_tensor(coords, dtype=torch.float, device=self.device)[None],
+                torch.as_tensor(prompts.labels, dtype=torch.int, device=self.device)[None],
+            )
+        boxes = None
+        if prompts.box is not None:
+            box = transform.apply_boxes(prompts.box[None], original_size)
+            boxes = torch.as_tensor(box, dtype=torch.float, device=self.device)
+        masks_in = None
+        if prompts.mask_logits is not None:
+            masks_in = torch.as_tensor(prompts.mask_logits, dtype=torch.float, device=self.device)[None]
+
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
+        decoder_args = dict(
+            image_embeddings=embedding.features["image"],
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        if self._hq:
+            decoder_args.update(hq_token_only=False, interm_embeddings=embedding.features["interm"])
+        low_res, scores = self.model.mask_decoder(**decoder_args)
+
+        keep = select_candidates(low_res, scores, all_masks)
+        logits = self.model.postprocess_masks(low_res[:, keep], embedding.features["input_size"], original_size)
+        return to_prediction(logits > self.model.mask_threshold, scores, low_res, keep)

@@ -1,0 +1,72 @@
+"""SAM 2 / 2.1 image predictor behind the common interface.
+
+The encoder runs through upstream ``SAM2ImagePredictor.set_image``; prompts go through the model's
+prompt encoder and mask decoder exactly as upstream ``_predict`` does, upsampling only the chosen mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Embedding, Prediction, Predictor, Prompts, select_candidates, to_prediction
+
+
+def backbone_feature_sizes(image_size: int) -> list[tuple[int, int]]:
+    """SAM 2's three feature-map sizes (upstream hard-codes them for 1024-pixel models)."""
+    return [(image_size // 4,) * 2, (image_size // 8,) * 2, (image_size // 16,) * 2]
+
+
+class Sam2Predictor(Predictor):
+    def __init__(self, model, name, device):
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        super().__init__(model, name, device)
+        self._upstream = SAM2ImagePredictor(model)
+        self._upstream._bb_feat_sizes = backbone_feature_sizes(model.image_size)
+
+    @property
+    def input_size(self) -> int:
+        return self.model.image_size
+
+    def _embed(self, rgb: np.ndarray) -> Embedding:
+        self._upstream.set_image(rgb)
+        features = self._upstream._features
+        self._upstream.reset_predictor()
+        return Embedding(features, tuple(rgb.shape[:2]), self.name)
+
+    def _predict(self, embedding: Embedding, prompts: Prompts, multimask: bool, all_masks: bool) -> Prediction:
+        transforms = self._upstream._transforms
+        orig_hw = embedding.image_size
+        coords = labels = None
+        if len(prompts.points):
+            coords = transforms.transform_coords(
+                torch.as_tensor(prompts.points, dtype=torch.float, device=self.device), normalize=True, orig_hw=orig_hw
+            )[None]
+            labels = torch.as_tensor(prompts.labels, dtype=torch.int, device=self.device)[None]
+        if prompts.box is not None:
+            box = transforms.transform_boxes(
+                torch.as_tensor(prompts.box[None], dtype=torch.float, device=self.device), normalize=True, orig_hw=orig_hw
+            )
+            box_labels = torch.tensor([[2, 3]], dtype=torch.int, device=self.device)
+            coords = box if coords is None else torch.cat([box, coords], dim=1)
+            labels = box_labels if labels is None else torch.cat([box_labels, labels], dim=1)
+        masks_in = None
+        if prompts.mask_logits is not None:
+            masks_in = torch.as_tensor(prompts.mask_logits, dtype=torch.float, device=self.device)[None]
+
+        sparse, dense = self.model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=masks_in)
+        features = embedding.features
+        low_res, scores, _, _ = self.model.sam_mask_decoder(
+            image_embeddings=features["image_embed"],
+            image_pe=self.model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+            repeat_image=False,
+            high_res_features=list(features["high_res_feats"]),
+        )
+        keep = select_candidates(low_res, scores, all_masks)
+        logits = transforms.postprocess_masks(low_res[:, keep], orig_hw)
+        low_res = torch.clamp(low_res, -32.0, 32.0)
+        return to_prediction(logits > self._upstream.mask_threshold, scores, low_res, keep)

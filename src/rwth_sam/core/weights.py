@@ -1,0 +1,115 @@
+"""Checkpoint files: download on first use into a user cache, verified, or taken from a local file.
+
+Downloads go through pooch, which writes to a temporary file in the cache folder and moves it into
+place only after the SHA-256 matches, so a partial or corrupt download is never used nor kept.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from .errors import WeightsError
+
+CACHE_ENV_VAR = "RWTH_SAM_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a model's official checkpoint lives and how to recognise it."""
+
+    url: str
+    sha256: str
+    size: int
+    filename: str
+
+    @property
+    def size_text(self) -> str:
+        return format_bytes(self.size)
+
+
+def format_bytes(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit in ("B", "KB") else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def cache_dir() -> Path:
+    """The weights cache: $RWTH_SAM_CACHE_DIR if set, else the platform's user cache folder."""
+    override = os.environ.get(CACHE_ENV_VAR)
+    if override:
+        return Path(override).expanduser()
+    return Path(platformdirs.user_cache_dir("rwth-sam")) / "weights"
+
+
+def cached_path(weights: Weights) -> Path:
+    return cache_dir() / weights.filename
+
+
+def is_cached(weights: Weights) -> bool:
+    """True when a verified copy is in the cache (only verified files are ever moved there)."""
+    path = cached_path(weights)
+    return path.is_file() and path.stat().st_size == weights.size
+
+
+def fetch(weights: Weights, progressbar: Any = True) -> Path:
+    """Return the cached checkpoint, downloading and verifying it first if needed.
+
+    ``progressbar`` is passed to pooch: True for a console bar, False for none, or a tqdm-like
+    object (napari's ``progress`` is one) that receives the byte counts.
+    """
+    if is_cached(weights):
+        return cached_path(weights)
+    import pooch
+    import requests
+
+    downloader = pooch.HTTPDownloader(progressbar=progressbar, timeout=60)
+    try:
+        path = pooch.retrieve(
+            weights.url,
+            known_hash=f"sha256:{weights.sha256}",
+            fname=weights.filename,
+            path=cache_dir(),
+            downloader=downloader,
+        )
+    except ValueError as error:  # pooch's hash mismatch
+        raise WeightsError(
+            f"The download of {weights.filename} from {weights.url} is corrupt or incomplete "
+            f"(its SHA-256 does not match); it was not kept. Try again, or pick a local checkpoint.\n{error}"
+        ) from error
+    except requests.exceptions.RequestException as error:
+        raise WeightsError(
+            f"Could not download {weights.filename} ({weights.size_text}) from {weights.url}: {error}. "
+            f"Check the connection, or put the file at {cached_path(weights)}, or pick a local checkpoint."
+        ) from error
+    except OSError as error:
+        raise WeightsError(f"Could not write {weights.filename} into {cache_dir()}: {error}") from error
+    return Path(path)
+
+
+def load_state_dict(path: str | os.PathLike) -> Mapping[str, Any]:
+    """Read a checkpoint's state dict on the CPU, unwrapping the {"model": ...} form SAM 2 uses."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"Checkpoint file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for truncated or foreign files
+        raise WeightsError(
+            f"Could not read checkpoint {path}: the file is truncated, corrupt or not a PyTorch checkpoint ({error})."
+        ) from error
+    for key in ("model", "state_dict"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping) or not state:
+        raise WeightsError(f"Checkpoint {path} holds no model weights.")
+    return state

@@ -1,0 +1,65 @@
+"""Shared fixtures: small random-weight models (seeded, built once per session) and real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Load torch (and keep triton out) before napari creates its GL context: see rwth_sam.ui.torch_guard.
+import rwth_sam.ui.torch_guard  # noqa: F401,E402
+
+import rwth_sam  # noqa: E402
+from rwth_sam.core.models import sam2_spec  # noqa: E402
+
+SHARED_DATA = Path(os.environ.get("RWTH_SAM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+# SAM 2.1 tiny at 256 pixels: the real architecture, cheap enough for every test run.
+SAM2_TINY_256 = "sam2.1_hiera_tiny_256"
+rwth_sam.register_model(
+    sam2_spec(SAM2_TINY_256, "SAM 2.1 Hiera-T (256 px, tests)", "configs/sam2.1/sam2.1_hiera_t.yaml", None, image_size=256),
+    replace=True,
+)
+
+SMALL_MODELS = ["mobile_sam_vit_t", "sam_hq_vit_tiny", SAM2_TINY_256]
+LARGE_MODELS = [
+    "sam_vit_b", "sam_vit_l", "sam_vit_h",
+    "sam_hq_vit_b", "sam_hq_vit_l", "sam_hq_vit_h",
+    "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large",
+]
+
+_models: dict[str, rwth_sam.Predictor] = {}
+
+
+def random_model(name: str) -> rwth_sam.Predictor:
+    """The named architecture with seeded random weights, on the CPU, built once per session."""
+    if name not in _models:
+        import torch
+
+        torch.manual_seed(0)
+        _models[name] = rwth_sam.load_model(name, pretrained=False, device="cpu")
+    return _models[name]
+
+
+@pytest.fixture(scope="session")
+def mobile_sam():
+    return random_model("mobile_sam_vit_t")
+
+
+@pytest.fixture(scope="session")
+def sam2_tiny():
+    return random_model(SAM2_TINY_256)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (../shared/data is absent in a user's checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
