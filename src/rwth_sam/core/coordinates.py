@@ -100,6 +100,17 @@ class SlicePlane:
             raise InputError(f"Mask of shape {mask.shape} does not match the slice's shape {view.shape}.")
         view[mask] = value
 
+    def indices(self, mask: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Array indices (one int array per axis) of the true pixels of an (H, W) slice mask."""
+        if tuple(mask.shape) != self.size:
+            raise InputError(f"Mask of shape {mask.shape} does not match the slice's shape {self.size}.")
+        rows, cols = np.nonzero(mask)
+        result = [None] * len(self.shape)
+        result[self.row_axis], result[self.col_axis] = rows, cols
+        if self.axis is not None:
+            result[self.axis] = np.full(rows.shape, self.index, dtype=rows.dtype)
+        return tuple(result)
+
     def slice_to_data(self, x: float, y: float) -> np.ndarray:
         point = np.zeros(len(self.shape))
         point[self.col_axis], point[self.row_axis] = x, y
@@ -137,6 +148,8 @@ def plane_at(
     if len(displayed_world_axes) != 2:
         raise InputError("Switch the viewer to 2D display to segment (3D rendering has no slice to prompt on).")
     offset = len(world_point) - ndim
+    if offset < 0:
+        raise InputError(f"The viewer shows {len(world_point)} dimensions but the image has {ndim}.")
     row_axis, col_axis = (a - offset for a in displayed_world_axes)
     if min(row_axis, col_axis) < 0:
         raise InputError("The image's axes are not the displayed ones; show the image's last axes in the viewer.")

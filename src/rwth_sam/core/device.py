@@ -28,7 +28,12 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     """Turn a user's choice (or None for the default) into a device, refusing one this machine lacks."""
     if name is None or name == "auto":
         return torch.device(default_device())
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):  # torch's message for a misspelt device lists internal backends
+        raise InputError(
+            f"Unknown device '{name}'; choose one of: {', '.join(available_devices())}."
+        ) from None
     if device.type not in available_devices():
         raise InputError(
             f"Device '{name}' is not available here; choose one of: {', '.join(available_devices())}."

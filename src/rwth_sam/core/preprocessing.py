@@ -101,3 +101,21 @@ def _as_rgb(gray_or_rgb: np.ndarray, rgb: bool) -> np.ndarray:
     if rgb:
         return np.ascontiguousarray(gray_or_rgb)
     return np.ascontiguousarray(np.repeat(gray_or_rgb[:, :, None], 3, axis=2))
+
+
+CONTRAST_LIMITS = "Layer contrast limits"
+PERCENTILES = "Percentiles 0.5–99.5 %"
+WINDOW_CHOICES = (CONTRAST_LIMITS, PERCENTILES, *CT_WINDOWS)
+
+
+def resolve_window(choice: str, image: np.ndarray, contrast_limits=None, rgb: bool = False) -> IntensityWindow | None:
+    """The window for a user's choice (one of ``WINDOW_CHOICES``); None where uint8 colour passes through."""
+    if rgb and image.dtype == np.uint8:
+        return None
+    if choice == CONTRAST_LIMITS:
+        if contrast_limits is None:
+            raise InputError("No contrast limits given for the 'contrast limits' window.")
+        return IntensityWindow(*map(float, contrast_limits))
+    if choice == PERCENTILES:
+        return IntensityWindow.percentiles(image)
+    return IntensityWindow.ct_preset(choice)

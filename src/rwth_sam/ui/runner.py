@@ -1,0 +1,49 @@
+"""Model work off the GUI thread, one job at a time, newest request wins.
+
+Prompts arrive faster than a CPU can answer them: while a job runs, only the newest waiting job
+of each kind is kept (older ones are dropped unseen). A waiting prediction runs before a waiting
+embed-ahead, so scrolling never delays the answer to a click.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from napari.qt.threading import create_worker
+
+PREDICT = "predict"
+EMBED_AHEAD = "embed ahead"
+_PRIORITY = (PREDICT, EMBED_AHEAD)
+
+
+class LatestJobRunner:
+    def __init__(self, on_error: Callable[[Exception], None]):
+        self._on_error = on_error
+        self._worker = None
+        self._pending: dict[str, tuple] = {}
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None or bool(self._pending)
+
+    def submit(self, kind: str, job: Callable[[], Any], on_result: Callable[[Any], None], description: str) -> None:
+        self._pending[kind] = (job, on_result, description)
+        if self._worker is None:
+            self._start_next()
+
+    def _start_next(self) -> None:
+        kind = next((k for k in _PRIORITY if k in self._pending), None)
+        if kind is None:
+            return
+        job, on_result, description = self._pending.pop(kind)
+        worker = create_worker(job, _progress={"desc": description, "total": 0}, _ignore_errors=True)
+        worker.returned.connect(on_result)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._start_next()

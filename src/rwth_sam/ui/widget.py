@@ -1,0 +1,395 @@
+"""The main widget: model, layers and intensity window; click prompts with a live green preview; submit.
+
+Mouse (as in the original RWTH-SAM): middle click adds a positive point, Ctrl+middle click a negative
+one, Shift+middle drag draws a box (replacing the previous one). Every model call runs in a napari
+thread worker through ``LatestJobRunner``; this module only turns events into prompts and results
+into layers.
+"""
+
+from __future__ import annotations
+
+from . import torch_guard  # noqa: F401  (must come before anything that imports torch)
+
+from dataclasses import dataclass, field, replace
+
+import napari
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox, create_widget
+from napari.utils.colormaps import DirectLabelColormap
+from napari.utils import progress
+from napari.utils.notifications import show_error
+
+from ..core.coordinates import LayerGeometry, SlicePlane, plane_at
+from ..core.device import available_devices
+from ..core.errors import InputError, RwthSamError
+from ..core.predictors.base import Prediction
+from ..core.preprocessing import WINDOW_CHOICES
+from ..core.registry import get_model_spec, model_specs
+from ..core.segmenter import spatial_shape
+from ..core.weights import is_cached
+from ..core.workspace import Workspace
+from .runner import EMBED_AHEAD, PREDICT, LatestJobRunner
+
+MIDDLE_BUTTON = 3
+PREVIEW_COLOR = "lime"
+POSITIVE_COLOR = "lime"
+NEGATIVE_COLOR = "red"
+HELP = "Middle click: + point · Ctrl+middle: − point · Shift+middle drag: box"
+
+
+def model_choices(_widget=None) -> list[tuple[str, str]]:
+    """Registry entries as (text, name), the text telling whether weights are cached and their size."""
+    choices = []
+    for spec in model_specs():
+        if spec.weights is None:
+            note = "local checkpoint"
+        else:
+            state = "cached" if is_cached(spec.weights) else "download"
+            note = f"{spec.weights.size_text}, {state}"
+        choices.append((f"{spec.title} ({note})", spec.name))
+    return choices
+
+
+@dataclass
+class PromptState:
+    """The prompts on one slice, and the last mask predicted from them."""
+
+    plane: SlicePlane | None = None
+    points: list[tuple[float, float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    box: tuple[float, float, float, float] | None = None
+    prediction: Prediction | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.points and self.box is None
+
+
+class SamWidget(Container):
+    """Plugins > RWTH SAM > Segment Anything (SAM)."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.workspace = Workspace()
+        self.runner = LatestJobRunner(on_error=self._report_error)
+        self.prompts = PromptState()
+        self._version = 0  # bumped by every prompt change; older results are dropped
+        self._preview_layer = self._points_layer = self._box_layer = None
+
+        self.model = ComboBox(label="Model", choices=model_choices)
+        self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth", value="")
+        self.checkpoint.tooltip = "Optional: a local checkpoint file instead of the official download"
+        self.device = ComboBox(label="Device", choices=available_devices())
+        self.image = create_widget(annotation=napari.layers.Image, label="Image")
+        self.labels = create_widget(annotation=napari.layers.Labels, label="Labels")
+        self.new_labels = PushButton(text="New labels layer for image")
+        self.window = ComboBox(label="Intensity", choices=list(WINDOW_CHOICES))
+        self.window.tooltip = "How intensities become the 8-bit image SAM sees (one window for the whole volume)"
+        self.label_value = SpinBox(label="Label value", min=1, max=2**31 - 1, value=1)
+        self.overwrite = CheckBox(text="Overwrite other labels", value=False)
+        self.submit_button = PushButton(text="Submit preview")
+        self.clear_button = PushButton(text="Clear prompts")
+        self.status = Label(value=HELP)
+        self.extend(
+            [
+                self.model, self.checkpoint, self.device, self.image, self.labels, self.new_labels, self.window,
+                self.label_value, self.overwrite, self.submit_button, self.clear_button, self.status,
+            ]
+        )  # fmt: skip
+
+        self.new_labels.changed.connect(self.create_labels_layer)
+        self.submit_button.changed.connect(self.submit)
+        self.clear_button.changed.connect(self.clear_prompts)
+        for control in (self.model, self.checkpoint, self.device):
+            control.changed.connect(self._on_model_changed)
+        self.image.changed.connect(self._on_image_changed)
+        self.window.changed.connect(self.clear_prompts)
+        napari_viewer.mouse_drag_callbacks.append(self._on_mouse)
+        napari_viewer.dims.events.current_step.connect(self._embed_ahead)
+        self.native.destroyed.connect(self._disconnect)
+
+    # ----------------------------------------------------------------- layers
+    @property
+    def image_layer(self) -> napari.layers.Image | None:
+        return self.image.value
+
+    def _geometry(self, layer) -> LayerGeometry:
+        return LayerGeometry(tuple(layer.scale), tuple(layer.translate))
+
+    def _image_shape(self) -> tuple[int, ...]:
+        layer = self.image_layer
+        if layer is None:
+            raise InputError("Pick an image layer first.")
+        return spatial_shape(layer.data, layer.rgb)
+
+    def create_labels_layer(self) -> napari.layers.Labels | None:
+        """A new, empty labels layer on the image's grid, selected as the target."""
+        try:
+            shape = self._image_shape()
+        except RwthSamError as error:
+            return self._report_error(error)
+        layer = self.image_layer
+        labels = self.viewer.add_labels(
+            np.zeros(shape, dtype=np.uint32), name=f"{layer.name} labels", scale=layer.scale, translate=layer.translate
+        )
+        self.labels.reset_choices()
+        self.labels.value = labels
+        return labels
+
+    def _target_labels(self) -> napari.layers.Labels:
+        labels = self.labels.value
+        if labels is None:
+            raise InputError("Pick a labels layer, or create one with 'New labels layer for image'.")
+        shape = self._image_shape()
+        if tuple(labels.data.shape) != shape:
+            raise InputError(
+                f"The labels layer '{labels.name}' has shape {tuple(labels.data.shape)} but the image has {shape}; "
+                "pick a matching layer or create one with 'New labels layer for image'."
+            )
+        return labels
+
+    def _helper_layer(self, attribute: str, make):
+        """A preview or prompt layer on the image's grid, (re)made when missing or off-grid."""
+        layer = getattr(self, attribute)
+        image = self.image_layer
+        if layer is None or layer not in self.viewer.layers or tuple(layer.scale) != tuple(image.scale) or tuple(
+            layer.translate
+        ) != tuple(image.translate) or layer.ndim != len(self._image_shape()):
+            if layer is not None and layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+            layer = make(image)
+            setattr(self, attribute, layer)
+            self.viewer.layers.selection.active = image
+        return layer
+
+    def _preview(self) -> napari.layers.Labels:
+        def make(image):
+            return self.viewer.add_labels(
+                np.zeros(self._image_shape(), dtype=np.uint8), name="SAM preview", scale=image.scale,
+                translate=image.translate, opacity=0.5,
+                colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: PREVIEW_COLOR}),
+            )  # fmt: skip
+
+        return self._helper_layer("_preview_layer", make)
+
+    def _points(self) -> napari.layers.Points:
+        def make(image):
+            return self.viewer.add_points(
+                np.zeros((0, len(self._image_shape()))), name="SAM prompts", scale=image.scale,
+                translate=image.translate, size=8, border_color="white",
+            )  # fmt: skip
+
+        return self._helper_layer("_points_layer", make)
+
+    def _box(self) -> napari.layers.Shapes:
+        def make(image):
+            return self.viewer.add_shapes(
+                ndim=len(self._image_shape()), name="SAM box", scale=image.scale, translate=image.translate,
+                edge_color="yellow", face_color="transparent", edge_width=2,
+            )  # fmt: skip
+
+        return self._helper_layer("_box_layer", make)
+
+    def _draw_prompts(self, box=None) -> None:
+        """Show the prompts (and a box being dragged) on the canvas."""
+        plane, state = self.prompts.plane, self.prompts
+        points = self._points()
+        ndim = points.ndim
+        data = np.array([plane.slice_to_data(x, y) for x, y in state.points]).reshape(-1, ndim)
+        points.data = data
+        points.face_color = [POSITIVE_COLOR if label else NEGATIVE_COLOR for label in state.labels] or "white"
+        box = box if box is not None else state.box
+        shapes = self._box()
+        shapes.data = []
+        if box is not None and plane is not None:
+            shapes.add_rectangles(plane.box_corners(box))
+
+    def _show_preview(self, plane: SlicePlane | None, mask: np.ndarray | None) -> None:
+        preview = self._preview()
+        preview.data[...] = 0
+        if plane is not None and mask is not None:
+            plane.write(preview.data, mask, 1)
+        preview.refresh()
+
+    # ----------------------------------------------------------------- mouse
+    def _plane_under(self, world_position) -> tuple[SlicePlane, float, float]:
+        layer = self.image_layer
+        if layer is None:
+            raise InputError("Pick an image layer first.")
+        return plane_at(world_position, self.viewer.dims.displayed, self._geometry(layer), self._image_shape())
+
+    def _locate(self, world_position) -> tuple[SlicePlane, float, float]:
+        """The slice and (x, y) of a click, refusing clicks outside the image."""
+        plane, x, y = self._plane_under(world_position)
+        if not plane.contains(x, y):
+            layer = self.image_layer
+            raise InputError(f"The click at ({x:.0f}, {y:.0f}) is outside the image '{layer.name}'.")
+        return plane, x, y
+
+    def _on_mouse(self, viewer, event):
+        if event.button != MIDDLE_BUTTON:
+            return
+        try:
+            plane, x, y = self._locate(event.position)
+        except RwthSamError as error:
+            self._report_error(error)
+            return
+        modifiers = set(event.modifiers)
+        if "Shift" in modifiers:
+            yield from self._drag_box(plane, x, y, event)
+            return
+        self._add_point(plane, x, y, positive="Control" not in modifiers)
+
+    def _drag_box(self, plane: SlicePlane, x0: float, y0: float, event):
+        """Shift+middle drag: the rectangle follows the mouse; on release it becomes the box prompt."""
+        yield
+        while event.type == "mouse_move":
+            x1, y1 = plane.data_to_slice(self._geometry(self.image_layer).world_to_data(event.position))
+            self._start_plane(plane)
+            self._draw_prompts(box=(x0, y0, x1, y1))
+            yield
+        x1, y1 = plane.data_to_slice(self._geometry(self.image_layer).world_to_data(event.position))
+        height, width = plane.size
+        x0, x1 = np.clip([x0, x1], 0, width - 1)
+        y0, y1 = np.clip([y0, y1], 0, height - 1)
+        if abs(x1 - x0) < 1 or abs(y1 - y0) < 1:
+            self._draw_prompts()
+            return
+        self._start_plane(plane)
+        self.prompts.box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+        self._prompts_changed()
+
+    def _add_point(self, plane: SlicePlane, x: float, y: float, positive: bool) -> None:
+        self._start_plane(plane)
+        self.prompts.points.append((x, y))
+        self.prompts.labels.append(int(positive))
+        self._prompts_changed()
+
+    def _start_plane(self, plane: SlicePlane) -> None:
+        """Prompts belong to one slice: prompting another slice starts afresh."""
+        if self.prompts.plane != plane:
+            self.prompts = PromptState(plane=plane)
+            self._show_preview(None, None)
+
+    # ----------------------------------------------------------------- model work
+    def _model_request(self):
+        """What the worker needs, read on the GUI thread (widgets and layers are not thread-safe)."""
+        layer = self.image_layer
+        if layer is None:
+            raise InputError("Pick an image layer first.")
+        checkpoint = self.checkpoint.value
+        checkpoint = checkpoint if checkpoint and str(checkpoint) not in ("", ".") else None
+        weights = get_model_spec(self.model.value).weights
+        needs_download = self.workspace.loaded is None and checkpoint is None and weights is not None
+        needs_download = needs_download and not is_cached(weights)
+        return dict(
+            model=(self.model.value, checkpoint, self.device.value),
+            # made here: Qt objects must be created on the GUI thread; pooch updates it from the worker
+            download_bar=progress(desc=f"Downloading {weights.filename}") if needs_download else False,
+            image=(layer.data, layer.rgb, self.window.value, tuple(layer.contrast_limits)),
+        )
+
+    def _segmenter(self, request):
+        """Runs in the worker: loads the model on first use (downloading it into the bar made for it)."""
+        name, checkpoint, device = request["model"]
+        predictor = self.workspace.predictor(name, checkpoint, device, progressbar=request["download_bar"])
+        image, rgb, window_choice, contrast_limits = request["image"]
+        return self.workspace.segmenter(predictor, image, rgb, window_choice, contrast_limits)
+
+    def _prompts_changed(self) -> None:
+        self._version += 1
+        self._draw_prompts()
+        if self.prompts.empty:
+            self.prompts.prediction = None
+            self._show_preview(None, None)
+            return
+        try:
+            request = self._model_request()
+        except RwthSamError as error:
+            return self._report_error(error)
+        state = replace(self.prompts, points=list(self.prompts.points), labels=list(self.prompts.labels))
+        previous = state.prediction
+        version = self._version
+        self.status.value = "Segmenting…" if self.workspace.loaded else "Loading the model, then segmenting…"
+
+        def job():
+            segmenter = self._segmenter(request)
+            prediction = segmenter.predict(
+                state.plane, points=state.points or None, labels=state.labels or None, box=state.box,
+                mask_logits=None if previous is None else previous.best_logits,
+            )  # fmt: skip
+            return version, state.plane, prediction
+
+        self.runner.submit(PREDICT, job, self._on_prediction, "Segmenting")
+
+    def _on_prediction(self, result) -> None:
+        version, plane, prediction = result
+        if version != self._version:
+            return  # the prompts changed meanwhile: a newer request is on its way
+        self.prompts.prediction = prediction
+        self._show_preview(plane, prediction.mask)
+        self.status.value = f"Preview: {int(prediction.mask.sum())} pixels, score {prediction.scores.max():.2f}"
+
+    def _embed_ahead(self, event=None) -> None:
+        """Embed the slice now shown while the user looks at it, once a model is loaded."""
+        if self.workspace.loaded is None or self.image_layer is None:
+            return
+        try:
+            request = self._model_request()
+            plane = self._plane_under(self.viewer.dims.point)[0]
+        except RwthSamError:
+            return
+
+        def job():
+            self._segmenter(request).embed(plane)
+
+        self.runner.submit(EMBED_AHEAD, job, lambda _: None, "Embedding slice")
+
+    # ----------------------------------------------------------------- actions
+    def submit(self) -> None:
+        """Write the preview into the labels layer (one undoable step) with the chosen label value."""
+        state = self.prompts
+        if state.prediction is None or state.plane is None:
+            return self._report_error(InputError("There is no preview to submit: prompt an object first."))
+        try:
+            labels = self._target_labels()
+        except RwthSamError as error:
+            return self._report_error(error)
+        value = self.label_value.value
+        mask = state.prediction.mask
+        current = state.plane.take(labels.data)
+        writable = mask if self.overwrite.value else mask & ((current == 0) | (current == value))
+        labels.data_setitem(state.plane.indices(writable), value)
+        kept = int(mask.sum() - writable.sum())
+        note = f", kept {kept} pixels of other labels" if kept else ""
+        self.clear_prompts()
+        self.status.value = f"Submitted {int(writable.sum())} pixels as label {value}{note}."
+
+    def clear_prompts(self, *_) -> None:
+        self._version += 1
+        plane = self.prompts.plane
+        self.prompts = PromptState(plane=plane)
+        if self._points_layer is not None and self.image_layer is not None:
+            self._draw_prompts()
+        if self._preview_layer is not None and self.image_layer is not None:
+            self._show_preview(None, None)
+        self.status.value = HELP
+
+    def _on_model_changed(self, *_) -> None:
+        self.workspace.reset()
+        self.clear_prompts()
+
+    def _on_image_changed(self, *_) -> None:
+        self.clear_prompts()
+        self.prompts = PromptState()
+
+    def _report_error(self, error: Exception) -> None:
+        message = str(error) if isinstance(error, RwthSamError) else f"{type(error).__name__}: {error}"
+        self.status.value = message
+        show_error(message)
+
+    def _disconnect(self, *_) -> None:
+        if self._on_mouse in self.viewer.mouse_drag_callbacks:
+            self.viewer.mouse_drag_callbacks.remove(self._on_mouse)
+        self.viewer.dims.events.current_step.disconnect(self._embed_ahead)

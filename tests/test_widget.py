@@ -1,0 +1,228 @@
+"""The main widget in a real napari viewer, driven through napari's own mouse machinery.
+
+Mouse events are sent to the vispy canvas at pixel positions, so napari maps them to world
+coordinates and calls the widget's mouse callbacks exactly as for a user's click.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SAM2_TINY_256, random_model
+from vispy.util import keys
+
+import rwth_sam
+
+pytestmark = pytest.mark.gui
+
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """The seeded random SAM 2 test model, saved as a checkpoint the widget loads."""
+    path = tmp_path_factory.mktemp("weights") / "sam2_tiny_256.pt"
+    torch.save({"model": random_model(SAM2_TINY_256).model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer(show=True)
+
+
+def dock(viewer, checkpoint):
+    _, widget = viewer.window.add_plugin_dock_widget("rwth-sam", "Segment Anything (SAM)")
+    widget.model.value = SAM2_TINY_256
+    widget.checkpoint.value = checkpoint
+    widget.device.value = "cpu"
+    return widget
+
+
+def canvas_position(viewer, world_point):
+    """Canvas pixel (x, y) showing a world point, through the canvas's own transform (checked both ways)."""
+    canvas = viewer.window._qt_viewer.canvas
+    view = canvas.view
+    row_axis, col_axis = viewer.dims.displayed
+    transform = view.transform * view.scene.transform
+    position = tuple(transform.map([world_point[col_axis], world_point[row_axis]])[:2])
+    mapped = np.asarray(canvas._map_canvas2world(position, view))
+    np.testing.assert_allclose(mapped[[row_axis, col_axis]], np.asarray(world_point)[[row_axis, col_axis]], atol=1e-3)
+    return position
+
+
+def middle_click(viewer, world_point, *modifiers):
+    events = viewer.window._qt_viewer.canvas._scene_canvas.events
+    position = canvas_position(viewer, world_point)
+    press = events.mouse_press(pos=position, button=3, modifiers=modifiers)
+    events.mouse_release(pos=position, button=3, modifiers=modifiers, press_event=press)
+
+
+def middle_drag(viewer, start, end, *modifiers, during=None):
+    events = viewer.window._qt_viewer.canvas._scene_canvas.events
+    begin, finish = canvas_position(viewer, start), canvas_position(viewer, end)
+    press = events.mouse_press(pos=begin, button=3, modifiers=modifiers)
+    for t in (0.5, 1.0):
+        position = tuple(b + t * (f - b) for b, f in zip(begin, finish))
+        events.mouse_move(pos=position, button=3, buttons=[3], modifiers=modifiers, press_event=press)
+    if during is not None:
+        during()
+    events.mouse_release(pos=finish, button=3, modifiers=modifiers, press_event=press)
+
+
+def wait_idle(qtbot, widget, timeout=60_000):
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=timeout)
+
+
+def expected_mask(image_data, plane, window, **prompts):
+    """The mask from the core API directly, on the same model and slice."""
+    segmenter = rwth_sam.Segmenter(random_model(SAM2_TINY_256), image_data, window=window)
+    return segmenter.predict(plane, **prompts)
+
+
+def test_widget_docks_from_the_manifest(viewer, checkpoint):
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="img")
+    widget = dock(viewer, checkpoint)
+    assert widget.image.value.name == "img"
+    texts = [text for text, _ in rwth_sam.ui.widget.model_choices()]
+    assert any("MobileSAM ViT-T (38.8 MB, download)" == text for text in texts)
+
+
+def test_click_box_and_submit_on_a_3d_volume(viewer, checkpoint, qtbot, rng):
+    volume = rng.integers(0, 4000, (5, 60, 80)).astype(np.int16)
+    image = viewer.add_image(volume, name="volume", scale=(3.0, 0.5, 0.5), translate=(10, -4, 7), contrast_limits=(500, 3000))
+    widget = dock(viewer, checkpoint)
+    labels = widget.create_labels_layer()
+    viewer.dims.set_point(0, image.data_to_world((2, 0, 0))[0])
+    window = rwth_sam.IntensityWindow(500, 3000)
+    plane = rwth_sam.SlicePlane.of(volume.shape, 0, 2)
+
+    # middle click: positive point at voxel (2, 30, 40)
+    middle_click(viewer, image.data_to_world((2, 30, 40)))
+    wait_idle(qtbot, widget)
+    assert widget.prompts.labels == [1]
+    x, y = widget.prompts.points[0]
+    assert abs(x - 40) < 0.05 and abs(y - 30) < 0.05
+    first = expected_mask(volume, plane, window, points=[(x, y)], labels=[1])
+    np.testing.assert_array_equal(plane.take(widget._preview_layer.data) == 1, first.mask)
+    assert widget._points_layer.data.shape == (1, 3)
+
+    # Ctrl+middle click: negative point, refined from the previous logits
+    middle_click(viewer, image.data_to_world((2, 10, 12)), keys.CONTROL)
+    wait_idle(qtbot, widget)
+    assert widget.prompts.labels == [1, 0]
+    second = expected_mask(volume, plane, window, points=widget.prompts.points, labels=[1, 0], mask_logits=first.best_logits)
+    np.testing.assert_array_equal(plane.take(widget._preview_layer.data) == 1, second.mask)
+
+    # Shift+middle drag: a rectangle is visible while dragging, then becomes the box prompt
+    seen_while_dragging = []
+    middle_drag(
+        viewer, image.data_to_world((2, 5, 6)), image.data_to_world((2, 50, 70)), keys.SHIFT,
+        during=lambda: seen_while_dragging.append(len(widget._box_layer.data)),
+    )  # fmt: skip
+    wait_idle(qtbot, widget)
+    assert seen_while_dragging == [1]
+    np.testing.assert_allclose(widget.prompts.box, (6, 5, 70, 50), atol=0.05)
+    assert widget.prompts.labels == [1, 0]
+    preview = plane.take(widget._preview_layer.data) == 1
+    assert preview.any()
+    SCREENSHOTS.mkdir(exist_ok=True)
+    viewer.screenshot(SCREENSHOTS / "widget_3d.png", canvas_only=False)
+
+    # submit: the preview lands in the labels layer on slice 2 only, undoable
+    widget.label_value.value = 3
+    widget.submit()
+    assert np.array_equal(labels.data[2] == 3, preview)
+    assert not labels.data[[0, 1, 3, 4]].any()
+    assert not widget._preview_layer.data.any() and widget.prompts.empty
+    labels.undo()
+    assert not labels.data.any()
+
+
+def test_clicks_on_a_transposed_view_slice_another_axis(viewer, checkpoint, qtbot, rng):
+    volume = rng.integers(0, 255, (40, 6, 50)).astype(np.uint8)
+    image = viewer.add_image(volume, name="volume", scale=(1.0, 2.0, 1.5))
+    widget = dock(viewer, checkpoint)
+    labels = widget.create_labels_layer()
+    viewer.dims.order = (1, 2, 0)  # slice along axis 1; rows are axis 2, columns axis 0
+    viewer.dims.set_point(1, image.data_to_world((0, 4, 0))[1])
+    middle_click(viewer, image.data_to_world((20, 4, 30)))
+    wait_idle(qtbot, widget)
+    plane = widget.prompts.plane
+    assert (plane.axis, plane.index, plane.row_axis, plane.col_axis) == (1, 4, 2, 0)
+    x, y = widget.prompts.points[0]
+    assert abs(x - 20) < 0.05 and abs(y - 30) < 0.05
+    window = rwth_sam.IntensityWindow(*image.contrast_limits)
+    expected = expected_mask(volume, plane, window, points=[(x, y)], labels=[1])
+    widget.submit()
+    np.testing.assert_array_equal(labels.data[:, 4, :].T == 1, expected.mask)
+    assert not labels.data[:, [0, 1, 2, 3, 5], :].any()
+
+
+def test_submit_keeps_other_labels_unless_overwrite(viewer, checkpoint, qtbot, rng):
+    image = viewer.add_image(rng.integers(0, 255, (48, 48)).astype(np.uint8))
+    widget = dock(viewer, checkpoint)
+    labels = widget.create_labels_layer()
+    labels.data[:] = 7
+    middle_click(viewer, image.data_to_world((20, 20)))
+    wait_idle(qtbot, widget)
+    preview = widget.prompts.prediction.mask.copy()
+    widget.label_value.value = 2
+    widget.submit()
+    assert (labels.data == 7).all(), "another label's pixels were overwritten"
+    assert "kept" in widget.status.value
+    middle_click(viewer, image.data_to_world((20, 20)))
+    wait_idle(qtbot, widget)
+    widget.overwrite.value = True
+    widget.submit()
+    assert np.array_equal(labels.data == 2, preview)
+
+
+# ----------------------------------------------------------------- bad input
+
+
+def test_labels_of_the_wrong_shape_are_refused(viewer, checkpoint, qtbot, rng):
+    image = viewer.add_image(rng.integers(0, 255, (40, 40)).astype(np.uint8))
+    widget = dock(viewer, checkpoint)
+    wrong = viewer.add_labels(np.zeros((30, 40), np.uint32), name="wrong")
+    widget.labels.value = wrong
+    middle_click(viewer, image.data_to_world((20, 20)))
+    wait_idle(qtbot, widget)
+    widget.submit()
+    assert "has shape (30, 40) but the image has (40, 40)" in widget.status.value
+    assert not wrong.data.any()
+
+
+def test_a_4d_image_is_refused(viewer, checkpoint, qtbot):
+    image = viewer.add_image(np.zeros((2, 3, 20, 20), np.uint8), name="4d")
+    widget = dock(viewer, checkpoint)
+    middle_click(viewer, image.data_to_world((0, 0, 10, 10)))
+    wait_idle(qtbot, widget)
+    assert "4 spatial dimensions" in widget.status.value
+    assert widget.prompts.empty and widget._preview_layer is None
+
+
+def test_an_all_nan_slice_is_refused(viewer, checkpoint, qtbot):
+    volume = np.random.default_rng(1).random((3, 24, 24)).astype(np.float32)
+    volume[1] = np.nan
+    image = viewer.add_image(volume, contrast_limits=(0, 1))
+    widget = dock(viewer, checkpoint)
+    viewer.dims.set_point(0, 1)
+    middle_click(viewer, image.data_to_world((1, 12, 12)))
+    wait_idle(qtbot, widget)
+    assert "only NaN" in widget.status.value
+    assert widget.prompts.prediction is None
+    assert not widget._preview_layer.data.any()
+
+
+def test_a_click_outside_the_image_is_refused(viewer, checkpoint, qtbot):
+    image = viewer.add_image(np.zeros((20, 20), np.uint8))
+    widget = dock(viewer, checkpoint)
+    viewer.camera.zoom = viewer.camera.zoom / 3  # make room around the image
+    middle_click(viewer, image.data_to_world((10, 45)))
+    wait_idle(qtbot, widget)
+    assert "outside the image" in widget.status.value
+    assert widget.prompts.empty
