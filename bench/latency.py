@@ -347,6 +347,8 @@ def parse_args(argv=None):
     parser.add_argument("--size", type=int, default=1024, help="side of the square uint8 RGB test image (default: 1024)")
     parser.add_argument("--repeats", type=int, nargs="+", metavar=("ENCODER", "PROMPT"), default=[5, 30],
                         help="timed repeats per side: encoder [prompt] (default: 5 30)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op CPU threads (default: torch's own, one per core); 1 is steadier on a busy machine")
     parser.add_argument("--seed", type=int, default=0, help="seed for the image and the random weights (default: 0)")
     parser.add_argument("--json", metavar="PATH", help="write all timings and metadata to this JSON file")
     args = parser.parse_args(argv)
@@ -365,12 +367,17 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     rng = np.random.default_rng(args.seed)
     rgb = rng.integers(0, 256, size=(args.size, args.size, 3), dtype=np.uint8)
     info = machine_info(device)
     print(f"rwth-sam latency on {info.get('gpu', info['cpu'])} ({device}, {info['torch_threads']} torch threads), "
           f"{args.size}x{args.size} RGB, repeats: encoder {args.encoder_repeats}, prompt {args.prompt_repeats}")
+    if device.type == "cpu" and info.get("load_average_at_start", (0,))[0] > (os.cpu_count() or 1) - torch.get_num_threads() + 0.5:
+        print(f"warning: load average {info['load_average_at_start'][0]:.1f} on {os.cpu_count()} cores: other processes "
+              "compete for the CPU, timings will be noisy (try --threads 1)")
     results = [bench_model(name, rgb, device, args) for name in args.model_names]
     print_table(results)
     if hasattr(os, "getloadavg"):

@@ -8,11 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Load torch (and keep triton out) before napari creates its GL context: see rwth_sam.ui.torch_guard.
-import rwth_sam.ui.torch_guard  # noqa: F401,E402
-
-import rwth_sam  # noqa: E402
-from rwth_sam.core.models import sam2_spec  # noqa: E402
+import rwth_sam  # imports torch before napari creates its GL context (see rwth_sam._triton_guard)
+from rwth_sam.core.models import sam2_spec
 
 SHARED_DATA = Path(os.environ.get("RWTH_SAM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

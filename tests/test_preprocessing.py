@@ -260,3 +260,24 @@ def test_input_is_never_modified(image, window):
     assert not np.shares_memory(out, image)
     out[...] = 7
     assert np.array_equal(image, original, equal_nan=True)
+
+
+# --------------------------------------------------------------------------- the widget's window choices
+
+
+def test_resolve_window_choices():
+    from rwth_sam.core.preprocessing import CONTRAST_LIMITS, PERCENTILES, WINDOW_CHOICES, resolve_window
+
+    volume = volume_with_different_slice_ranges()
+    assert set(CT_WINDOWS) <= set(WINDOW_CHOICES)
+    assert resolve_window(CONTRAST_LIMITS, volume, contrast_limits=(10, 90)) == IntensityWindow(10.0, 90.0)
+    assert resolve_window(PERCENTILES, volume) == IntensityWindow.percentiles(volume)
+    assert resolve_window("CT soft tissue", volume) == IntensityWindow(-160.0, 240.0)
+    with pytest.raises(rwth_sam.InputError, match="contrast limits"):
+        resolve_window(CONTRAST_LIMITS, volume)
+    with pytest.raises(rwth_sam.InputError, match="low < high"):
+        resolve_window(CONTRAST_LIMITS, volume, contrast_limits=(5, 5))
+    # uint8 colour passes through whatever is chosen; other colour images get a window
+    colour = np.zeros((4, 4, 3), np.uint8)
+    assert resolve_window(CONTRAST_LIMITS, colour, contrast_limits=(0, 255), rgb=True) is None
+    assert resolve_window(CONTRAST_LIMITS, colour.astype(np.float32), contrast_limits=(0, 1), rgb=True) == IntensityWindow(0.0, 1.0)

@@ -86,7 +86,7 @@ def expected_mask(image_data, plane, window, **prompts):
 def test_widget_docks_from_the_manifest(viewer, checkpoint):
     viewer.add_image(np.zeros((32, 32), np.uint8), name="img")
     widget = dock(viewer, checkpoint)
-    assert widget.image.value.name == "img"
+    assert widget.image_picker.value.name == "img"
     texts = [text for text, _ in rwth_sam.ui.widget.model_choices()]
     assert any("MobileSAM ViT-T (38.8 MB, download)" == text for text in texts)
 
@@ -188,7 +188,7 @@ def test_labels_of_the_wrong_shape_are_refused(viewer, checkpoint, qtbot, rng):
     image = viewer.add_image(rng.integers(0, 255, (40, 40)).astype(np.uint8))
     widget = dock(viewer, checkpoint)
     wrong = viewer.add_labels(np.zeros((30, 40), np.uint32), name="wrong")
-    widget.labels.value = wrong
+    widget.labels_picker.value = wrong
     middle_click(viewer, image.data_to_world((20, 20)))
     wait_idle(qtbot, widget)
     widget.submit()
@@ -226,3 +226,24 @@ def test_a_click_outside_the_image_is_refused(viewer, checkpoint, qtbot):
     wait_idle(qtbot, widget)
     assert "outside the image" in widget.status.value
     assert widget.prompts.empty
+
+
+def test_sample_battery_opens_and_segments(viewer, checkpoint, qtbot):
+    """The README's main job: sample volume open, widget docked, a click segments, submit lands."""
+    viewer.open_sample("rwth-sam", "battery_volume")
+    image, truth = viewer.layers["battery phantom"], viewer.layers["battery phantom truth"]
+    assert image.data.shape == truth.data.shape == (32, 256, 256)
+    assert set(np.unique(truth.data)) == set(range(7))
+    widget = dock(viewer, checkpoint)
+    assert widget.image_picker.value is image
+    labels = widget.create_labels_layer()
+    viewer.dims.set_point(0, 16)
+    middle_click(viewer, image.data_to_world((16, 128, 60)))
+    wait_idle(qtbot, widget)
+    assert widget.prompts.prediction is not None
+    SCREENSHOTS.mkdir(exist_ok=True)
+    viewer.screenshot(SCREENSHOTS / "sample_battery.png", canvas_only=False)
+    widget.submit()
+    submitted = int((labels.data[16] == 1).sum())
+    assert submitted > 0 and f"Submitted {submitted} pixels" in widget.status.value
+    assert not np.delete(labels.data, 16, axis=0).any()

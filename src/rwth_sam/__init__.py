@@ -9,6 +9,7 @@ The Python API needs neither Qt nor napari::
     mask = segmenter.predict(plane, points=[(120, 80)], labels=[1]).mask
 """
 
+from . import _triton_guard  # noqa: F401  (first: before anything imports torch)
 from .core.coordinates import LayerGeometry, SlicePlane
 from .core.errors import InputError, RwthSamError, WeightsError
 from .core.loading import load_model, wrap_module

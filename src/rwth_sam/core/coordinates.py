@@ -61,6 +61,8 @@ class SlicePlane:
         axes = {self.row_axis, self.col_axis, self.axis} - {None}
         if len(axes) != ndim or not axes <= set(range(ndim)):
             raise InputError(f"Axes rows={self.row_axis}, cols={self.col_axis}, sliced={self.axis} do not fit {ndim}D data.")
+        if ndim == 3 and self.index is None:
+            raise InputError(f"A slice of a volume needs a slice index along axis {self.axis}.")
         if ndim == 3 and not 0 <= self.index < self.shape[self.axis]:
             raise InputError(f"Slice {self.index} is outside the volume (axis {self.axis} has {self.shape[self.axis]} slices).")
 
@@ -69,6 +71,8 @@ class SlicePlane:
         """The plane at ``index`` along ``axis`` (None for 2D), rows and columns in array order."""
         shape = tuple(int(s) for s in shape)
         rest = [a for a in range(len(shape)) if a != axis]
+        if len(rest) < 2:
+            raise InputError(f"Cannot slice {len(shape)}D data of shape {shape} along axis {axis}.")
         return cls(shape, rest[0], rest[1], axis, index)
 
     @property

@@ -8,8 +8,6 @@ into layers.
 
 from __future__ import annotations
 
-from . import torch_guard  # noqa: F401  (must come before anything that imports torch)
-
 from dataclasses import dataclass, field, replace
 
 import napari
@@ -81,8 +79,8 @@ class SamWidget(Container):
         self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth", value="")
         self.checkpoint.tooltip = "Optional: a local checkpoint file instead of the official download"
         self.device = ComboBox(label="Device", choices=available_devices())
-        self.image = create_widget(annotation=napari.layers.Image, label="Image")
-        self.labels = create_widget(annotation=napari.layers.Labels, label="Labels")
+        self.image_picker = create_widget(annotation=napari.layers.Image, label="Image")
+        self.labels_picker = create_widget(annotation=napari.layers.Labels, label="Labels")
         self.new_labels = PushButton(text="New labels layer for image")
         self.window = ComboBox(label="Intensity", choices=list(WINDOW_CHOICES))
         self.window.tooltip = "How intensities become the 8-bit image SAM sees (one window for the whole volume)"
@@ -93,7 +91,7 @@ class SamWidget(Container):
         self.status = Label(value=HELP)
         self.extend(
             [
-                self.model, self.checkpoint, self.device, self.image, self.labels, self.new_labels, self.window,
+                self.model, self.checkpoint, self.device, self.image_picker, self.labels_picker, self.new_labels, self.window,
                 self.label_value, self.overwrite, self.submit_button, self.clear_button, self.status,
             ]
         )  # fmt: skip
@@ -103,7 +101,7 @@ class SamWidget(Container):
         self.clear_button.changed.connect(self.clear_prompts)
         for control in (self.model, self.checkpoint, self.device):
             control.changed.connect(self._on_model_changed)
-        self.image.changed.connect(self._on_image_changed)
+        self.image_picker.changed.connect(self._on_image_changed)
         self.window.changed.connect(self.clear_prompts)
         napari_viewer.mouse_drag_callbacks.append(self._on_mouse)
         napari_viewer.dims.events.current_step.connect(self._embed_ahead)
@@ -112,7 +110,7 @@ class SamWidget(Container):
     # ----------------------------------------------------------------- layers
     @property
     def image_layer(self) -> napari.layers.Image | None:
-        return self.image.value
+        return self.image_picker.value
 
     def _geometry(self, layer) -> LayerGeometry:
         return LayerGeometry(tuple(layer.scale), tuple(layer.translate))
@@ -133,12 +131,12 @@ class SamWidget(Container):
         labels = self.viewer.add_labels(
             np.zeros(shape, dtype=np.uint32), name=f"{layer.name} labels", scale=layer.scale, translate=layer.translate
         )
-        self.labels.reset_choices()
-        self.labels.value = labels
+        self.labels_picker.reset_choices()
+        self.labels_picker.value = labels
         return labels
 
     def _target_labels(self) -> napari.layers.Labels:
-        labels = self.labels.value
+        labels = self.labels_picker.value
         if labels is None:
             raise InputError("Pick a labels layer, or create one with 'New labels layer for image'.")
         shape = self._image_shape()
@@ -163,6 +161,10 @@ class SamWidget(Container):
             self.viewer.layers.selection.active = image
         return layer
 
+    def _marker_size(self) -> float:
+        """Prompt markers scale with the image, so they look alike on 64 and 4096 pixel slices."""
+        return max(2.0, max(self._image_shape()) / 60)
+
     def _preview(self) -> napari.layers.Labels:
         def make(image):
             return self.viewer.add_labels(
@@ -177,7 +179,7 @@ class SamWidget(Container):
         def make(image):
             return self.viewer.add_points(
                 np.zeros((0, len(self._image_shape()))), name="SAM prompts", scale=image.scale,
-                translate=image.translate, size=8, border_color="white",
+                translate=image.translate, size=self._marker_size(), border_color="white",
             )  # fmt: skip
 
         return self._helper_layer("_points_layer", make)
@@ -186,7 +188,7 @@ class SamWidget(Container):
         def make(image):
             return self.viewer.add_shapes(
                 ndim=len(self._image_shape()), name="SAM box", scale=image.scale, translate=image.translate,
-                edge_color="yellow", face_color="transparent", edge_width=2,
+                edge_color="yellow", face_color="transparent", edge_width=self._marker_size() / 4,
             )  # fmt: skip
 
         return self._helper_layer("_box_layer", make)
