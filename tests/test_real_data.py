@@ -40,7 +40,7 @@ def battery(shared_data):
     assert image.shape == (576, 576) and image.dtype == np.uint16
     # A 2D layer with the scan's voxel size (0.034 mm); 2D data: rows and columns are displayed.
     geometry = rwth_sam.LayerGeometry(scale=(0.03397, 0.03397), translate=(0.0, 0.0))
-    inside = interior_pixels(electrode, 3)
+    inside = interior_pixels(electrode, 1)  # the winding layers are only a few pixels thick
     clicks = [inside[len(inside) // 2], inside[len(inside) // 5]]
     low, high = np.percentile(image, [0.5, 99.5])  # the default window for non-uint8 data
     return dict(
