@@ -39,7 +39,8 @@ def _cases():
             combos = [(d, DTYPES[i % 2]) for i, d in enumerate(DISPLAYS)]
         cases += [pytest.param(model, d, t, id=_id(model, d, t)) for d, t in combos]
     # Large models: one case each (the transposed display of a windowed int16 volume), to keep -m slow bearable.
-    cases += [pytest.param(model, (2, 1), "int16", id=_id(model, (2, 1), "int16"), marks=pytest.mark.slow) for model in LARGE_MODELS]
+    slow = pytest.mark.slow
+    cases += [pytest.param(m, (2, 1), "int16", id=_id(m, (2, 1), "int16"), marks=slow) for m in LARGE_MODELS]
     return cases
 
 

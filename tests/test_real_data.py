@@ -66,7 +66,8 @@ def medical_ct(shared_data):
     z = int(np.argmax(liver.sum(axis=(0, 1))))  # the axial slice with the most liver
     inside = interior_pixels(liver[:, :, z], 2)
     clicks = [(*inside[len(inside) // 2], z), (*inside[len(inside) // 4], z)]
-    geometry = rwth_sam.LayerGeometry(scale=tuple(float(s) for s in ct_image.header.get_zooms()), translate=(-180.0, 20.0, 7.5))
+    spacing = tuple(float(s) for s in ct_image.header.get_zooms())  # 3 mm isotropic
+    geometry = rwth_sam.LayerGeometry(scale=spacing, translate=(-180.0, 20.0, 7.5))
     level, width = 40.0, 400.0  # CT soft tissue, by hand
     return dict(
         image=volume,

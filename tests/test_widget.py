@@ -247,3 +247,37 @@ def test_sample_battery_opens_and_segments(viewer, checkpoint, qtbot):
     submitted = int((labels.data[16] == 1).sum())
     assert submitted > 0 and f"Submitted {submitted} pixels" in widget.status.value
     assert not np.delete(labels.data, 16, axis=0).any()
+
+
+def test_layer_pickers_follow_the_layer_list(viewer, checkpoint):
+    viewer.add_image(np.zeros((16, 16), np.uint8), name="first")
+    widget = dock(viewer, checkpoint)
+    viewer.add_image(np.zeros((16, 16), np.uint8), name="second")
+    viewer.add_labels(np.zeros((16, 16), np.uint8), name="seg")
+    assert [layer.name for layer in widget.image_picker.choices] == ["first", "second"]
+    assert [layer.name for layer in widget.labels_picker.choices] == ["seg"]
+    viewer.layers.remove("first")
+    assert [layer.name for layer in widget.image_picker.choices] == ["second"]
+
+
+def test_prompts_made_while_busy_coalesce_and_stale_results_are_dropped(viewer, checkpoint, qtbot, rng):
+    volume = rng.integers(0, 255, (48, 64)).astype(np.uint8)
+    image = viewer.add_image(volume)
+    widget = dock(viewer, checkpoint)
+    gate, shown = __import__("threading").Event(), []
+    load = widget._segmenter
+
+    def slow_first_segmenter(request):
+        gate.wait(20)
+        return load(request)
+
+    widget._segmenter = slow_first_segmenter
+    show = widget._show_preview
+    widget._show_preview = lambda plane, mask: (shown.append(mask is not None), show(plane, mask))
+    for col in (10, 20, 30):  # three clicks while the model is still loading
+        middle_click(viewer, image.data_to_world((24, col)))
+    gate.set()
+    wait_idle(qtbot, widget)
+    assert shown.count(True) == 1, "a stale preview was shown"
+    expected = expected_mask(volume, rwth_sam.SlicePlane.of(volume.shape), None, points=widget.prompts.points, labels=[1, 1, 1])
+    np.testing.assert_array_equal(widget._preview_layer.data == 1, expected.mask)

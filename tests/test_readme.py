@@ -1,0 +1,22 @@
+"""The README's Python example runs as written (random weights stand in for the download)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import rwth_sam
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_api_example_runs(monkeypatch, mobile_sam):
+    text = README.read_text()
+    section = text[text.index("## Python API") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.setattr(rwth_sam, "load_model", lambda name, **kwargs: mobile_sam if name == "mobile_sam_vit_t" else None)
+    namespace = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    labels, refined = namespace["labels"], namespace["refined"]
+    assert labels[16].astype(bool).sum() == refined.mask.sum() > 0
+    assert not labels[:16].any() and not labels[17:].any()

@@ -1,0 +1,51 @@
+"""The worker runner: model work off the GUI thread, newest request wins, predictions first."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from rwth_sam.ui.runner import EMBED_AHEAD, PREDICT, LatestJobRunner
+
+pytestmark = pytest.mark.gui
+
+
+def test_jobs_run_off_the_gui_thread_and_waiting_ones_coalesce(qtbot):
+    errors, results, threads = [], [], []
+    gate = threading.Event()
+    runner = LatestJobRunner(on_error=errors.append)
+
+    def job(name, wait=False):
+        def run():
+            threads.append(threading.current_thread())
+            if wait:
+                gate.wait(10)
+            return name
+
+        return run
+
+    runner.submit(PREDICT, job("first", wait=True), results.append, "test")
+    runner.submit(PREDICT, job("second"), results.append, "test")  # superseded while waiting
+    runner.submit(EMBED_AHEAD, job("embed"), results.append, "test")
+    runner.submit(PREDICT, job("third"), results.append, "test")
+    gate.set()
+    qtbot.waitUntil(lambda: not runner.busy, timeout=10_000)
+    assert results == ["first", "third", "embed"]
+    assert errors == []
+    assert threading.main_thread() not in threads
+
+
+def test_errors_reach_the_handler_and_the_next_job_still_runs(qtbot):
+    errors, results = [], []
+    runner = LatestJobRunner(on_error=errors.append)
+
+    def failing():
+        raise ValueError("bad slice")
+
+    runner.submit(PREDICT, failing, results.append, "test")
+    qtbot.waitUntil(lambda: not runner.busy, timeout=10_000)
+    runner.submit(PREDICT, lambda: "ok", results.append, "test")
+    qtbot.waitUntil(lambda: not runner.busy, timeout=10_000)
+    assert [str(e) for e in errors] == ["bad slice"]
+    assert results == ["ok"]
