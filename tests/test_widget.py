@@ -281,3 +281,61 @@ def test_prompts_made_while_busy_coalesce_and_stale_results_are_dropped(viewer, 
     assert shown.count(True) == 1, "a stale preview was shown"
     expected = expected_mask(volume, rwth_sam.SlicePlane.of(volume.shape), None, points=widget.prompts.points, labels=[1, 1, 1])
     np.testing.assert_array_equal(widget._preview_layer.data == 1, expected.mask)
+
+
+def press_key(viewer, key):
+    """A key press through napari's own key-map handler, which the canvas feeds with Qt key events."""
+    from app_model.types import KeyBinding
+
+    handler = viewer.window._qt_viewer._key_map_handler
+    handler.press_key(KeyBinding.from_str(key))
+    handler.release_key(KeyBinding.from_str(key))
+
+
+def left_click(viewer, world_point):
+    events = viewer.window._qt_viewer.canvas._scene_canvas.events
+    position = canvas_position(viewer, world_point)
+    press = events.mouse_press(pos=position, button=1, modifiers=())
+    events.mouse_release(pos=position, button=1, modifiers=(), press_event=press)
+
+
+def test_select_and_delete_prompt_points_with_keys(viewer, checkpoint, qtbot, rng):
+    volume = rng.integers(0, 255, (48, 64)).astype(np.uint8)
+    image = viewer.add_image(volume)
+    widget = dock(viewer, checkpoint)
+    for row, col, modifiers in ((10, 10, ()), (20, 30, (keys.CONTROL,)), (30, 50, ())):
+        middle_click(viewer, image.data_to_world((row, col)), *modifiers)
+        wait_idle(qtbot, widget)
+    assert widget.prompts.labels == [1, 0, 1]
+
+    left_click(viewer, image.data_to_world((20.4, 30.3)))  # selects the negative point
+    assert widget.prompts.selected == {1}
+    assert list(widget._points_layer.border_color[1][:3]) == [1, 1, 0]
+    press_key(viewer, "Ctrl+K")
+    wait_idle(qtbot, widget)
+    assert widget.prompts.labels == [1, 1] and widget.prompts.selected == set()
+    expected = expected_mask(volume, rwth_sam.SlicePlane.of(volume.shape), None, points=widget.prompts.points, labels=[1, 1])
+    np.testing.assert_array_equal(widget._preview_layer.data == 1, expected.mask)
+
+    press_key(viewer, "Ctrl+Shift+K")
+    assert widget.prompts.empty and not widget._preview_layer.data.any()
+    assert len(widget._points_layer.data) == 0
+
+
+def test_submit_and_undo_redo_keys_and_brush_edits_survive(viewer, checkpoint, qtbot, rng):
+    image = viewer.add_image(rng.integers(0, 255, (48, 64)).astype(np.uint8))
+    widget = dock(viewer, checkpoint)
+    labels = widget.create_labels_layer()
+    labels.paint((5, 5), 9)  # the user's own brush stroke (napari's brush, its own undo history)
+    brushed = labels.data == 9
+    viewer.layers.selection.active = image
+    middle_click(viewer, image.data_to_world((30, 40)))
+    wait_idle(qtbot, widget)
+    preview = widget.prompts.prediction.mask.copy()
+    press_key(viewer, "Ctrl+Enter")
+    assert np.array_equal(labels.data == 1, preview & ~brushed)
+    assert (labels.data[brushed] == 9).all(), "the brush stroke was overwritten"
+    press_key(viewer, "Ctrl+Z")
+    assert not (labels.data == 1).any() and (labels.data[brushed] == 9).all()
+    press_key(viewer, "Ctrl+Shift+Z")
+    assert np.array_equal(labels.data == 1, preview & ~brushed)

@@ -1,9 +1,10 @@
 """The main widget: model, layers and intensity window; click prompts with a live green preview; submit.
 
-Mouse (as in the original RWTH-SAM): middle click adds a positive point, Ctrl+middle click a negative
-one, Shift+middle drag draws a box (replacing the previous one). Every model call runs in a napari
-thread worker through ``LatestJobRunner``; this module only turns events into prompts and results
-into layers.
+Mouse and keys (as in the original RWTH-SAM): middle click adds a positive point, Ctrl+middle click a
+negative one, Shift+middle drag draws a box (replacing the previous one); left click selects prompt
+points, Ctrl+K deletes the selected ones, Ctrl+Shift+K all prompts; Ctrl+Enter submits; Ctrl+Z and
+Ctrl+Shift+Z undo and redo on the labels layer. Every model call runs in a napari thread worker
+through ``LatestJobRunner``; this module only turns events into prompts and results into layers.
 """
 
 from __future__ import annotations
@@ -28,11 +29,22 @@ from ..core.weights import is_cached
 from ..core.workspace import Workspace
 from .runner import EMBED_AHEAD, PREDICT, LatestJobRunner
 
-MIDDLE_BUTTON = 3
+LEFT_BUTTON, MIDDLE_BUTTON = 1, 3
 PREVIEW_COLOR = "lime"
 POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
-HELP = "Middle click: + point · Ctrl+middle: − point · Shift+middle drag: box"
+SELECTED_COLOR = "yellow"
+HELP = (
+    "Middle click: + point · Ctrl+middle: − point · Shift+middle drag: box\n"
+    "Left click: select point · Ctrl+K: delete selected · Ctrl+Shift+K: delete all · Ctrl+Enter: submit"
+)
+KEY_BINDINGS = {
+    "Control-K": "delete_selected_points",
+    "Control-Shift-K": "clear_prompts",
+    "Control-Enter": "submit",
+    "Control-Z": "undo",
+    "Control-Shift-Z": "redo",
+}
 
 
 def model_choices(_widget=None) -> list[tuple[str, str]]:
@@ -57,6 +69,7 @@ class PromptState:
     labels: list[int] = field(default_factory=list)
     box: tuple[float, float, float, float] | None = None
     prediction: Prediction | None = None
+    selected: set[int] = field(default_factory=set)
 
     @property
     def empty(self) -> bool:
@@ -104,6 +117,8 @@ class SamWidget(Container):
         self.image_picker.changed.connect(self._on_image_changed)
         self.window.changed.connect(self.clear_prompts)
         napari_viewer.mouse_drag_callbacks.append(self._on_mouse)
+        for key, action in KEY_BINDINGS.items():
+            napari_viewer.bind_key(key, self._key_handler(action), overwrite=True)
         napari_viewer.dims.events.current_step.connect(self._embed_ahead)
         self.native.destroyed.connect(self._disconnect)
 
@@ -201,6 +216,8 @@ class SamWidget(Container):
         data = np.array([plane.slice_to_data(x, y) for x, y in state.points]).reshape(-1, ndim)
         points.data = data
         points.face_color = [POSITIVE_COLOR if label else NEGATIVE_COLOR for label in state.labels] or "white"
+        points.border_color = [SELECTED_COLOR if i in state.selected else "white" for i in range(len(data))] or "white"
+        points.border_width = [0.3 if i in state.selected else 0.1 for i in range(len(data))] or 0.1
         box = box if box is not None else state.box
         shapes = self._box()
         shapes.data = []
@@ -230,6 +247,9 @@ class SamWidget(Container):
         return plane, x, y
 
     def _on_mouse(self, viewer, event):
+        if event.button == LEFT_BUTTON and not event.modifiers:
+            self._select_point_at(event.position)
+            return
         if event.button != MIDDLE_BUTTON:
             return
         try:
@@ -260,6 +280,34 @@ class SamWidget(Container):
             return
         self._start_plane(plane)
         self.prompts.box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+        self._prompts_changed()
+
+    def _select_point_at(self, world_position) -> None:
+        """Left click on a prompt point toggles its selection (for Ctrl+K)."""
+        state = self.prompts
+        if not state.points or self.image_picker.value is None:
+            return
+        try:
+            plane, x, y = self._plane_under(world_position)
+        except RwthSamError:
+            return
+        if plane != state.plane:
+            return
+        distances = np.hypot(*(np.asarray(state.points) - (x, y)).T)
+        nearest = int(np.argmin(distances))
+        if distances[nearest] <= self._marker_size():
+            state.selected ^= {nearest}
+            self._draw_prompts()
+
+    def delete_selected_points(self) -> None:
+        """Ctrl+K: drop the selected points; the preview is recomputed from what is left."""
+        state = self.prompts
+        if not state.selected:
+            return
+        keep = [i for i in range(len(state.points)) if i not in state.selected]
+        self.prompts = PromptState(
+            plane=state.plane, points=[state.points[i] for i in keep], labels=[state.labels[i] for i in keep], box=state.box
+        )
         self._prompts_changed()
 
     def _add_point(self, plane: SlicePlane, x: float, y: float, positive: bool) -> None:
@@ -378,6 +426,22 @@ class SamWidget(Container):
             self._show_preview(None, None)
         self.status.value = HELP
 
+    def undo(self) -> None:
+        """Ctrl+Z when the labels layer is not the active one (then napari's own binding answers)."""
+        if self.labels_picker.value is not None:
+            self.labels_picker.value.undo()
+
+    def redo(self) -> None:
+        if self.labels_picker.value is not None:
+            self.labels_picker.value.redo()
+
+    def _key_handler(self, action: str):
+        def handler(viewer):
+            getattr(self, action)()
+
+        handler.__name__ = action
+        return handler
+
     def _on_model_changed(self, *_) -> None:
         self.workspace.reset()
         self.clear_prompts()
@@ -394,4 +458,6 @@ class SamWidget(Container):
     def _disconnect(self, *_) -> None:
         if self._on_mouse in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._on_mouse)
+        for key in KEY_BINDINGS:
+            self.viewer.bind_key(key, None)
         self.viewer.dims.events.current_step.disconnect(self._embed_ahead)

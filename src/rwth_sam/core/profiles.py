@@ -1,0 +1,294 @@
+"""Segmentation profiles: a named, versioned list of classes (name, label value, colour), stored as JSON.
+
+A profile says what the label values of a labels layer mean::
+
+    profile = Profile.load("profiles/li_ion_cylindrical_cell.json")
+    profile.class_by_value(3).name      # "anode"
+    profile.color_dict()                # for napari's DirectLabelColormap
+    profile.features()                  # for napari's Labels.features (class names in the status bar)
+
+Everything is validated when a profile is made (from Python or from JSON); a problem raises
+``ProfileError`` whose message names the JSON path of the offending field, e.g.
+``classes[2].color: 'red' is not a colour of the form #rrggbb``. The file format is described in
+``profiles/README.md``. Nothing here imports Qt or napari.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+PROFILE_FORMAT = "rwth-sam-profile"
+PROFILE_VERSION = 1
+MAX_LABEL_VALUE = 2**31 - 1
+BACKGROUND_NAME = "background"
+_HEX_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
+_SNIFF_BYTES = 64 * 1024
+_FORMAT_KEY = re.compile(rb'"format"\s*:\s*"' + re.escape(PROFILE_FORMAT.encode()) + rb'"')
+_PROFILE_KEYS = ("format", "version", "name", "description", "classes")
+_CLASS_KEYS = ("name", "value", "color", "description")
+
+
+class ProfileError(InputError):
+    """A profile (or profile file) is invalid; ``path`` is the JSON path of the problem, if any."""
+
+    def __init__(self, problem: str, path: str | None = None):
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.problem = problem
+        self.path = path
+
+    def within(self, prefix: str) -> ProfileError:
+        """The same problem, its JSON path prefixed (``color`` within ``classes[2]``)."""
+        if not self.path:
+            return ProfileError(self.problem, prefix)
+        joiner = "" if self.path.startswith("[") else "."
+        return ProfileError(self.problem, f"{prefix}{joiner}{self.path}")
+
+
+def _text(value: Any, path: str, *, required: bool) -> str:
+    if not isinstance(value, str):
+        raise ProfileError(f"must be a string, not {_json_type(value)}", path)
+    value = value.strip()
+    if required and not value:
+        raise ProfileError("must not be empty", path)
+    return value
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+@dataclass(frozen=True)
+class SegmentationClass:
+    """One class of a profile: its name, the label value it is painted with, and its colour (#rrggbb)."""
+
+    name: str
+    value: int
+    color: str
+    description: str = ""
+
+    def __post_init__(self):
+        name = _text(self.name, "name", required=True)
+        if name.casefold() == BACKGROUND_NAME:
+            raise ProfileError(f"'{name}' is reserved for label value 0 (unlabelled pixels)", "name")
+        value = self.value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProfileError(f"must be a whole number from 1 to {MAX_LABEL_VALUE}, not {value!r}", "value")
+        if not 1 <= value <= MAX_LABEL_VALUE:
+            raise ProfileError(f"must be from 1 to {MAX_LABEL_VALUE} (0 is the background), not {value}", "value")
+        color = self.color
+        if not isinstance(color, str) or not _HEX_COLOR.fullmatch(color.strip()):
+            raise ProfileError(f"{color!r} is not a colour of the form #rrggbb (e.g. #ff8800)", "color")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "value", int(value))
+        object.__setattr__(self, "color", color.strip().lower())
+        object.__setattr__(self, "description", _text(self.description, "description", required=False))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "value": self.value, "color": self.color, "description": self.description}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SegmentationClass:
+        if not isinstance(data, dict):
+            raise ProfileError(f"a class must be an object with {', '.join(_CLASS_KEYS)}, not {_json_type(data)}")
+        _check_keys(data, _CLASS_KEYS, required=("name", "value", "color"))
+        return cls(data["name"], data["value"], data["color"], data.get("description", ""))
+
+
+def _check_keys(data: dict, allowed: tuple[str, ...], required: tuple[str, ...], where: str | None = None) -> None:
+    for key in data:
+        if key not in allowed:
+            raise ProfileError(f"unknown key '{key}' (allowed: {', '.join(allowed)})", where)
+    for key in required:
+        if key not in data:
+            raise ProfileError("is missing", f"{where}.{key}" if where else key)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named list of classes; names are unique (ignoring case), and so are label values."""
+
+    name: str
+    classes: tuple[SegmentationClass, ...] = ()
+    description: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "name", _text(self.name, "name", required=True))
+        object.__setattr__(self, "description", _text(self.description, "description", required=False))
+        classes = self.classes
+        if isinstance(classes, (str, bytes, dict)) or not hasattr(classes, "__iter__"):
+            raise ProfileError(f"must be a list of classes, not {_json_type(classes)}", "classes")
+        classes = tuple(classes)
+        names: dict[str, int] = {}
+        values: dict[int, int] = {}
+        for index, item in enumerate(classes):
+            if not isinstance(item, SegmentationClass):
+                raise ProfileError(f"must be a SegmentationClass, not {type(item).__name__}", f"classes[{index}]")
+            first = names.setdefault(item.name.casefold(), index)
+            if first != index:
+                raise ProfileError(
+                    f"'{item.name}' is already the name of classes[{first}]; class names must be unique",
+                    f"classes[{index}].name",
+                )
+            first = values.setdefault(item.value, index)
+            if first != index:
+                raise ProfileError(
+                    f"{item.value} is already the label value of classes[{first}] ('{classes[first].name}'); "
+                    "label values must be unique",
+                    f"classes[{index}].value",
+                )
+        object.__setattr__(self, "classes", classes)
+
+    # ----------------------------------------------------------------- JSON
+    def to_dict(self) -> dict:
+        return {
+            "format": PROFILE_FORMAT,
+            "version": PROFILE_VERSION,
+            "name": self.name,
+            "description": self.description,
+            "classes": [item.to_dict() for item in self.classes],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Profile:
+        if not isinstance(data, dict):
+            raise ProfileError(f"a profile must be a JSON object, not {_json_type(data)}")
+        if data.get("format") != PROFILE_FORMAT:
+            found = f"'format' is {data['format']!r}" if "format" in data else "'format' is missing"
+            raise ProfileError(f"not an rwth-sam profile: {found}, expected \"{PROFILE_FORMAT}\"", "format")
+        version = data.get("version")
+        if isinstance(version, bool) or not isinstance(version, int):
+            found = "missing" if "version" not in data else f"{version!r}"
+            raise ProfileError(f"must be a whole number (this rwth-sam reads version {PROFILE_VERSION}), not {found}", "version")
+        if version != PROFILE_VERSION:
+            newer = " (made by a newer rwth-sam: update rwth-sam to open it)" if version > PROFILE_VERSION else ""
+            raise ProfileError(
+                f"profile format version {version} is not supported; this rwth-sam reads version {PROFILE_VERSION}{newer}",
+                "version",
+            )
+        _check_keys(data, _PROFILE_KEYS, required=("name",))
+        raw_classes = data.get("classes", [])
+        if not isinstance(raw_classes, list):
+            raise ProfileError(f"must be a list of classes, not {_json_type(raw_classes)}", "classes")
+        classes = []
+        for index, item in enumerate(raw_classes):
+            try:
+                classes.append(SegmentationClass.from_dict(item))
+            except ProfileError as error:
+                raise error.within(f"classes[{index}]") from None
+        return cls(data["name"], tuple(classes), data.get("description", ""))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the profile as JSON (UTF-8, indented); the file is replaced only once fully written."""
+        path = Path(path)
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        partial = path.with_name(path.name + ".partial")
+        try:
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, path)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            raise ProfileError(f"Cannot save the profile to {path}: {error.strerror or error}") from error
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Profile:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ProfileError(f"Cannot load profile {path}: it is not a UTF-8 text file ({error.reason})") from None
+        except OSError as error:
+            raise ProfileError(f"Cannot load profile {path}: {error.strerror or error}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ProfileError(
+                f"Cannot load profile {path}: not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
+            ) from None
+        try:
+            return cls.from_dict(data)
+        except ProfileError as error:
+            raise ProfileError(f"Cannot load profile {path}: {error}") from None
+
+    # ----------------------------------------------------------------- queries
+    def class_by_value(self, value: int) -> SegmentationClass | None:
+        return next((item for item in self.classes if item.value == value), None)
+
+    def class_by_name(self, name: str) -> SegmentationClass | None:
+        """The class of that name (ignoring case and surrounding spaces), or None."""
+        key = name.strip().casefold()
+        return next((item for item in self.classes if item.name.casefold() == key), None)
+
+    def next_free_value(self) -> int:
+        """A label value for a new class: one more than the largest in use (1 for an empty profile)."""
+        used = {item.value for item in self.classes}
+        largest = max(used, default=0)
+        if largest < MAX_LABEL_VALUE:
+            return largest + 1
+        return next(value for value in range(1, MAX_LABEL_VALUE + 1) if value not in used)
+
+    def color_dict(self, unknown: str = "transparent") -> dict[int | None, str]:
+        """{None: unknown, 0: "transparent", value: "#rrggbb", ...} for napari's DirectLabelColormap.
+
+        ``None`` is the colour of label values that are not in the profile.
+        """
+        colors: dict[int | None, str] = {None: unknown, 0: "transparent"}
+        colors.update((item.value, item.color) for item in self.classes)
+        return colors
+
+    def features(self) -> dict[str, list]:
+        """{"index": [0, values...], "class": ["background", names...]} for napari's Labels.features."""
+        return {
+            "index": [0, *(item.value for item in self.classes)],
+            "class": [BACKGROUND_NAME, *(item.name for item in self.classes)],
+        }
+
+
+def is_profile_file(path: str | os.PathLike) -> bool:
+    """A cheap sniff: a ``.json`` file whose top-level ``"format"`` is ``"rwth-sam-profile"``.
+
+    Only the first 64 KiB are read. A file that says it is a profile but is broken (invalid JSON,
+    say) counts as one, so that opening it reports what is wrong instead of "no reader".
+    """
+    try:
+        path = Path(path)
+        if path.suffix.lower() != ".json" or not path.is_file():
+            return False
+        with path.open("rb") as file:
+            head = file.read(_SNIFF_BYTES + 1)
+    except (OSError, TypeError, ValueError):
+        return False
+    if not _FORMAT_KEY.search(head[:_SNIFF_BYTES]):
+        return False
+    if len(head) <= _SNIFF_BYTES:
+        try:
+            data = json.loads(head.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return True  # says it is a profile, but is broken: loading it will say how
+        return isinstance(data, dict) and data.get("format") == PROFILE_FORMAT
+    return True
+
+
+# ----------------------------------------------------------------- built-in profiles
+def builtin_profiles_dir() -> Path | None:
+    """Where the example profiles are: ``rwth_sam/profiles`` in an installed package, else the checkout's ``profiles/``."""
+    packaged = resources.files("rwth_sam") / "profiles"
+    candidates = [Path(str(packaged)), Path(__file__).resolve().parents[3] / "profiles"]
+    return next((folder for folder in candidates if folder.is_dir() and any(folder.glob("*.json"))), None)
+
+
+def builtin_profiles() -> list[Profile]:
+    """The example profiles shipped with rwth-sam, sorted by file name."""
+    folder = builtin_profiles_dir()
+    if folder is None:
+        return []
+    return [Profile.load(path) for path in sorted(folder.glob("*.json")) if is_profile_file(path)]
