@@ -339,3 +339,20 @@ def test_submit_and_undo_redo_keys_and_brush_edits_survive(viewer, checkpoint, q
     assert not (labels.data == 1).any() and (labels.data[brushed] == 9).all()
     press_key(viewer, "Ctrl+Shift+Z")
     assert np.array_equal(labels.data == 1, preview & ~brushed)
+
+
+def test_contrast_change_resegments_with_the_new_window(viewer, checkpoint, qtbot, rng):
+    volume = rng.integers(0, 4000, (48, 64)).astype(np.uint16)
+    image = viewer.add_image(volume, contrast_limits=(0, 4000))
+    widget = dock(viewer, checkpoint)
+    middle_click(viewer, image.data_to_world((24, 30)))
+    wait_idle(qtbot, widget)
+    plane = rwth_sam.SlicePlane.of(volume.shape)
+    points = widget.prompts.points
+    for limits in [(100, 3000), (200, 2500), (1000, 2000)]:  # a slider drag: one re-segmentation at the end
+        image.contrast_limits = limits
+    qtbot.waitUntil(lambda: not widget._window_timer.isActive(), timeout=5_000)
+    wait_idle(qtbot, widget)
+    expected = expected_mask(volume, plane, rwth_sam.IntensityWindow(1000, 2000), points=points, labels=[1])
+    np.testing.assert_array_equal(widget._preview_layer.data == 1, expected.mask)
+    assert len(widget.workspace._segmenter.cache) == 1

@@ -2,49 +2,19 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import os
+from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
+from .cache import DEFAULT_CACHE_BYTES, DiskEmbeddingCache, EmbeddingCache, SliceKey
 from .coordinates import SlicePlane
 from .errors import InputError
 from .predictors.base import Embedding, Prediction, Predictor, Prompts
 from .preprocessing import IntensityWindow, to_rgb
 
-DEFAULT_CACHE_BYTES = 2 * 1024**3
-
-
-class EmbeddingCache:
-    """Least-recently-used slice embeddings within a byte budget."""
-
-    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES):
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[object, Embedding] = OrderedDict()
-
-    def get(self, key) -> Embedding | None:
-        embedding = self._entries.get(key)
-        if embedding is not None:
-            self._entries.move_to_end(key)
-        return embedding
-
-    def put(self, key, embedding: Embedding) -> None:
-        self._entries[key] = embedding
-        self._entries.move_to_end(key)
-        while self.nbytes > self.max_bytes and len(self._entries) > 1:
-            self._entries.popitem(last=False)
-
-    def __contains__(self, key) -> bool:
-        return key in self._entries
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(e.nbytes for e in self._entries.values())
-
-    def clear(self) -> None:
-        self._entries.clear()
+__all__ = ["DEFAULT_CACHE_BYTES", "DiskEmbeddingCache", "EmbeddingCache", "Segmenter", "SliceKey", "spatial_shape"]
 
 
 def spatial_shape(image: np.ndarray, rgb: bool) -> tuple[int, ...]:
@@ -66,6 +36,12 @@ class Segmenter:
 
     ``window`` maps intensities to 8-bit (see ``preprocessing``); by default uint8 data is used as
     it is and anything else is clipped at its 0.5 and 99.5 percentiles, over the whole volume.
+
+    ``cache`` (an ``EmbeddingCache``) may be shared by several segmenters, as a ``Workspace`` does:
+    its keys name the model, the image, the window and the slice. ``disk_cache`` (a
+    ``DiskEmbeddingCache`` or a folder for one) keeps embeddings across sessions, keyed by the
+    slice's content and ``model_id``; give ``model_id`` (default: the model's name) something that
+    tells weights apart when the same model name can carry other weights (a local checkpoint).
     """
 
     def __init__(
@@ -75,6 +51,8 @@ class Segmenter:
         window: IntensityWindow | None = None,
         rgb: bool = False,
         cache: EmbeddingCache | None = None,
+        disk_cache: DiskEmbeddingCache | str | os.PathLike | None = None,
+        model_id: str | None = None,
     ):
         self.predictor = predictor
         self.image = image
@@ -84,6 +62,10 @@ class Segmenter:
             window = IntensityWindow.percentiles(image)
         self.window = window
         self.cache = cache if cache is not None else EmbeddingCache()
+        if disk_cache is not None and not isinstance(disk_cache, DiskEmbeddingCache):
+            disk_cache = DiskEmbeddingCache(disk_cache)
+        self.disk_cache = disk_cache
+        self.model_id = model_id or predictor.name
 
     def plane(self, axis: int | None = None, index: int | None = None) -> SlicePlane:
         if len(self.shape) == 3 and axis is None:
@@ -94,20 +76,93 @@ class Segmenter:
         """The slice as the model sees it: (H, W, 3) uint8."""
         return to_rgb(np.asarray(plane.take(self.image)), self.window, rgb=self.rgb)
 
-    def _key(self, plane: SlicePlane):
-        return (plane.axis, plane.index, plane.row_axis, plane.col_axis)
+    def key(self, plane: SlicePlane) -> SliceKey:
+        """The memory cache's key of ``plane``'s embedding (model, image, window, colour, slice)."""
+        return SliceKey.of(self.predictor, self.image, self.window, self.rgb, plane)
+
+    _key = key
+
+    def disk_key(self, plane: SlicePlane) -> str:
+        """The disk cache's key: a hash of the slice as the model sees it and of ``model_id``."""
+        return DiskEmbeddingCache.key(self.slice_rgb(plane), self.model_id)
 
     def is_embedded(self, plane: SlicePlane) -> bool:
-        return self._key(plane) in self.cache
+        """Whether ``plane``'s embedding is in the memory cache."""
+        return self.key(plane) in self.cache
 
     def embed(self, plane: SlicePlane) -> Embedding:
-        key = self._key(plane)
+        """``plane``'s embedding: from memory, else from the disk cache, else from the encoder."""
+        key = self.key(plane)
         embedding = self.cache.get(key)
         if embedding is None:
-            embedding = self.predictor.embed(self.slice_rgb(plane))
+            embedding = self._load_or_encode(plane)
             self.cache.put(key, embedding)
         return embedding
 
+    def _load_or_encode(self, plane: SlicePlane) -> Embedding:
+        rgb = self.slice_rgb(plane)
+        if self.disk_cache is None:
+            return self.predictor.embed(rgb)
+        disk_key = DiskEmbeddingCache.key(rgb, self.model_id)
+        embedding = self.disk_cache.get(disk_key, device=self.predictor.device)
+        if embedding is None or embedding.model_name != self.predictor.name:
+            embedding = self.predictor.embed(rgb)
+            self.disk_cache.put(disk_key, embedding)
+        return embedding
+
+    def _neighbourhood(self, plane: SlicePlane, radius: int) -> list[SlicePlane]:
+        """``plane``, then its neighbours at distance 1, 2, ... radius (+1, -1, +2, -2 ...) in the volume."""
+        if tuple(plane.shape) != tuple(self.shape):
+            raise InputError(f"The slice belongs to an image of shape {plane.shape}, not {self.shape}.")
+        planes = [plane]
+        if plane.axis is not None:
+            count = self.shape[plane.axis]
+            for distance in range(1, max(0, int(radius)) + 1):
+                for index in (plane.index + distance, plane.index - distance):
+                    if 0 <= index < count:
+                        planes.append(replace(plane, index=index))
+        return planes
+
+    def prefetch_order(self, plane: SlicePlane, radius: int) -> list[SlicePlane]:
+        """The slices ``prefetch`` would embed, in order: ``plane`` first, then its neighbours at
+        distance 1, 2, ... ``radius`` (+1, -1, +2, -2 ...) within the volume, skipping cached ones."""
+        return [p for p in self._neighbourhood(plane, radius) if not self.is_embedded(p)]
+
+    def prefetch(
+        self, plane: SlicePlane, radius: int = 2, should_stop: Callable[[], bool] | None = None
+    ) -> list[SlicePlane]:
+        """Embed the shown ``plane``, then its neighbours (see ``prefetch_order``); returns those embedded.
+
+        ``should_stop()`` is asked before each slice (a worker cancelled when the user moves on).
+        The shown slice and its nearer neighbours are never evicted for farther ones: prefetching
+        stops when the next neighbour would not fit in the cache's budget beside them.
+        """
+        cache = self.cache
+        shown = self.key(plane)
+        cache.pin(shown)  # pinned before it is embedded: it may displace anything, nothing displaces it
+        kept: list[SliceKey] = [shown]
+        embedded: list[SlicePlane] = []
+        size = 0
+        try:
+            for candidate in self._neighbourhood(plane, radius):
+                key = self.key(candidate)
+                if key not in cache:
+                    if should_stop is not None and should_stop():
+                        break
+                    if key != shown and size and not cache.fits(size, kept):
+                        break  # the budget is full of nearer slices
+                    size = max(size, self.embed(candidate).nbytes)
+                    embedded.append(candidate)
+                if key != shown:
+                    cache.pin(key)  # only once it is in: a neighbour is never put while pinned
+                    kept.append(key)
+                size = max(size, cache.entry_nbytes(key))
+        finally:
+            for key in reversed(kept):  # the shown slice ends most recently used, the farthest least
+                cache.touch(key)
+            for key in kept:
+                cache.unpin(key)
+        return embedded
     def predict(
         self,
         plane: SlicePlane,

@@ -17,6 +17,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pus
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils import progress
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QTimer
 
 from ..core.coordinates import LayerGeometry, SlicePlane, plane_at
 from ..core.device import available_devices
@@ -87,6 +88,10 @@ class SamWidget(Container):
         self.prompts = PromptState()
         self._version = 0  # bumped by every prompt change; older results are dropped
         self._preview_layer = self._points_layer = self._box_layer = None
+        self._watched_image = None
+        # contrast sliders fire many events per drag: re-segment once the user pauses
+        self._window_timer = QTimer(singleShot=True, interval=300)
+        self._window_timer.timeout.connect(self._on_window_changed)
 
         self.model = ComboBox(label="Model", choices=model_choices)
         self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth", value="")
@@ -115,7 +120,8 @@ class SamWidget(Container):
         for control in (self.model, self.checkpoint, self.device):
             control.changed.connect(self._on_model_changed)
         self.image_picker.changed.connect(self._on_image_changed)
-        self.window.changed.connect(self.clear_prompts)
+        self.window.changed.connect(self._on_window_changed)
+        self._on_image_changed()
         napari_viewer.mouse_drag_callbacks.append(self._on_mouse)
         for key, action in KEY_BINDINGS.items():
             napari_viewer.bind_key(key, self._key_handler(action), overwrite=True)
@@ -449,6 +455,21 @@ class SamWidget(Container):
     def _on_image_changed(self, *_) -> None:
         self.clear_prompts()
         self.prompts = PromptState()
+        if self._watched_image is not None:
+            self._watched_image.events.contrast_limits.disconnect(self._restart_window_timer)
+        self._watched_image = self.image_picker.value
+        if self._watched_image is not None:
+            self._watched_image.events.contrast_limits.connect(self._restart_window_timer)
+
+    def _restart_window_timer(self, *_) -> None:
+        self._window_timer.start()
+
+    def _on_window_changed(self, *_) -> None:
+        """What the model sees changed: segment the same prompts again (embeddings are keyed by window)."""
+        self.prompts.prediction = None
+        if not self.prompts.empty:
+            self._prompts_changed()
+        self._embed_ahead()
 
     def _report_error(self, error: Exception) -> None:
         message = str(error) if isinstance(error, RwthSamError) else f"{type(error).__name__}: {error}"
@@ -461,3 +482,5 @@ class SamWidget(Container):
         for key in KEY_BINDINGS:
             self.viewer.bind_key(key, None)
         self.viewer.dims.events.current_step.disconnect(self._embed_ahead)
+        if self._watched_image is not None:
+            self._watched_image.events.contrast_limits.disconnect(self._restart_window_timer)

@@ -1,0 +1,392 @@
+"""Automatic mask generation: segment everything in a slice, or in every slice of a volume.
+
+The masks come from the upstream generator of the predictor's family, built on the predictor's own
+module: ``SamAutomaticMaskGenerator`` of ``segment_anything``, ``segment_anything_hq`` or
+``mobile_sam``, or ``SAM2AutomaticMaskGenerator`` of ``sam2``. Every field of
+``AutomaticSettings`` is passed to it unchanged, so a mask list here is the one upstream's
+``generate()`` returns. It then becomes a label image: masks are painted largest first, so smaller
+masks stay visible on top of the larger ones they overlap, and the visible objects are numbered
+1..n in painting order (1 is the largest).
+
+``min_mask_region_area`` removes holes and islands smaller than that many pixels from every mask
+(with OpenCV, then box NMS drops new duplicates), for every family alike. SAM 2's own generator
+would instead do this on the low-resolution logits with a compiled CUDA extension that pip installs
+of ``sam2`` lack (upstream then warns on every batch and skips it); rwth-sam switches that off and
+applies SAM's full-resolution post-processing to SAM 2 as well.
+
+In a volume, ``generate_volume`` segments each slice on its own and ``link_slices`` gives objects
+that overlap on neighbouring slices one id.
+"""
+
+from __future__ import annotations
+
+import importlib
+import numbers
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from .errors import InputError
+from .predictors.base import Predictor
+
+
+@dataclass(frozen=True)
+class AutomaticSettings:
+    """The upstream automatic mask generator's settings (SAM's defaults); checked on construction."""
+
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
+    min_mask_region_area: int = 0
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``InputError`` naming the first setting out of range."""
+        for name in _INTEGERS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise InputError(f"{_label(name)} must be a whole number, not {value!r}.")
+        for name in _FRACTIONS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+                raise InputError(f"{_label(name)} must be a number, not {value!r}.")
+        _at_least(self, "points_per_side", 1)
+        _at_least(self, "points_per_batch", 1)
+        _at_least(self, "crop_n_layers", 0)
+        _at_least(self, "crop_n_points_downscale_factor", 1)
+        _at_least(self, "min_mask_region_area", 0)
+        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"{_label(name)} must be between 0 and 1, not {getattr(self, name)}.")
+        if self.stability_score_offset < 0:
+            raise InputError(f"Stability score offset must be 0 or more, not {self.stability_score_offset}.")
+        if not 0.0 <= self.crop_overlap_ratio < 1.0:
+            raise InputError(f"Crop overlap ratio must be at least 0 and below 1, not {self.crop_overlap_ratio}.")
+        deepest = self.points_per_side // self.crop_n_points_downscale_factor**self.crop_n_layers
+        if deepest < 1:
+            raise InputError(
+                f"With {self.points_per_side} points per side, a downscale factor of "
+                f"{self.crop_n_points_downscale_factor} leaves no points in crop layer {self.crop_n_layers}: "
+                "use more points per side, fewer crop layers or a smaller downscale factor."
+            )
+
+
+_INTEGERS = (
+    "points_per_side",
+    "points_per_batch",
+    "crop_n_layers",
+    "crop_n_points_downscale_factor",
+    "min_mask_region_area",
+)
+_FRACTIONS = tuple(f.name for f in fields(AutomaticSettings) if f.name not in _INTEGERS)
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ").replace("thresh", "threshold").capitalize()
+
+
+def _at_least(settings: AutomaticSettings, name: str, low: int) -> None:
+    value = getattr(settings, name)
+    if value < low:
+        raise InputError(f"{_label(name)} must be {low} or more, not {value}.")
+
+
+SETTING_HELP: dict[str, str] = {
+    "points_per_side": (
+        "Prompts are a regular grid of points_per_side × points_per_side points over the slice, one "
+        "mask search per point. More points find smaller objects; the time grows with the square."
+    ),
+    "points_per_batch": (
+        "How many grid points the mask decoder handles at once. Larger batches can be faster but "
+        "need more (GPU) memory; the masks are the same."
+    ),
+    "pred_iou_thresh": (
+        "Keep a mask only if the model's own predicted quality (IoU) is above this (0–1). Higher "
+        "keeps fewer, more confident masks; 0 keeps all."
+    ),
+    "stability_score_thresh": (
+        "Keep a mask only if it barely changes when its cutoff is moved by the offset below (0–1). "
+        "Higher keeps fewer, crisper masks; 0 keeps all."
+    ),
+    "stability_score_offset": (
+        "How far the cutoff is moved (in logits) to measure stability. A larger offset is a stricter "
+        "test of the same threshold."
+    ),
+    "box_nms_thresh": (
+        "Masks whose boxes overlap more than this (IoU, 0–1) count as duplicates; the better-scored "
+        "one is kept. Lower removes more overlapping masks; 1 keeps them all."
+    ),
+    "crop_n_layers": (
+        "Run again on crops of the slice: layer i splits it into 2^i × 2^i overlapping crops. Finds "
+        "small objects in large slices; each layer adds that many more encoder runs. 0: whole slice only."
+    ),
+    "crop_nms_thresh": (
+        "Like the box threshold, but between masks from different crops (masks from smaller crops "
+        "win). Only used with crop layers."
+    ),
+    "crop_overlap_ratio": (
+        "How much neighbouring crops overlap, as a fraction of the slice's side in the first layer "
+        "(less in deeper layers). Only used with crop layers."
+    ),
+    "crop_n_points_downscale_factor": (
+        "Crop layer i uses points_per_side / factor^i points per side, keeping deep layers fast. "
+        "1: every layer uses the full grid."
+    ),
+    "min_mask_region_area": (
+        "Remove islands and fill holes smaller than this many pixels in every mask (then drop new "
+        "duplicates). 0 turns it off; larger values give cleaner, blobbier objects."
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# The upstream generator
+# ----------------------------------------------------------------------------------------------
+
+_GENERATORS = {
+    "segment_anything": "SamAutomaticMaskGenerator",
+    "segment_anything_hq": "SamAutomaticMaskGenerator",
+    "mobile_sam": "SamAutomaticMaskGenerator",
+    "sam2": "SAM2AutomaticMaskGenerator",
+}
+
+
+def generator_class(predictor: Predictor) -> type:
+    """The upstream automatic mask generator of the package that built ``predictor.model``."""
+    package = type(predictor.model).__module__.split(".")[0]
+    if package not in _GENERATORS:
+        raise InputError(f"{predictor.name} has no automatic mask generator (its model comes from '{package}').")
+    module = importlib.import_module(f"{package}.automatic_mask_generator")
+    return getattr(module, _GENERATORS[package])
+
+
+def make_generator(predictor: Predictor, settings: AutomaticSettings | None = None):
+    """The upstream generator of the predictor's family on ``predictor.model``, with every setting."""
+    settings = AutomaticSettings() if settings is None else settings
+    settings.validate()
+    if settings.min_mask_region_area > 0:
+        try:
+            import cv2  # noqa: F401
+        except ImportError as error:
+            raise InputError(
+                "Removing small regions (min mask region area > 0) needs OpenCV: pip install opencv-python-headless."
+            ) from error
+    cls = generator_class(predictor)
+    kwargs = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    generator = cls(predictor.model, **kwargs)
+    if cls.__name__ == "SAM2AutomaticMaskGenerator":
+        from .predictors.sam2 import backbone_feature_sizes
+
+        generator.predictor._bb_feat_sizes = backbone_feature_sizes(predictor.model.image_size)
+        # Small regions are removed at full resolution with OpenCV (see the module's docstring).
+        generator.predictor._transforms.max_hole_area = 0.0
+        generator.predictor._transforms.max_sprinkle_area = 0.0
+    return generator
+
+
+def run_generator(predictor: Predictor, generator, rgb: np.ndarray):
+    """Upstream's masks for ``rgb`` as ``MaskData`` (RLEs, boxes, scores), as ``generate()`` makes them."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise InputError(f"Automatic segmentation takes an (H, W, 3) uint8 RGB image, not {rgb.shape} {rgb.dtype}.")
+    if min(rgb.shape[:2]) < 2:
+        raise InputError(f"A slice of {rgb.shape[0]}x{rgb.shape[1]} pixels is too small to segment.")
+    rgb = np.ascontiguousarray(rgb)
+
+    def run():
+        data = generator._generate_masks(rgb)
+        if generator.min_mask_region_area > 0:
+            data = generator.postprocess_small_regions(
+                data, generator.min_mask_region_area, max(generator.box_nms_thresh, generator.crop_nms_thresh)
+            )
+        return data
+
+    return predictor._with_mps_fallback(run)
+
+
+def paint_rles(rles: Sequence[dict], shape: tuple[int, int]) -> np.ndarray:
+    """An (H, W) int32 label image from upstream's uncompressed RLEs: largest painted first, ids 1..n.
+
+    Ties in area keep upstream's order. Objects entirely covered by smaller ones vanish, and the
+    remaining ids are made consecutive, in painting order.
+    """
+    height, width = shape
+    areas = np.array([sum(rle["counts"][1::2]) for rle in rles], dtype=np.int64)
+    order = np.argsort(-areas, kind="stable")
+    # Upstream's RLEs run down the columns: paint the transposed image, flat, and transpose at the end.
+    flat = np.zeros(height * width, dtype=np.int32)
+    for value, i in enumerate(order, start=1):
+        counts = np.asarray(rles[i]["counts"], dtype=np.int64)
+        if tuple(rles[i]["size"]) != (height, width):
+            raise InputError(f"A mask of size {rles[i]['size']} does not fit a {height}x{width} slice.")
+        runs = np.repeat(np.arange(len(counts)) % 2 == 1, counts)
+        flat[runs] = value
+    labels = np.ascontiguousarray(flat.reshape(width, height).T)
+    return compact_labels(labels)
+
+
+def compact_labels(labels: np.ndarray) -> np.ndarray:
+    """Renumber the ids present in ``labels`` to 1..n, keeping their order (0 stays 0)."""
+    present = np.unique(labels)
+    present = present[present != 0]
+    if len(present) == 0 or present[-1] == len(present):
+        return labels.astype(np.int32, copy=False)
+    lookup = np.zeros(int(present[-1]) + 1, dtype=np.int32)
+    lookup[present] = np.arange(1, len(present) + 1, dtype=np.int32)
+    return lookup[labels]
+
+
+def _labels(predictor: Predictor, generator, rgb: np.ndarray) -> np.ndarray:
+    data = run_generator(predictor, generator, rgb)
+    return paint_rles(data["rles"], tuple(rgb.shape[:2]))
+
+
+def generate_slice(predictor: Predictor, rgb: np.ndarray, settings: AutomaticSettings | None = None) -> np.ndarray:
+    """Segment everything in an (H, W, 3) uint8 slice: an (H, W) int32 label image, 0 background."""
+    return _labels(predictor, make_generator(predictor, settings), rgb)
+
+
+# ----------------------------------------------------------------------------------------------
+# Volumes
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VolumeResult:
+    """Linked labels of a volume (0 on slices not computed), the slice indices done, and whether cancelled."""
+
+    labels: np.ndarray
+    finished: list[int] = field(default_factory=list)
+    cancelled: bool = False
+
+
+def link_slices(labels_per_slice: Iterable[np.ndarray], min_overlap: float = 0.5) -> list[np.ndarray]:
+    """Give objects on consecutive slices that overlap one id: 3D objects from 2D label images.
+
+    Each slice's objects are matched to the previous slice's (already linked) objects: a pair can
+    match when their overlap covers at least ``min_overlap`` of the smaller one. Pairs are taken
+    greedily, most overlapping pixels first (then highest IoU, then lowest ids), one to one: an
+    object takes at most one parent and a parent passes its id on to at most one object. Unmatched
+    objects get new ids, in order of appearance. The inputs are not modified.
+    """
+    if not 0.0 < min_overlap <= 1.0:
+        raise InputError(f"The minimum overlap for linking must be in (0, 1], not {min_overlap}.")
+    result: list[np.ndarray] = []
+    next_id = 1
+    previous = None
+    for raw in labels_per_slice:
+        raw = np.asarray(raw)
+        if raw.ndim != 2:
+            raise InputError(f"link_slices takes 2D label images, not an array of shape {raw.shape}.")
+        if previous is not None and previous.shape != raw.shape:
+            raise InputError(f"Slices of shapes {previous.shape} and {raw.shape} cannot be linked.")
+        ids = np.unique(raw)
+        ids = ids[ids != 0]
+        mapping = dict.fromkeys(ids.tolist(), 0)
+        if previous is not None and len(ids):
+            for child, parent in _match(previous, raw, min_overlap):
+                mapping[child] = parent
+        for child in mapping:
+            if mapping[child] == 0:
+                mapping[child] = next_id
+                next_id += 1
+        linked = np.zeros(raw.shape, dtype=np.int32)
+        if len(ids):
+            lookup = np.zeros(int(ids[-1]) + 1, dtype=np.int32)
+            lookup[ids] = [mapping[i] for i in ids.tolist()]
+            foreground = raw > 0
+            linked[foreground] = lookup[raw[foreground]]
+        result.append(linked)
+        previous = linked
+    return result
+
+
+def _match(parents: np.ndarray, children: np.ndarray, min_overlap: float) -> list[tuple[int, int]]:
+    """One-to-one (child, parent) pairs of overlapping objects, greedy by overlap."""
+    both = (parents > 0) & (children > 0)
+    if not both.any():
+        return []
+    parent_ids, parent_areas = np.unique(parents[parents > 0], return_counts=True)
+    child_ids, child_areas = np.unique(children[children > 0], return_counts=True)
+    pairs, overlaps = np.unique(
+        np.stack([children[both].astype(np.int64), parents[both].astype(np.int64)]), axis=1, return_counts=True
+    )
+    child_area = child_areas[np.searchsorted(child_ids, pairs[0])]
+    parent_area = parent_areas[np.searchsorted(parent_ids, pairs[1])]
+    eligible = overlaps >= min_overlap * np.minimum(child_area, parent_area)
+    iou = overlaps / (child_area + parent_area - overlaps)
+    order = np.lexsort((pairs[1], pairs[0], -iou, -overlaps))
+    taken_children: set[int] = set()
+    taken_parents: set[int] = set()
+    matches = []
+    for k in order:
+        if not eligible[k]:
+            continue
+        child, parent = int(pairs[0, k]), int(pairs[1, k])
+        if child in taken_children or parent in taken_parents:
+            continue
+        taken_children.add(child)
+        taken_parents.add(parent)
+        matches.append((child, parent))
+    return matches
+
+
+def generate_volume(
+    segmenter,
+    axis: int,
+    settings: AutomaticSettings | None = None,
+    indices: Sequence[int] | None = None,
+    on_slice: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    min_overlap: float = 0.5,
+) -> VolumeResult:
+    """Segment every slice (or ``indices``) of the segmenter's volume along ``axis`` and link them in 3D.
+
+    Slices are segmented in the order given, each as ``generate_slice`` would, from
+    ``segmenter.slice_rgb``; ``on_slice(done, total)`` follows each one. ``should_stop()`` is asked
+    before each slice: when it is true the run stops there and returns what finished, with
+    ``cancelled`` set. Finished slices are linked in index order (see ``link_slices``); the rest of
+    the label volume is 0.
+    """
+    shape = tuple(segmenter.shape)
+    if len(shape) != 3:
+        raise InputError(f"generate_volume takes a 3D volume; this image is {len(shape)}D: use generate_slice.")
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or not 0 <= axis < 3:
+        raise InputError(f"The sliced axis must be 0, 1 or 2, not {axis!r}.")
+    if indices is None:
+        indices = list(range(shape[axis]))
+    else:
+        indices = list(dict.fromkeys(int(i) for i in indices))
+        outside = [i for i in indices if not 0 <= i < shape[axis]]
+        if outside:
+            raise InputError(f"Slice {outside[0]} is outside the volume (axis {axis} has {shape[axis]} slices).")
+    if not 0.0 < min_overlap <= 1.0:
+        raise InputError(f"The minimum overlap for linking must be in (0, 1], not {min_overlap}.")
+    generator = make_generator(segmenter.predictor, settings)
+
+    slices: dict[int, np.ndarray] = {}
+    cancelled = False
+    for index in indices:
+        if should_stop is not None and should_stop():
+            cancelled = True
+            break
+        plane = segmenter.plane(axis, index)
+        slices[index] = _labels(segmenter.predictor, generator, segmenter.slice_rgb(plane))
+        if on_slice is not None:
+            on_slice(len(slices), len(indices))
+
+    labels = np.zeros(shape, dtype=np.int32)
+    finished = sorted(slices)
+    for index, linked in zip(finished, link_slices([slices[i] for i in finished], min_overlap)):
+        segmenter.plane(axis, index).take(labels)[...] = linked
+    return VolumeResult(labels, finished, cancelled)

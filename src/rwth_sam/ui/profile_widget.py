@@ -1,0 +1,535 @@
+"""Plugins > RWTH SAM > Segmentation profiles: pick, create and edit profiles, and apply one to a labels layer.
+
+A profile is a named list of classes (name, label value, colour, description); see
+``rwth_sam.core.profiles``. Every edit goes through the core's validation and into the session's
+``PROFILES`` store at once, so other widgets see it. ``apply_profile`` colours a labels layer by
+class and gives it the class names as features, which napari's status bar shows on hover.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import functools
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import napari
+from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QColorDialog,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QStyledItemDelegate,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.errors import RwthSamError
+from ..core.profiles import MAX_LABEL_VALUE, Profile, ProfileError, SegmentationClass
+from .profile_store import PROFILES, ProfileStore
+
+UNKNOWN_LABEL_COLOR = "#808080"  # label values that are not in the profile stay visible, in grey
+NAME, VALUE, COLOR, DESCRIPTION = range(4)
+COLUMNS = ("Name", "Value", "Colour", "Description")
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+
+
+def apply_profile(profile: Profile, labels_layer: napari.layers.Labels, unknown: str = UNKNOWN_LABEL_COLOR) -> None:
+    """Colour ``labels_layer`` by the profile's classes and name its label values (shown on hover).
+
+    Label values that are not in the profile are drawn in ``unknown`` (grey), so no pixel vanishes.
+    """
+    labels_layer.colormap = DirectLabelColormap(color_dict=profile.color_dict(unknown=unknown))
+    labels_layer.features = profile.features()
+
+
+def _free_color(profile: Profile) -> str:
+    """A colour no class of the profile has yet: the palette first, then spread-out hues."""
+    used = {item.color for item in profile.classes}
+    for color in PALETTE:
+        if color not in used:
+            return color
+    for step in range(len(used) + 1):
+        red, green, blue = colorsys.hsv_to_rgb((step * 0.618034) % 1.0, 0.75, 0.9)
+        color = f"#{round(red * 255):02x}{round(green * 255):02x}{round(blue * 255):02x}"
+        if color not in used:
+            return color
+    return "#ffffff"
+
+
+def _text_color(color: str) -> str:
+    qcolor = QColor(color)
+    luminance = 0.299 * qcolor.red() + 0.587 * qcolor.green() + 0.114 * qcolor.blue()
+    return "#000000" if luminance > 140 else "#ffffff"
+
+
+def _user_message(error: Exception) -> str:
+    """A profile error as the table shows it: rows counted from 1, not ``classes[i]``."""
+    if not isinstance(error, RwthSamError):
+        return f"{type(error).__name__}: {error}"
+    if not isinstance(error, ProfileError):
+        return str(error)
+    problem = re.sub(r"classes\[(\d+)\]", lambda m: f"row {int(m[1]) + 1}", error.problem)
+    match = re.fullmatch(r"classes\[(\d+)\]\.?(.*)", error.path or "")
+    if match:
+        field = {"color": "colour", "value": "label value"}.get(match[2], match[2])
+        where = f"Row {int(match[1]) + 1}" + (f", {field}" if field else "")
+        return f"{where}: {problem}"
+    where = {"name": "Profile name", "description": "Profile description"}.get(error.path or "", error.path)
+    return f"{where}: {problem}" if where else problem
+
+
+class _ValueDelegate(QStyledItemDelegate):
+    """Label values are edited with a spin box from 1."""
+
+    def createEditor(self, parent, option, index):
+        if index.column() != VALUE:
+            return super().createEditor(parent, option, index)
+        editor = QSpinBox(parent)
+        editor.setRange(1, MAX_LABEL_VALUE)
+        return editor
+
+
+class ProfileWidget(QWidget):
+    """Plugins > RWTH SAM > Segmentation profiles."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, store: ProfileStore = PROFILES):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.store = store
+        self.current_name: str | None = None
+        self.paths: dict[str, Path] = {}  # where each profile was last opened from or saved to
+        self._labels_layers: list[napari.layers.Labels] = []
+
+        self.profile_combo = QComboBox()
+        self.profile_combo.setToolTip("The profiles open in this session (examples, opened files, new ones)")
+        self.new_button = QPushButton("New")
+        self.new_button.setToolTip("A new, empty profile")
+        self.remove_profile_button = QPushButton("Close")
+        self.remove_profile_button.setToolTip("Close this profile (its file, if saved, is kept)")
+        self.name_edit = QLineEdit()
+        self.name_edit.setToolTip("The profile's name: edit it to rename the profile")
+        self.description_edit = QLineEdit()
+        self.description_edit.setPlaceholderText("What the profile is for")
+
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.table.setItemDelegate(_ValueDelegate(self.table))
+        self.table.verticalHeader().setDefaultSectionSize(24)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(NAME, QHeaderView.Interactive)
+        header.setSectionResizeMode(VALUE, QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(COLOR, QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(DESCRIPTION, QHeaderView.Stretch)
+        self.table.setColumnWidth(NAME, 130)
+        self.table.setMinimumHeight(200)
+
+        self.add_button = QPushButton("Add class")
+        self.remove_class_button = QPushButton("Delete")
+        self.up_button = QPushButton("Up")
+        self.down_button = QPushButton("Down")
+        self.open_button = QPushButton("Open…")
+        self.save_button = QPushButton("Save…")
+        self.layer_combo = QComboBox()
+        self.layer_combo.setToolTip("The labels layer to colour and name by this profile")
+        self.apply_button = QPushButton("Apply to labels layer")
+        self.apply_button.setToolTip("Colour the layer's labels by class; hovering shows the class name")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Profile", _row(self.profile_combo, self.new_button, self.remove_profile_button, stretch=0))
+        form.addRow("Name", self.name_edit)
+        form.addRow("Description", self.description_edit)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.table)
+        layout.addLayout(_row(self.add_button, self.remove_class_button, self.up_button, self.down_button))
+        layout.addLayout(_row(self.open_button, self.save_button))
+        apply_form = QFormLayout()
+        apply_form.addRow("Labels layer", self.layer_combo)
+        layout.addLayout(apply_form)
+        layout.addWidget(self.apply_button)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.profile_combo.currentIndexChanged.connect(self._on_combo_changed)
+        self.new_button.clicked.connect(self._on_new_clicked)
+        self.remove_profile_button.clicked.connect(self.close_profile)
+        self.name_edit.editingFinished.connect(lambda: self.rename_profile(self.name_edit.text()))
+        self.description_edit.editingFinished.connect(lambda: self.set_description(self.description_edit.text()))
+        self.table.itemChanged.connect(self._on_item_changed)
+        self.table.currentCellChanged.connect(lambda *_: self._update_buttons())
+        self.add_button.clicked.connect(self._on_add_clicked)
+        self.remove_class_button.clicked.connect(lambda: self.remove_class(self.table.currentRow()))
+        self.up_button.clicked.connect(lambda: self.move_class(self.table.currentRow(), -1))
+        self.down_button.clicked.connect(lambda: self.move_class(self.table.currentRow(), +1))
+        self.open_button.clicked.connect(self._open_dialog)
+        self.save_button.clicked.connect(self._save_dialog)
+        self.apply_button.clicked.connect(lambda: self.apply_to_layer())
+
+        layer_events = napari_viewer.layers.events
+        connections = [(store.changed, self._refresh)]
+        for event in (layer_events.inserted, layer_events.removed, layer_events.reordered):
+            connections.append((event, self._refresh_layers))
+        if hasattr(layer_events, "renamed"):
+            connections.append((layer_events.renamed, self._refresh_layers))
+        for signal, callback in connections:
+            signal.connect(callback)
+        self.destroyed.connect(functools.partial(_disconnect, connections))
+
+        names = store.names
+        self.current_name = names[0] if names else None
+        self._refresh()
+        self._refresh_layers()
+
+    # ----------------------------------------------------------------- profile
+    @property
+    def profile(self) -> Profile | None:
+        return None if self.current_name is None else self.store.get(self.current_name)
+
+    def select_profile(self, name: str) -> Profile:
+        if name not in self.store:
+            raise KeyError(name)
+        self.current_name = name
+        self._refresh()
+        return self.profile
+
+    def new_profile(self, name: str | None = None) -> Profile:
+        profile = Profile(name or self.store.unique_name("New profile"))
+        if profile.name in self.store:
+            return self._report(ProfileError(f"There is already a profile named '{profile.name}'."))
+        self.current_name = profile.name
+        self.store.add(profile)
+        self._say(f"New profile '{profile.name}': add its classes, then save it.")
+        return profile
+
+    def rename_profile(self, name: str) -> Profile | None:
+        profile = self.profile
+        if profile is None or name.strip() == profile.name:
+            return profile
+        try:
+            renamed = replace(profile, name=name)
+            old = profile.name
+            self.current_name = renamed.name
+            self.store.replace(old, renamed)
+        except RwthSamError as error:
+            self.current_name = profile.name
+            self._refresh()
+            return self._report(error)
+        if old in self.paths:
+            self.paths[renamed.name] = self.paths.pop(old)
+        self._say(f"Renamed '{old}' to '{renamed.name}'.")
+        return renamed
+
+    def set_description(self, description: str) -> Profile | None:
+        return self._commit(description=description)
+
+    def close_profile(self) -> None:
+        """Take the current profile out of this session (a saved file is not touched)."""
+        profile = self.profile
+        if profile is None:
+            return
+        index = self.store.names.index(profile.name)
+        remaining = [name for name in self.store.names if name != profile.name]
+        self.current_name = remaining[min(index, len(remaining) - 1)] if remaining else None
+        self.store.remove(profile.name)
+        self._say(f"Closed '{profile.name}'.")
+
+    # ----------------------------------------------------------------- classes
+    def add_class(
+        self, name: str | None = None, value: int | None = None, color: str | None = None, description: str = ""
+    ) -> SegmentationClass | None:
+        """Append a class; by default with a new name, the next free label value and an unused colour."""
+        profile = self.profile
+        if profile is None:
+            profile = self.new_profile()
+        if name is None:
+            number = len(profile.classes) + 1
+            while profile.class_by_name(f"class {number}") is not None:
+                number += 1
+            name = f"class {number}"
+        try:
+            item = SegmentationClass(
+                name, profile.next_free_value() if value is None else value, color or _free_color(profile), description
+            )
+        except ProfileError as error:
+            return self._report(error.within(f"classes[{len(profile.classes)}]"))
+        if self._commit(classes=(*profile.classes, item)) is None:
+            return None
+        self.table.setCurrentCell(len(profile.classes), NAME)
+        return item
+
+    def set_class(self, row: int, **changes) -> SegmentationClass | None:
+        """Change fields (name, value, color, description) of the class in ``row``."""
+        profile = self.profile
+        try:
+            item = replace(profile.classes[row], **changes)
+        except ProfileError as error:
+            self._refresh()
+            return self._report(error.within(f"classes[{row}]"))
+        classes = list(profile.classes)
+        classes[row] = item
+        return item if self._commit(classes=tuple(classes)) is not None else None
+
+    def set_color(self, row: int, color: str) -> SegmentationClass | None:
+        return self.set_class(row, color=color)
+
+    def remove_class(self, row: int) -> None:
+        profile = self.profile
+        if profile is None or not 0 <= row < len(profile.classes):
+            return
+        classes = list(profile.classes)
+        removed = classes.pop(row)
+        if self._commit(classes=tuple(classes)) is not None:
+            self.table.setCurrentCell(min(row, len(classes) - 1), NAME)
+            self._say(f"Deleted class '{removed.name}' (label value {removed.value}).")
+
+    def move_class(self, row: int, offset: int) -> None:
+        """Move the class in ``row`` up (offset -1) or down (+1) the list."""
+        profile = self.profile
+        target = row + offset
+        if profile is None or not 0 <= row < len(profile.classes) or not 0 <= target < len(profile.classes):
+            return
+        classes = list(profile.classes)
+        classes[row], classes[target] = classes[target], classes[row]
+        if self._commit(classes=tuple(classes)) is not None:
+            self.table.setCurrentCell(target, self.table.currentColumn() if self.table.currentColumn() >= 0 else NAME)
+
+    def _commit(self, **changes) -> Profile | None:
+        """Validate a changed copy of the current profile and put it into the store."""
+        profile = self.profile
+        if profile is None:
+            return None
+        try:
+            changed = replace(profile, **changes)
+        except ProfileError as error:
+            self._refresh()
+            return self._report(error)
+        if changed != profile:
+            self.store.add(changed)
+        self._say("")
+        return changed
+
+    # ----------------------------------------------------------------- files
+    def save_to(self, path: str | Path) -> Path | None:
+        profile = self.profile
+        if profile is None:
+            return self._report(ProfileError("There is no profile to save: create one with 'New'."))
+        try:
+            path = profile.save(path)
+        except RwthSamError as error:
+            return self._report(error)
+        self.paths[profile.name] = path
+        self._say(f"Saved '{profile.name}' to {path}.")
+        return path
+
+    def open_from(self, path: str | Path) -> Profile | None:
+        try:
+            profile = Profile.load(path)
+        except RwthSamError as error:
+            return self._report(error)
+        replaced = profile.name in self.store
+        self.current_name = profile.name
+        self.store.add(profile)
+        self.paths[profile.name] = Path(path)
+        note = " (replacing the open profile of that name)" if replaced else ""
+        self._say(f"Opened '{profile.name}' from {Path(path).name}{note}.")
+        return profile
+
+    def _default_path(self) -> str:
+        profile = self.profile
+        if profile is not None and profile.name in self.paths:
+            return str(self.paths[profile.name])
+        stem = re.sub(r"[^\w-]+", "_", profile.name.lower()).strip("_") if profile else "profile"
+        return f"{stem or 'profile'}.json"
+
+    def _save_dialog(self) -> None:  # pragma: no cover - a modal dialog
+        path, _ = QFileDialog.getSaveFileName(self, "Save segmentation profile", self._default_path(), "Profiles (*.json)")
+        if path:
+            self.save_to(path if path.lower().endswith(".json") else f"{path}.json")
+
+    def _open_dialog(self) -> None:  # pragma: no cover - a modal dialog
+        path, _ = QFileDialog.getOpenFileName(self, "Open segmentation profile", "", "Profiles (*.json);;All files (*)")
+        if path:
+            self.open_from(path)
+
+    def _pick_color(self, row: int) -> None:  # pragma: no cover - a modal dialog
+        item = self.profile.classes[row]
+        color = QColorDialog.getColor(QColor(item.color), self, f"Colour of '{item.name}'")
+        if color.isValid():
+            self.set_color(row, color.name())
+
+    # ----------------------------------------------------------------- labels layer
+    @property
+    def labels_layer(self) -> napari.layers.Labels | None:
+        index = self.layer_combo.currentIndex()
+        return self._labels_layers[index] if 0 <= index < len(self._labels_layers) else None
+
+    def apply_to_layer(self, layer: napari.layers.Labels | None = None) -> napari.layers.Labels | None:
+        layer = layer if layer is not None else self.labels_layer
+        profile = self.profile
+        if profile is None:
+            return self._report(ProfileError("Pick or create a profile first."))
+        if layer is None:
+            return self._report(ProfileError("Pick a labels layer to apply the profile to."))
+        apply_profile(profile, layer)
+        self._say(f"Applied '{profile.name}' to '{layer.name}': {len(profile.classes)} classes coloured and named.")
+        return layer
+
+    def _refresh_layers(self, *_) -> None:
+        current = self.labels_layer
+        self._labels_layers = [layer for layer in self.viewer.layers if isinstance(layer, napari.layers.Labels)]
+        self.layer_combo.blockSignals(True)
+        self.layer_combo.clear()
+        self.layer_combo.addItems([layer.name for layer in self._labels_layers])
+        if current in self._labels_layers:
+            self.layer_combo.setCurrentIndex(self._labels_layers.index(current))
+        elif self._labels_layers:
+            active = self.viewer.layers.selection.active
+            index = self._labels_layers.index(active) if active in self._labels_layers else len(self._labels_layers) - 1
+            self.layer_combo.setCurrentIndex(index)
+        self.layer_combo.blockSignals(False)
+        self.apply_button.setEnabled(bool(self._labels_layers) and self.profile is not None)
+
+    # ----------------------------------------------------------------- view
+    def _refresh(self) -> None:
+        """Show the store's state: the profile list, the current profile's fields and classes."""
+        names = self.store.names
+        if self.current_name not in names:
+            self.current_name = names[0] if names else None
+        profile = self.profile
+
+        self.profile_combo.blockSignals(True)
+        if [self.profile_combo.itemText(i) for i in range(self.profile_combo.count())] != names:
+            self.profile_combo.clear()
+            self.profile_combo.addItems(names)
+        self.profile_combo.setCurrentIndex(names.index(self.current_name) if profile else -1)
+        self.profile_combo.blockSignals(False)
+        for edit, text in ((self.name_edit, profile.name if profile else ""),
+                           (self.description_edit, profile.description if profile else "")):  # fmt: skip
+            if edit.text() != text:
+                edit.setText(text)
+            edit.setEnabled(profile is not None)
+
+        classes = profile.classes if profile else ()
+        self.table.blockSignals(True)
+        self.table.setRowCount(len(classes))
+        for row, item in enumerate(classes):
+            self._set_cell(row, NAME, item.name)
+            self._set_cell(row, VALUE, item.value)
+            self._set_cell(row, DESCRIPTION, item.description)
+            self._color_button(row, item)
+        self.table.blockSignals(False)
+        self._update_buttons()
+        self.apply_button.setEnabled(bool(self._labels_layers) and profile is not None)
+
+    def _set_cell(self, row: int, column: int, value) -> None:
+        cell = self.table.item(row, column)
+        if cell is None:
+            cell = QTableWidgetItem()
+            self.table.setItem(row, column, cell)
+        if cell.data(Qt.EditRole) != value:
+            cell.setData(Qt.EditRole, value)
+        if column == DESCRIPTION:
+            cell.setToolTip(value)
+        if column == VALUE:
+            cell.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
+
+    def _color_button(self, row: int, item: SegmentationClass) -> QPushButton:
+        button = self.table.cellWidget(row, COLOR)
+        if button is None:
+            button = QPushButton()
+            button.setToolTip("Click to pick the class's colour")
+            button.clicked.connect(functools.partial(self._pick_color, row))
+            self.table.setCellWidget(row, COLOR, button)
+        button.setText(item.color)
+        button.setStyleSheet(
+            f"QPushButton {{ background-color: {item.color}; color: {_text_color(item.color)}; "
+            "border: 1px solid #202020; border-radius: 2px; padding: 1px 6px; font-family: monospace; }"
+        )
+        return button
+
+    def _update_buttons(self) -> None:
+        profile = self.profile
+        count = len(profile.classes) if profile else 0
+        row = self.table.currentRow()
+        has_row = profile is not None and 0 <= row < count
+        self.table.setEnabled(profile is not None)
+        self.add_button.setEnabled(True)
+        self.remove_class_button.setEnabled(has_row)
+        self.up_button.setEnabled(has_row and row > 0)
+        self.down_button.setEnabled(has_row and row < count - 1)
+        self.save_button.setEnabled(profile is not None)
+        self.remove_profile_button.setEnabled(profile is not None)
+
+    def _on_combo_changed(self, index: int) -> None:
+        if 0 <= index < len(self.store):
+            self.select_profile(self.store.names[index])
+
+    def _on_item_changed(self, cell: QTableWidgetItem) -> None:
+        row, column = cell.row(), cell.column()
+        if column == NAME:
+            self.set_class(row, name=cell.text())
+        elif column == VALUE:
+            value = cell.data(Qt.EditRole)
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                self._refresh()
+                self._report(ProfileError(f"must be a whole number, not {value!r}", f"classes[{row}].value"))
+                return
+            self.set_class(row, value=value)
+        elif column == DESCRIPTION:
+            self.set_class(row, description=cell.text())
+
+    def _on_new_clicked(self) -> None:
+        self.new_profile()
+        self.name_edit.setFocus()
+        self.name_edit.selectAll()
+
+    def _on_add_clicked(self) -> None:
+        if self.add_class() is not None:
+            self.table.editItem(self.table.item(self.table.currentRow(), NAME))
+
+    def _say(self, message: str) -> None:
+        self.status.setStyleSheet("")
+        self.status.setText(message)
+
+    def _report(self, error: Exception) -> None:
+        message = _user_message(error)
+        self.status.setStyleSheet("color: #ff6060;")
+        self.status.setText(message)
+        show_error(message)
+        return None
+
+
+def _row(*widgets, stretch: int | None = None) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for index, widget in enumerate(widgets):
+        row.addWidget(widget, 1 if stretch is not None and index == stretch else 0)
+    return row
+
+
+def _disconnect(connections, *_) -> None:
+    for signal, callback in connections:
+        try:
+            signal.disconnect(callback)
+        except (RuntimeError, TypeError, ValueError):
+            pass
