@@ -381,7 +381,7 @@ def main(argv=None) -> int:
           f"{args.size}x{args.size} RGB, repeats: encoder {args.encoder_repeats}, prompt {args.prompt_repeats}")
     if device.type == "cpu" and info.get("load_average_at_start", (0,))[0] > (os.cpu_count() or 1) - torch.get_num_threads() + 0.5:
         print(f"warning: load average {info['load_average_at_start'][0]:.1f} on {os.cpu_count()} cores: other processes "
-              "compete for the CPU, timings will be noisy (try --threads 1)")
+              "compete for the CPU, timings will be noisy" + (" (try --threads 1)" if torch.get_num_threads() > 1 else ""))
     results = [bench_model(name, rgb, device, args) for name in args.model_names]
     print_table(results)
     if hasattr(os, "getloadavg"):

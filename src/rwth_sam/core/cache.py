@@ -286,7 +286,7 @@ class DiskEmbeddingCache:
 
     One group per embedding, named by ``key(rgb, model_id)``: a hash of the RGB slice the encoder
     saw and the model's identity. Each tensor of the features is an array (bit for bit, any dtype,
-    bfloat16 included); the features' structure (dicts, lists, tuples, numbers) is in the group's
+    bfloat16 included, its memory layout restored); the features' structure (dicts, lists, tuples, numbers) is in the group's
     attributes, written last, so an entry a crashed session left half written is never read.
     Entries are loaded onto the device asked for. The store is not size limited: ``clear()`` it.
     """
@@ -328,8 +328,10 @@ class DiskEmbeddingCache:
                 return None
             try:
                 attrs = dict(group.attrs)
-                dtypes = attrs["dtypes"]
-                tensors = [_from_numpy(np.asarray(group[f"t{i}"][...]), dtype) for i, dtype in enumerate(dtypes)]
+                tensors = [
+                    _from_numpy(np.asarray(group[f"t{i}"][...]), dtype, strides)
+                    for i, (dtype, strides) in enumerate(zip(attrs["dtypes"], attrs["strides"]))
+                ]
                 features = _decode(attrs["structure"], tensors)
                 embedding = Embedding(features, tuple(attrs["image_size"]), attrs["model_name"])
             except Exception as error:  # a damaged entry is a miss, never a crash
@@ -344,16 +346,18 @@ class DiskEmbeddingCache:
             tensors: list[torch.Tensor] = []
             structure = _encode(embedding.features, tensors)
             group = self._root.create_group(key, overwrite=True)
-            dtypes = []
+            dtypes, strides = [], []
             for i, tensor in enumerate(tensors):
                 array, dtype = _to_numpy(tensor)
                 _write_array(group, f"t{i}", array)
                 dtypes.append(dtype)
+                strides.append(list(tensor.stride()))
             group.attrs.update(
                 {
                     "format": _FORMAT,
                     "structure": structure,
                     "dtypes": dtypes,
+                    "strides": strides,
                     "image_size": [int(s) for s in embedding.image_size],
                     "model_name": embedding.model_name,
                     "complete": True,
@@ -433,8 +437,17 @@ def _to_numpy(tensor: torch.Tensor) -> tuple[np.ndarray, str]:
         return tensor.view(_SAME_SIZE_INT[tensor.element_size()]).numpy(), dtype
 
 
-def _from_numpy(array: np.ndarray, dtype: str) -> torch.Tensor:
+def _from_numpy(array: np.ndarray, dtype: str, strides: list[int]) -> torch.Tensor:
+    """The tensor back, with its dtype and its memory layout (kernels, and so the decoder's last
+    bits, depend on the layout: SAM 2's features are channels-last)."""
     array = array if array.flags.c_contiguous and array.flags.writeable else array.copy(order="C")
     tensor = torch.from_numpy(array)
     target = getattr(torch, dtype)
-    return tensor if tensor.dtype == target else tensor.view(target)
+    tensor = tensor if tensor.dtype == target else tensor.view(target)
+    if tuple(strides) == tensor.stride():
+        return tensor
+    try:
+        laid_out = torch.empty_strided(tensor.shape, tuple(strides), dtype=tensor.dtype)
+        return laid_out.copy_(tensor)
+    except RuntimeError:  # an overlapping layout (expanded tensor): the values are what matter
+        return tensor

@@ -144,7 +144,10 @@ class Segmenter:
         embedded: list[SlicePlane] = []
         size = 0
         try:
-            for candidate in self._neighbourhood(plane, radius):
+            neighbourhood = self._neighbourhood(plane, radius)
+            for candidate in reversed(neighbourhood):  # evict the neighbourhood last, the nearest slices last of all
+                cache.touch(self.key(candidate))
+            for candidate in neighbourhood:
                 key = self.key(candidate)
                 if key not in cache:
                     if should_stop is not None and should_stop():

@@ -159,7 +159,7 @@ class ProfileWidget(QWidget):
         form.addRow("Description", self.description_edit)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addWidget(self.table)
+        layout.addWidget(self.table, 1)  # the table takes the dock's free height
         layout.addLayout(_row(self.add_button, self.remove_class_button, self.up_button, self.down_button))
         layout.addLayout(_row(self.open_button, self.save_button))
         apply_form = QFormLayout()
@@ -167,7 +167,6 @@ class ProfileWidget(QWidget):
         layout.addLayout(apply_form)
         layout.addWidget(self.apply_button)
         layout.addWidget(self.status)
-        layout.addStretch(1)
 
         self.profile_combo.currentIndexChanged.connect(self._on_combo_changed)
         self.new_button.clicked.connect(self._on_new_clicked)
@@ -360,17 +359,17 @@ class ProfileWidget(QWidget):
         stem = re.sub(r"[^\w-]+", "_", profile.name.lower()).strip("_") if profile else "profile"
         return f"{stem or 'profile'}.json"
 
-    def _save_dialog(self) -> None:  # pragma: no cover - a modal dialog
+    def _save_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save segmentation profile", self._default_path(), "Profiles (*.json)")
         if path:
             self.save_to(path if path.lower().endswith(".json") else f"{path}.json")
 
-    def _open_dialog(self) -> None:  # pragma: no cover - a modal dialog
+    def _open_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open segmentation profile", "", "Profiles (*.json);;All files (*)")
         if path:
             self.open_from(path)
 
-    def _pick_color(self, row: int) -> None:  # pragma: no cover - a modal dialog
+    def _pick_color(self, row: int) -> None:
         item = self.profile.classes[row]
         color = QColorDialog.getColor(QColor(item.color), self, f"Colour of '{item.name}'")
         if color.isValid():
@@ -426,6 +425,7 @@ class ProfileWidget(QWidget):
                            (self.description_edit, profile.description if profile else "")):  # fmt: skip
             if edit.text() != text:
                 edit.setText(text)
+                edit.setCursorPosition(0)  # a long description shows its start
             edit.setEnabled(profile is not None)
 
         classes = profile.classes if profile else ()
