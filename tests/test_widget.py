@@ -355,4 +355,40 @@ def test_contrast_change_resegments_with_the_new_window(viewer, checkpoint, qtbo
     wait_idle(qtbot, widget)
     expected = expected_mask(volume, plane, rwth_sam.IntensityWindow(1000, 2000), points=points, labels=[1])
     np.testing.assert_array_equal(widget._preview_layer.data == 1, expected.mask)
-    assert len(widget.workspace._segmenter.cache) == 1
+    # embeddings of the first and the final window only: none for the slider's intermediate positions
+    assert len(widget.workspace._segmenter.cache) == 2
+
+
+def test_submit_to_a_profile_class_and_in_instance_mode(viewer, checkpoint, qtbot, rng):
+    from rwth_sam.ui.profile_store import PROFILES
+
+    image = viewer.add_image(rng.integers(0, 255, (48, 64)).astype(np.uint8))
+    widget = dock(viewer, checkpoint)
+    labels = widget.create_labels_layer()
+    profile = PROFILES.get("Li-ion cylindrical cell")
+    anode, cathode = profile.class_by_name("anode"), profile.class_by_name("cathode")
+    widget.profile.value = profile.name
+    assert list(widget.classes.choices) == list(profile.classes)
+    widget.classes.value = anode
+    assert widget.label_value.value == anode.value
+
+    middle_click(viewer, image.data_to_world((24, 10)))
+    wait_idle(qtbot, widget)
+    first = widget.prompts.prediction.mask.copy()
+    widget.submit()
+    assert np.array_equal(labels.data == anode.value, first)
+    np.testing.assert_allclose(labels.colormap.map(anode.value)[:3], np.array(tuple(int(anode.color[i : i + 2], 16) for i in (1, 3, 5))) / 255)
+    assert "anode" in list(labels.features["class"])
+
+    # instance mode: each object a new id, its class in the features table
+    labels.data[:] = 0
+    widget.instance_mode.value = True
+    for cls, col in ((cathode, 10), (cathode, 50)):
+        widget.classes.value = cls
+        middle_click(viewer, image.data_to_world((24, col)))
+        wait_idle(qtbot, widget)
+        widget.overwrite.value = True
+        widget.submit()
+    assert set(np.unique(labels.data)) <= {0, 1, 2} and (labels.data == 2).any()
+    table = labels.features.set_index("index")["class"]
+    assert table[1] == "cathode" and table[2] == "cathode"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import napari
 import numpy as np
+import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox, create_widget
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils import progress
@@ -22,12 +23,16 @@ from qtpy.QtCore import QTimer
 from ..core.coordinates import LayerGeometry, SlicePlane, plane_at
 from ..core.device import available_devices
 from ..core.errors import InputError, RwthSamError
+from ..core.labelling import next_instance_id
 from ..core.predictors.base import Prediction
 from ..core.preprocessing import WINDOW_CHOICES
 from ..core.registry import get_model_spec, model_specs
 from ..core.segmenter import spatial_shape
 from ..core.weights import is_cached
 from ..core.workspace import Workspace
+from .labels_io import commit_mask
+from .profile_store import PROFILES
+from .profile_widget import apply_profile
 from .runner import EMBED_AHEAD, PREDICT, LatestJobRunner
 
 LEFT_BUTTON, MIDDLE_BUTTON = 1, 3
@@ -102,7 +107,12 @@ class SamWidget(Container):
         self.new_labels = PushButton(text="New labels layer for image")
         self.window = ComboBox(label="Intensity", choices=list(WINDOW_CHOICES))
         self.window.tooltip = "How intensities become the 8-bit image SAM sees (one window for the whole volume)"
+        self.profile = ComboBox(label="Profile", choices=self._profile_choices)
+        self.profile.tooltip = "Segmentation profile: the classes of this dataset (see the profile widget)"
+        self.classes = ComboBox(label="Class", choices=self._class_choices)
         self.label_value = SpinBox(label="Label value", min=1, max=2**31 - 1, value=1)
+        self.instance_mode = CheckBox(text="Instance mode: a new label per object", value=False)
+        self.instance_mode.tooltip = "Each submit gets a new label id; its class is recorded in the layer's features"
         self.overwrite = CheckBox(text="Overwrite other labels", value=False)
         self.submit_button = PushButton(text="Submit preview")
         self.clear_button = PushButton(text="Clear prompts")
@@ -110,11 +120,15 @@ class SamWidget(Container):
         self.extend(
             [
                 self.model, self.checkpoint, self.device, self.image_picker, self.labels_picker, self.new_labels, self.window,
-                self.label_value, self.overwrite, self.submit_button, self.clear_button, self.status,
+                self.profile, self.classes, self.label_value, self.instance_mode, self.overwrite,
+                self.submit_button, self.clear_button, self.status,
             ]
         )  # fmt: skip
 
         self.new_labels.changed.connect(self.create_labels_layer)
+        self.profile.changed.connect(self.classes.reset_choices)
+        self.classes.changed.connect(self._on_class_changed)
+        PROFILES.changed.connect(self._on_profiles_changed)
         self.submit_button.changed.connect(self.submit)
         self.clear_button.changed.connect(self.clear_prompts)
         for control in (self.model, self.checkpoint, self.device):
@@ -412,15 +426,46 @@ class SamWidget(Container):
             labels = self._target_labels()
         except RwthSamError as error:
             return self._report_error(error)
-        value = self.label_value.value
-        mask = state.prediction.mask
-        current = state.plane.take(labels.data)
-        writable = mask if self.overwrite.value else mask & ((current == 0) | (current == value))
-        labels.data_setitem(state.plane.indices(writable), value)
-        kept = int(mask.sum() - writable.sum())
+        segment_class = self.classes.value
+        value = next_instance_id(labels.data) if self.instance_mode.value else self.label_value.value
+        written, kept = commit_mask(labels, state.plane, state.prediction.mask, value, self.overwrite.value)
+        self._record_class(labels, value, segment_class)
         note = f", kept {kept} pixels of other labels" if kept else ""
+        named = f" ({segment_class.name})" if segment_class is not None else ""
         self.clear_prompts()
-        self.status.value = f"Submitted {int(writable.sum())} pixels as label {value}{note}."
+        self.status.value = f"Submitted {written} pixels as label {value}{named}{note}."
+
+    def _record_class(self, labels, value: int, segment_class) -> None:
+        """Class mode colours the layer by the profile; instance mode adds the object's class to its features."""
+        profile = PROFILES.get(self.profile.value) if self.profile.value else None
+        if profile is None or segment_class is None:
+            return
+        if not self.instance_mode.value:
+            apply_profile(profile, labels)
+            return
+        features = labels.features
+        if "index" not in features.columns:
+            features = pd.DataFrame({"index": [0], "class": ["background"]})
+        row = pd.DataFrame({"index": [value], "class": [segment_class.name]})
+        labels.features = pd.concat([features[features["index"] != value], row], ignore_index=True)
+
+    # ----------------------------------------------------------------- classes
+    def _profile_choices(self, _widget=None) -> list[tuple[str, str | None]]:
+        return [("No profile: label value below", None)] + [(name, name) for name in PROFILES.names]
+
+    def _class_choices(self, _widget=None) -> list[tuple[str, object]]:
+        profile = PROFILES.get(self.profile.value) if self.profile.value else None
+        if profile is None:
+            return []
+        return [(f"{item.name} ({item.value})", item) for item in profile.classes]
+
+    def _on_profiles_changed(self) -> None:
+        self.profile.reset_choices()
+        self.classes.reset_choices()
+
+    def _on_class_changed(self, segment_class) -> None:
+        if segment_class is not None:
+            self.label_value.value = segment_class.value
 
     def clear_prompts(self, *_) -> None:
         self._version += 1
@@ -481,6 +526,7 @@ class SamWidget(Container):
             self.viewer.mouse_drag_callbacks.remove(self._on_mouse)
         for key in KEY_BINDINGS:
             self.viewer.bind_key(key, None)
+        PROFILES.changed.disconnect(self._on_profiles_changed)
         self.viewer.dims.events.current_step.disconnect(self._embed_ahead)
         if self._watched_image is not None:
             self._watched_image.events.contrast_limits.disconnect(self._restart_window_timer)
