@@ -420,7 +420,8 @@ def test_disk_cache_across_sessions(monkeypatch, tmp_path, sam2_tiny):
 def test_workspace_with_a_disk_cache(monkeypatch, tmp_path, sam2_tiny):
     volume = structured_volume()
     plane = SlicePlane.of(volume.shape, 0, 1)
-    Workspace(disk_cache=tmp_path / "c.zarr").segmenter(sam2_tiny, volume, False, CONTRAST_LIMITS, (0, 255)).embed(plane)
+    first = Workspace(disk_cache=tmp_path / "c.zarr")
+    first.segmenter(sam2_tiny, volume, False, CONTRAST_LIMITS, (0, 255)).embed(plane)
     calls = count_embeds(monkeypatch, sam2_tiny)
     workspace = Workspace(disk_cache=tmp_path / "c.zarr")
     workspace.segmenter(sam2_tiny, volume.copy(), False, CONTRAST_LIMITS, (0, 255)).embed(plane)
@@ -431,3 +432,16 @@ def test_slice_key_names_everything():
     assert SliceKey._fields == (
         "model", "model_token", "image", "window", "rgb", "axis", "index", "row_axis", "col_axis",
     )  # fmt: skip
+
+
+def test_model_identity_tells_weights_apart(tmp_path):
+    from rwth_sam.core.workspace import model_identity
+
+    official = model_identity("mobile_sam_vit_t", None)
+    assert rwth_sam.get_model_spec("mobile_sam_vit_t").weights.sha256 in official
+    checkpoint = tmp_path / "fine_tuned.pt"
+    checkpoint.write_bytes(b"weights")
+    local = model_identity("mobile_sam_vit_t", checkpoint)
+    assert local != official and str(checkpoint.resolve()) in local
+    checkpoint.write_bytes(b"other weights")  # replaced by another file
+    assert model_identity("mobile_sam_vit_t", checkpoint) != local

@@ -285,10 +285,11 @@ class DiskEmbeddingCache:
     """Embeddings in a zarr store at ``path``, kept across sessions (zarr 2.16+ and 3 both work).
 
     One group per embedding, named by ``key(rgb, model_id)``: a hash of the RGB slice the encoder
-    saw and the model's identity. Each tensor of the features is an array (bit for bit, any dtype,
-    bfloat16 included, its memory layout restored); the features' structure (dicts, lists, tuples, numbers) is in the group's
-    attributes, written last, so an entry a crashed session left half written is never read.
-    Entries are loaded onto the device asked for. The store is not size limited: ``clear()`` it.
+    saw and the model's identity. Each tensor of the features is an array, bit for bit (any dtype,
+    bfloat16 included) and loaded back with its memory layout; the features' structure (dicts,
+    lists, tuples, numbers) is in the group's attributes, written last, so an entry that a crashed
+    session left half written is never read. Entries are loaded onto the device asked for. The
+    store has no size limit: ``clear()`` it.
     """
 
     def __init__(self, path: str | os.PathLike):

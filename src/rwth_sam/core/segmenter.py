@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -107,7 +108,10 @@ class Segmenter:
         embedding = self.disk_cache.get(disk_key, device=self.predictor.device)
         if embedding is None or embedding.model_name != self.predictor.name:
             embedding = self.predictor.embed(rgb)
-            self.disk_cache.put(disk_key, embedding)
+            try:
+                self.disk_cache.put(disk_key, embedding)
+            except Exception as error:  # a full or read-only disk must not stop segmenting
+                warnings.warn(f"Could not store the embedding in {self.disk_cache.path}: {error}", stacklevel=2)
         return embedding
 
     def _neighbourhood(self, plane: SlicePlane, radius: int) -> list[SlicePlane]:

@@ -82,8 +82,9 @@ class Workspace:
             window = resolve_window(window_choice, image, contrast_limits, rgb)
             model_id = self._model_id if predictor is self._predictor else None
             self._segmenter = Segmenter(
-                predictor, image, window=window, rgb=rgb, cache=self.cache, disk_cache=self.disk_cache, model_id=model_id
-            )
+                predictor, image, window=window, rgb=rgb,
+                cache=self.cache, disk_cache=self.disk_cache, model_id=model_id,
+            )  # fmt: skip
             self._segmenter_key = key
         return self._segmenter
 
