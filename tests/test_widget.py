@@ -392,3 +392,20 @@ def test_submit_to_a_profile_class_and_in_instance_mode(viewer, checkpoint, qtbo
     assert set(np.unique(labels.data)) <= {0, 1, 2} and (labels.data == 2).any()
     table = labels.features.set_index("index")["class"]
     assert table[1] == "cathode" and table[2] == "cathode"
+
+
+def test_moving_through_slices_embeds_the_shown_slice_first_then_neighbours(viewer, checkpoint, qtbot, rng):
+    volume = rng.integers(0, 255, (8, 40, 40)).astype(np.uint8)
+    image = viewer.add_image(volume)
+    widget = dock(viewer, checkpoint)
+    viewer.dims.set_point(0, 3)
+    middle_click(viewer, image.data_to_world((3, 20, 20)))  # loads the model
+    wait_idle(qtbot, widget)
+    embedded = []
+    predictor = widget.workspace.loaded
+    encode = predictor._embed
+    predictor._embed = lambda rgb: (embedded.append(next(i for i in range(8) if np.array_equal(rgb[..., 0], volume[i]))), encode(rgb))[1]
+    viewer.dims.set_point(0, 6)
+    wait_idle(qtbot, widget)
+    assert embedded[0] == 6, "the shown slice must be embedded first"
+    assert embedded[1:] == [7, 5, 4], "then its neighbours, nearest first (slice 3 was cached)"

@@ -27,6 +27,11 @@ class LatestJobRunner:
     def busy(self) -> bool:
         return self._worker is not None or bool(self._pending)
 
+    @property
+    def has_waiting(self) -> bool:
+        """A newer job is waiting: a long-running job should stop at its next safe point."""
+        return bool(self._pending)
+
     def submit(self, kind: str, job: Callable[[], Any], on_result: Callable[[Any], None], description: str) -> None:
         self._pending[kind] = (job, on_result, description)
         if self._worker is None:

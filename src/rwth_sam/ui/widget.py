@@ -40,6 +40,7 @@ PREVIEW_COLOR = "lime"
 POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
 SELECTED_COLOR = "yellow"
+PREFETCH_RADIUS = 2  # neighbours embedded on each side of the shown slice
 HELP = (
     "Middle click: + point · Ctrl+middle: − point · Shift+middle drag: box\n"
     "Left click: select point · Ctrl+K: delete selected · Ctrl+Shift+K: delete all · Ctrl+Enter: submit"
@@ -402,7 +403,10 @@ class SamWidget(Container):
         self.status.value = f"Preview: {int(prediction.mask.sum())} pixels, score {prediction.scores.max():.2f}"
 
     def _embed_ahead(self, event=None) -> None:
-        """Embed the slice now shown while the user looks at it, once a model is loaded."""
+        """Embed the slice now shown, then its neighbours, once a model is loaded.
+
+        The prefetch stops as soon as anything newer waits (a click, or the user moved on).
+        """
         if self.workspace.loaded is None or self.image_layer is None:
             return
         try:
@@ -412,7 +416,7 @@ class SamWidget(Container):
             return
 
         def job():
-            self._segmenter(request).embed(plane)
+            self._segmenter(request).prefetch(plane, PREFETCH_RADIUS, should_stop=lambda: self.runner.has_waiting)
 
         self.runner.submit(EMBED_AHEAD, job, lambda _: None, "Embedding slice")
 
