@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def writable_pixels(current: np.ndarray, mask: np.ndarray, value: int, overwrite: bool) -> np.ndarray:
-    """The pixels of ``mask`` that may take ``value``: all of them, or only background and ``value``."""
+def writable(current: np.ndarray, value: int, overwrite: bool) -> np.ndarray:
+    """Which voxels, now holding ``current``, may take ``value``: all, or only background and ``value``."""
     if overwrite:
-        return mask
-    return mask & ((current == 0) | (current == value))
+        return np.ones(current.shape, dtype=bool)
+    return (current == 0) | (current == value)
 
 
 def next_instance_id(labels: np.ndarray) -> int:

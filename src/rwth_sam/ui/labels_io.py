@@ -6,17 +6,24 @@ import napari
 import numpy as np
 
 from ..core.coordinates import SlicePlane
-from ..core.labelling import writable_pixels
+from ..core.labelling import writable
+
+
+def commit_voxels(
+    labels: napari.layers.Labels, indices: tuple[np.ndarray, ...], value: int, overwrite: bool
+) -> tuple[int, int]:
+    """Write ``value`` at ``indices`` (one index array per axis); returns (voxels written, voxels kept).
+
+    ``data_setitem`` records the change in napari's own history (only the changed voxels), so the
+    user's Ctrl+Z undoes it in order with their brush strokes.
+    """
+    allowed = writable(labels.data[indices], value, overwrite)
+    labels.data_setitem(tuple(axis[allowed] for axis in indices), value)
+    return int(allowed.sum()), int(allowed.size - allowed.sum())
 
 
 def commit_mask(
     labels: napari.layers.Labels, plane: SlicePlane, mask: np.ndarray, value: int, overwrite: bool
 ) -> tuple[int, int]:
-    """Write an (H, W) slice mask as ``value``; returns (pixels written, pixels of other labels kept).
-
-    ``data_setitem`` records the change in napari's own history (only the changed voxels), so the
-    user's Ctrl+Z undoes it in order with their brush strokes.
-    """
-    writable = writable_pixels(plane.take(labels.data), mask, value, overwrite)
-    labels.data_setitem(plane.indices(writable), value)
-    return int(writable.sum()), int(mask.sum() - writable.sum())
+    """Write an (H, W) mask on ``plane`` as ``value`` (see ``commit_voxels``)."""
+    return commit_voxels(labels, plane.indices(mask), value, overwrite)
