@@ -10,7 +10,7 @@ For each model (random weights: the compute, not the quality, is measured) this 
   (parity: ratio <= 1.05, this benchmark's own bar).
 
 Both sides run under ``torch.inference_mode()``, are warmed up once, and alternate repeat by repeat
-(A B A B ...) so that load from other processes hits both alike; CUDA is synchronised around every
+(A B B A A B ...) so that load from other processes hits both alike; CUDA is synchronised around every
 timed call. Masks (and low-resolution logits and scores) must be identical on both sides, or the run
 stops with an AssertionError: the comparison is of the same computation.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -122,18 +123,23 @@ def make_timer(device: torch.device):
 
 
 def interleaved(timed, plugin_fn, upstream_fn, repeats: int):
-    """One warm-up call of each, then ``repeats`` pairs A B A B ...; returns both lists of seconds."""
+    """One warm-up call of each, then ``repeats`` interleaved pairs; returns both lists of seconds.
+
+    Pairs alternate their order (A B, B A, A B, ...) so that neither side always runs first, e.g. right
+    after the other has filled the caches or released its memory.
+    """
     plugin_fn()
     upstream_fn()
     plugin_times, upstream_times = [], []
     gc.collect()
     gc.disable()
     try:
-        for _ in range(repeats):
-            seconds, _ = timed(plugin_fn)
-            plugin_times.append(seconds)
-            seconds, _ = timed(upstream_fn)
-            upstream_times.append(seconds)
+        for i in range(repeats):
+            for side in ("plugin", "upstream") if i % 2 == 0 else ("upstream", "plugin"):
+                if side == "plugin":
+                    plugin_times.append(timed(plugin_fn)[0])
+                else:
+                    upstream_times.append(timed(upstream_fn)[0])
     finally:
         gc.enable()
     return plugin_times, upstream_times
@@ -336,6 +342,11 @@ def machine_info(device: torch.device) -> dict:
                       "mobilesam-mirror", "sam2"]
         },
     }
+    # Where the upstream packages come from (their versions are None when put on PYTHONPATH by hand).
+    info["imported_from"] = {}
+    for module in ["rwth_sam", "segment_anything", "segment_anything_hq", "mobile_sam", "sam2"]:
+        spec = importlib.util.find_spec(module)
+        info["imported_from"][module] = spec.origin if spec is not None else None
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     if hasattr(os, "getloadavg"):
@@ -349,8 +360,8 @@ def parse_args(argv=None):
                         help=f"comma-separated registry names, or 'all' (default: {','.join(DEFAULT_MODELS)})")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: auto)")
     parser.add_argument("--size", type=int, default=1024, help="side of the square uint8 RGB test image (default: 1024)")
-    parser.add_argument("--repeats", type=int, nargs="+", metavar=("ENCODER", "PROMPT"), default=[5, 30],
-                        help="timed repeats per side: encoder [prompt] (default: 5 30)")
+    parser.add_argument("--repeats", type=int, nargs="+", metavar="N", default=[5, 30],
+                        help="timed repeats per side: ENCODER [PROMPT] (default: 5 30; PROMPT also counts refine)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op CPU threads (default: torch's own, one per core); 1 is steadier on a busy machine")
     parser.add_argument("--seed", type=int, default=0, help="seed for the image and the random weights (default: 0)")
@@ -365,15 +376,23 @@ def parse_args(argv=None):
     else:
         args.model_names = [n.strip() for n in args.models.split(",") if n.strip()]
         for n in args.model_names:
-            rwth_sam.get_model_spec(n)  # unknown names fail here, before any model is built
+            try:
+                rwth_sam.get_model_spec(n)  # unknown names fail here, before any model is built
+            except rwth_sam.InputError as error:
+                parser.error(str(error))
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except rwth_sam.InputError as error:
+        print(f"latency.py: error: {error}", file=sys.stderr)
+        return 2
     rng = np.random.default_rng(args.seed)
     rgb = rng.integers(0, 256, size=(args.size, args.size, 3), dtype=np.uint8)
     info = machine_info(device)
@@ -388,7 +407,8 @@ def main(argv=None) -> int:
         info["load_average_at_end"] = os.getloadavg()
     if args.json:
         report = {
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "date": started,
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
             "image": {"size": [args.size, args.size, 3], "dtype": "uint8", "content": f"uniform random, seed {args.seed}"},
             "repeats": {"encoder": args.encoder_repeats, "prompt": args.prompt_repeats},
