@@ -179,14 +179,14 @@ def _move(features, device):
     return features
 
 
-def select_candidates(low_res: torch.Tensor, scores: torch.Tensor, all_masks: bool) -> torch.Tensor:
-    """Indices of the decoder's candidates to upsample: all, or only the highest-scoring one."""
-    if all_masks:
-        return torch.arange(low_res.shape[1], device=low_res.device)
+def select_candidates(low_res: torch.Tensor, scores: torch.Tensor, all_masks: bool) -> torch.Tensor | slice:
+    """The decoder's candidates to upsample: all, or only the highest-scoring one."""
+    if all_masks or low_res.shape[1] == 1:
+        return slice(None)  # nothing to choose: no extra kernels (it matters on a GPU)
     return torch.argmax(scores[0]).reshape(1)
 
 
-def to_prediction(masks: torch.Tensor, scores: torch.Tensor, low_res: torch.Tensor, keep: torch.Tensor) -> Prediction:
+def to_prediction(masks: torch.Tensor, scores: torch.Tensor, low_res: torch.Tensor, keep) -> Prediction:
     return Prediction(
         masks=masks[0].cpu().numpy(),
         scores=scores[0, keep].float().cpu().numpy(),

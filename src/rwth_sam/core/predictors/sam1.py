@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .base import Embedding, Prediction, Predictor, Prompts, select_candidates, to_prediction
 
@@ -64,5 +65,18 @@ class SamPredictor(Predictor):
         low_res, scores = self.model.mask_decoder(**decoder_args)
 
         keep = select_candidates(low_res, scores, all_masks)
-        logits = self.model.postprocess_masks(low_res[:, keep], embedding.features["input_size"], original_size)
+        logits = self._upsample(low_res[:, keep], embedding.features["input_size"], original_size)
         return to_prediction(logits > self.model.mask_threshold, scores, low_res, keep)
+
+    def _upsample(self, low_res: torch.Tensor, input_size, original_size) -> torch.Tensor:
+        """Upstream's ``postprocess_masks``, minus its last resize when that one is to the same size.
+
+        (Bilinear interpolation to the input's own size returns the input exactly, so the masks stay
+        identical to upstream's; a 1024x1024 slice saves a full-resolution pass per click.)
+        """
+        side = self.input_size
+        logits = F.interpolate(low_res, (side, side), mode="bilinear", align_corners=False)
+        logits = logits[..., : input_size[0], : input_size[1]]
+        if tuple(logits.shape[-2:]) != tuple(original_size):
+            logits = F.interpolate(logits, original_size, mode="bilinear", align_corners=False)
+        return logits
