@@ -112,8 +112,8 @@ class SlicePlane:
         result = [None] * len(self.shape)
         result[self.row_axis], result[self.col_axis] = rows, cols
         if self.axis is not None:
-            result[self.axis] = np.full(rows.shape, self.index, dtype=rows.dtype)
-        return tuple(result)
+            result[self.axis] = np.full(rows.shape, self.index)
+        return compact_indices(result, self.shape)
 
     def slice_to_data(self, x: float, y: float) -> np.ndarray:
         point = np.zeros(len(self.shape))
@@ -134,6 +134,12 @@ class SlicePlane:
         """The four data-space corners of an (x0, y0, x1, y1) box, for drawing it as a rectangle."""
         x0, y0, x1, y1 = box
         return np.array([self.slice_to_data(x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))])
+
+
+def compact_indices(indices, shape: Sequence[int]) -> tuple[np.ndarray, ...]:
+    """Index arrays in the smallest integer type that holds ``shape``: undo histories keep them."""
+    dtype = np.min_scalar_type(max(int(s) for s in shape) - 1)
+    return tuple(np.asarray(axis, dtype=dtype) for axis in indices)
 
 
 def plane_at(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import napari
 import numpy as np
 
-from ..core.coordinates import SlicePlane
+from ..core.coordinates import SlicePlane, compact_indices
 from ..core.labelling import writable
 
 
@@ -27,3 +27,14 @@ def commit_mask(
 ) -> tuple[int, int]:
     """Write an (H, W) mask on ``plane`` as ``value`` (see ``commit_voxels``)."""
     return commit_voxels(labels, plane.indices(mask), value, overwrite)
+
+
+def commit_region(labels: napari.layers.Labels, values: np.ndarray, region: np.ndarray) -> int:
+    """Replace ``labels`` inside the boolean ``region`` by ``values`` (full-size arrays), undoably.
+
+    Only voxels that change are indexed and stored, so memory follows the change, not the volume.
+    """
+    changed = region & (labels.data != values)
+    indices = compact_indices(np.nonzero(changed), changed.shape)
+    labels.data_setitem(indices, values[indices])
+    return len(indices[0])

@@ -13,8 +13,9 @@ from typing import Any
 from napari.qt.threading import create_worker
 
 PREDICT = "predict"
+AUTOMATIC = "automatic"
 EMBED_AHEAD = "embed ahead"
-_PRIORITY = (PREDICT, EMBED_AHEAD)
+_PRIORITY = (PREDICT, AUTOMATIC, EMBED_AHEAD)
 
 
 class LatestJobRunner:
@@ -32,8 +33,16 @@ class LatestJobRunner:
         """A newer job is waiting: a long-running job should stop at its next safe point."""
         return bool(self._pending)
 
-    def submit(self, kind: str, job: Callable[[], Any], on_result: Callable[[Any], None], description: str) -> None:
-        self._pending[kind] = (job, on_result, description)
+    def submit(
+        self,
+        kind: str,
+        job: Callable[[], Any],
+        on_result: Callable[[Any], None],
+        description: str,
+        on_finished: Callable[[], None] | None = None,
+    ) -> None:
+        """Run ``job`` in a worker when the current one ends; ``on_finished`` follows success or error."""
+        self._pending[kind] = (job, on_result, description, on_finished)
         if self._worker is None:
             self._start_next()
 
@@ -41,10 +50,12 @@ class LatestJobRunner:
         kind = next((k for k in _PRIORITY if k in self._pending), None)
         if kind is None:
             return
-        job, on_result, description = self._pending.pop(kind)
+        job, on_result, description, on_finished = self._pending.pop(kind)
         worker = create_worker(job, _progress={"desc": description, "total": 0}, _ignore_errors=True)
         worker.returned.connect(on_result)
         worker.errored.connect(self._on_error)
+        if on_finished is not None:
+            worker.finished.connect(on_finished)
         worker.finished.connect(self._on_finished)
         self._worker = worker
         worker.start()

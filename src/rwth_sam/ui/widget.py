@@ -30,6 +30,7 @@ from ..core.registry import get_model_spec, model_specs
 from ..core.segmenter import spatial_shape
 from ..core.weights import is_cached
 from ..core.workspace import Workspace
+from .automatic_panel import AutomaticPanel
 from .labels_io import commit_mask
 from .profile_store import PROFILES
 from .profile_widget import apply_profile
@@ -41,6 +42,7 @@ POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
 SELECTED_COLOR = "yellow"
 PREFETCH_RADIUS = 2  # neighbours embedded on each side of the shown slice
+CLICK_MODE, AUTOMATIC_MODE = "Click prompts", "Automatic (everything)"
 HELP = (
     "Middle click: + point · Ctrl+middle: − point · Shift+middle drag: box\n"
     "Left click: select point · Ctrl+K: delete selected · Ctrl+Shift+K: delete all · Ctrl+Enter: submit"
@@ -115,6 +117,9 @@ class SamWidget(Container):
         self.instance_mode = CheckBox(text="Instance mode: a new label per object", value=False)
         self.instance_mode.tooltip = "Each submit gets a new label id; its class is recorded in the layer's features"
         self.overwrite = CheckBox(text="Overwrite other labels", value=False)
+        self.mode = ComboBox(label="Mode", choices=[CLICK_MODE, AUTOMATIC_MODE], value=CLICK_MODE)
+        self.automatic = AutomaticPanel(self)
+        self.automatic.visible = False
         self.submit_button = PushButton(text="Submit preview")
         self.clear_button = PushButton(text="Clear prompts")
         self.status = Label(value=HELP)
@@ -122,11 +127,12 @@ class SamWidget(Container):
             [
                 self.model, self.checkpoint, self.device, self.image_picker, self.labels_picker, self.new_labels, self.window,
                 self.profile, self.classes, self.label_value, self.instance_mode, self.overwrite,
-                self.submit_button, self.clear_button, self.status,
+                self.mode, self.submit_button, self.clear_button, self.automatic, self.status,
             ]
         )  # fmt: skip
 
         self.new_labels.changed.connect(self.create_labels_layer)
+        self.mode.changed.connect(self._on_mode_changed)
         self.profile.changed.connect(self.classes.reset_choices)
         self.classes.changed.connect(self._on_class_changed)
         PROFILES.changed.connect(self._on_profiles_changed)
@@ -269,7 +275,10 @@ class SamWidget(Container):
 
     def _on_mouse(self, viewer, event):
         if event.button == LEFT_BUTTON and not event.modifiers:
-            self._select_point_at(event.position)
+            if self.mode.value == AUTOMATIC_MODE:
+                self.automatic.select_object_at(event.position)
+            else:
+                self._select_point_at(event.position)
             return
         if event.button != MIDDLE_BUTTON:
             return
@@ -430,13 +439,21 @@ class SamWidget(Container):
             labels = self._target_labels()
         except RwthSamError as error:
             return self._report_error(error)
-        segment_class = self.classes.value
-        value = next_instance_id(labels.data) if self.instance_mode.value else self.label_value.value
+        value = self.submit_value(labels)
         written, kept = commit_mask(labels, state.plane, state.prediction.mask, value, self.overwrite.value)
+        self.clear_prompts()
+        self.record_submission(labels, value, written, kept)
+
+    def submit_value(self, labels: napari.layers.Labels) -> int:
+        """The label value of the next submit: a new id in instance mode, else the class's value."""
+        return next_instance_id(labels.data) if self.instance_mode.value else self.label_value.value
+
+    def record_submission(self, labels: napari.layers.Labels, value: int, written: int, kept: int) -> None:
+        """After a write: name it by its class, and tell the user what happened."""
+        segment_class = self.classes.value
         self._record_class(labels, value, segment_class)
         note = f", kept {kept} pixels of other labels" if kept else ""
         named = f" ({segment_class.name})" if segment_class is not None else ""
-        self.clear_prompts()
         self.status.value = f"Submitted {written} pixels as label {value}{named}{note}."
 
     def _record_class(self, labels, value: int, segment_class) -> None:
@@ -480,6 +497,11 @@ class SamWidget(Container):
         if self._preview_layer is not None and self.image_layer is not None:
             self._show_preview(None, None)
         self.status.value = HELP
+
+    def _on_mode_changed(self, mode: str) -> None:
+        automatic = mode == AUTOMATIC_MODE
+        self.automatic.visible = automatic
+        self.submit_button.visible = self.clear_button.visible = not automatic
 
     def undo(self) -> None:
         """Ctrl+Z when the labels layer is not the active one (then napari's own binding answers)."""

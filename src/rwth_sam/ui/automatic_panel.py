@@ -1,0 +1,198 @@
+"""Automatic mode: SAM's automatic mask generator on the shown slice or the whole volume.
+
+Every generator setting is a control with its explanation as tooltip. Results go into a labels
+layer of their own (one per image, every write undoable); the user then clicks an object there
+(left click) and assigns it to the selected class, which writes it into the labels layer like a
+submit. The volume run reports progress per slice and can be cancelled, keeping finished slices.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import fields
+
+import napari
+import numpy as np
+from magicgui.widgets import Container, FloatSpinBox, Label, PushButton, SpinBox
+from napari.utils import progress
+from qtpy.QtCore import QObject, Signal
+
+from ..core.automatic import SETTING_HELP, AutomaticSettings, generate_slice, generate_volume
+from ..core.coordinates import compact_indices
+from ..core.errors import InputError, RwthSamError
+from .labels_io import commit_region, commit_voxels
+from .runner import AUTOMATIC
+
+_FLOAT_STEPS = {"stability_score_offset": 0.1}
+
+
+class _SliceProgress(QObject):
+    """Carries a worker's per-slice progress to the GUI thread (Qt queues signals across threads)."""
+
+    advanced = Signal(int, int)
+
+
+class AutomaticPanel(Container):
+    def __init__(self, owner):
+        super().__init__(labels=True)
+        self.owner = owner
+        self.viewer: napari.viewer.Viewer = owner.viewer
+        self.setting_controls = {}
+        for item in fields(AutomaticSettings):
+            if item.type in ("int", int):
+                control = SpinBox(label=_title(item.name), min=0, max=100_000, value=item.default)
+            else:
+                control = FloatSpinBox(
+                    label=_title(item.name), min=0.0, max=10.0, step=_FLOAT_STEPS.get(item.name, 0.01), value=item.default
+                )
+            control.tooltip = SETTING_HELP[item.name]
+            self.setting_controls[item.name] = control
+        self.run_slice = PushButton(text="Segment everything on this slice")
+        self.run_volume = PushButton(text="Segment everything in the volume")
+        self.cancel = PushButton(text="Cancel", enabled=False)
+        self.selected = Label(value="Left click an object of the result to select it")
+        self.assign = PushButton(text="Assign selected object to class")
+        self.extend([*self.setting_controls.values(), self.run_slice, self.run_volume, self.cancel, self.selected, self.assign])
+
+        self.run_slice.changed.connect(self.segment_slice)
+        self.run_volume.changed.connect(self.segment_volume)
+        self.cancel.changed.connect(self._request_cancel)
+        self.assign.changed.connect(self.assign_selected)
+        self._cancel_requested = threading.Event()
+        self._progress = _SliceProgress()
+        self._progress.advanced.connect(self._on_slice_done)
+        self._bar = None
+        self.result_layer: napari.layers.Labels | None = None
+        self.selected_object: int | None = None
+
+    def settings(self) -> AutomaticSettings:
+        return AutomaticSettings(**{name: control.value for name, control in self.setting_controls.items()})
+
+    # ----------------------------------------------------------------- runs
+    def segment_slice(self) -> None:
+        owner = self.owner
+        try:
+            settings = self.settings()
+            request = owner._model_request()
+            plane = owner._plane_under(self.viewer.dims.point)[0]
+        except RwthSamError as error:
+            return owner._report_error(error)
+
+        def job():
+            segmenter = owner._segmenter(request)
+            return plane, generate_slice(segmenter.predictor, segmenter.slice_rgb(plane), settings)
+
+        owner.status.value = "Segmenting everything on this slice…"
+        owner.runner.submit(AUTOMATIC, job, self._on_slice_result, "Segmenting everything")
+
+    def _on_slice_result(self, result) -> None:
+        plane, objects = result
+        layer = self._result()
+        region = np.zeros(layer.data.shape, dtype=bool)
+        plane.take(region)[...] = True
+        new = np.zeros(layer.data.shape, dtype=layer.data.dtype)
+        offset = int(layer.data.max(initial=0))  # ids after those of earlier runs, so none merge
+        plane.take(new)[...] = np.where(objects > 0, objects + offset, 0)
+        commit_region(layer, new, region)
+        self.owner.status.value = f"Automatic: {int(objects.max(initial=0))} objects on this slice."
+
+    def segment_volume(self) -> None:
+        owner = self.owner
+        try:
+            settings = self.settings()
+            request = owner._model_request()
+            plane = owner._plane_under(self.viewer.dims.point)[0]
+            if plane.axis is None:
+                raise InputError("The image is 2D: use 'Segment everything on this slice'.")
+        except RwthSamError as error:
+            return owner._report_error(error)
+        total = plane.shape[plane.axis]
+        self._cancel_requested.clear()
+        self._bar = progress(total=total, desc="Segmenting the volume")
+        self.cancel.enabled = True
+
+        def job():
+            segmenter = owner._segmenter(request)
+            result = generate_volume(
+                segmenter, plane.axis, settings, on_slice=self._progress.advanced.emit,
+                should_stop=self._cancel_requested.is_set,
+            )  # fmt: skip
+            return plane.axis, result
+
+        owner.status.value = "Segmenting everything in the volume…"
+        owner.runner.submit(AUTOMATIC, job, self._on_volume_result, "Segmenting the volume", on_finished=self._close_bar)
+
+    def _on_slice_done(self, done: int, total: int) -> None:
+        if self._bar is not None:
+            self._bar.n = done
+            self._bar.refresh()
+
+    def _request_cancel(self) -> None:
+        self._cancel_requested.set()
+        self.owner.status.value = "Cancelling after the current slice…"
+
+    def _close_bar(self) -> None:
+        self.cancel.enabled = False
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _on_volume_result(self, axis_and_result) -> None:
+        axis, result = axis_and_result
+        layer = self._result()
+        region = np.zeros(layer.data.shape, dtype=bool)
+        for index in result.finished:
+            np.moveaxis(region, axis, 0)[index] = True
+        commit_region(layer, result.labels.astype(layer.data.dtype), region)
+        state = "cancelled, kept" if result.cancelled else "done:"
+        self.owner.status.value = f"Automatic {state} {len(result.finished)} slices, {int(result.labels.max())} objects."
+
+    def _result(self) -> napari.layers.Labels:
+        """The automatic result layer of the current image, on its grid (made on first use)."""
+        image = self.owner.image_layer
+        shape = self.owner._image_shape()
+        layer = self.result_layer
+        if layer is None or layer not in self.viewer.layers or tuple(layer.data.shape) != shape:
+            layer = self.viewer.add_labels(
+                np.zeros(shape, dtype=np.int32), name=f"{image.name} automatic", scale=image.scale,
+                translate=image.translate, opacity=0.5,
+            )  # fmt: skip
+            self.result_layer = layer
+            self.viewer.layers.selection.active = image
+        return layer
+
+    # ----------------------------------------------------------------- classes
+    def select_object_at(self, world_position) -> None:
+        """Left click in automatic mode: the result object under the mouse becomes the selection."""
+        layer = self.result_layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        value = layer.get_value(world_position, world=True)
+        if value is None or int(value) == 0:
+            self.selected_object = None
+            self.selected.value = "No object there: left click an object of the result"
+            layer.show_selected_label = False
+            return
+        self.selected_object = int(value)
+        layer.selected_label = self.selected_object
+        layer.show_selected_label = True
+        self.selected.value = f"Selected object {self.selected_object} ({int((layer.data == value).sum())} voxels)"
+
+    def assign_selected(self) -> None:
+        """Write the selected object into the labels layer with the chosen class, as one undoable step."""
+        owner = self.owner
+        if self.selected_object is None or self.result_layer is None:
+            return owner._report_error(InputError("Select an object of the automatic result first (left click)."))
+        try:
+            labels = owner._target_labels()
+        except RwthSamError as error:
+            return owner._report_error(error)
+        value = owner.submit_value(labels)
+        data = self.result_layer.data
+        indices = compact_indices(np.nonzero(data == self.selected_object), data.shape)
+        written, kept = commit_voxels(labels, indices, value, owner.overwrite.value)
+        owner.record_submission(labels, value, written, kept)
+
+
+def _title(name: str) -> str:
+    return name.replace("_", " ").replace("thresh", "threshold").capitalize()
