@@ -16,6 +16,7 @@ import numpy as np
 from magicgui.widgets import Container, FloatSpinBox, Label, PushButton, SpinBox
 from napari.utils import progress
 from qtpy.QtCore import QObject, Signal
+from superqt import QCollapsible
 
 from ..core.automatic import SETTING_HELP, AutomaticSettings, generate_slice, generate_volume
 from ..core.coordinates import compact_indices
@@ -52,7 +53,11 @@ class AutomaticPanel(Container):
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.selected = Label(value="Left click an object of the result to select it")
         self.assign = PushButton(text="Assign selected object to class")
-        self.extend([*self.setting_controls.values(), self.run_slice, self.run_volume, self.cancel, self.selected, self.assign])
+        settings = Container(labels=True, widgets=list(self.setting_controls.values()))
+        self.settings_box = QCollapsible("Generator settings")
+        self.settings_box.addWidget(settings.native)
+        self.extend([self.run_slice, self.run_volume, self.cancel, self.selected, self.assign])
+        self.native.layout().insertWidget(0, self.settings_box)
 
         self.run_slice.changed.connect(self.segment_slice)
         self.run_volume.changed.connect(self.segment_volume)

@@ -19,6 +19,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from napari.utils import progress
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QComboBox, QLabel
 
 from ..core.coordinates import LayerGeometry, SlicePlane, plane_at
 from ..core.device import available_devices
@@ -54,6 +55,15 @@ KEY_BINDINGS = {
     "Control-Z": "undo",
     "Control-Shift-Z": "redo",
 }
+
+
+def _compact_layout(container: Container) -> None:
+    """Long names and messages must not widen the dock and squeeze napari's canvas."""
+    for combo in container.native.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(14)
+    for label in container.native.findChildren(QLabel):
+        label.setWordWrap(True)
 
 
 def model_choices(_widget=None) -> list[tuple[str, str]]:
@@ -114,8 +124,8 @@ class SamWidget(Container):
         self.profile.tooltip = "Segmentation profile: the classes of this dataset (see the profile widget)"
         self.classes = ComboBox(label="Class", choices=self._class_choices)
         self.label_value = SpinBox(label="Label value", min=1, max=2**31 - 1, value=1)
-        self.instance_mode = CheckBox(text="Instance mode: a new label per object", value=False)
-        self.instance_mode.tooltip = "Each submit gets a new label id; its class is recorded in the layer's features"
+        self.instance_mode = CheckBox(text="Instance mode", value=False)
+        self.instance_mode.tooltip = "A new label id for each submitted object; its class is recorded in the layer's features"
         self.overwrite = CheckBox(text="Overwrite other labels", value=False)
         self.mode = ComboBox(label="Mode", choices=[CLICK_MODE, AUTOMATIC_MODE], value=CLICK_MODE)
         self.automatic = AutomaticPanel(self)
@@ -148,6 +158,7 @@ class SamWidget(Container):
             napari_viewer.bind_key(key, self._key_handler(action), overwrite=True)
         napari_viewer.dims.events.current_step.connect(self._embed_ahead)
         self.native.destroyed.connect(self._disconnect)
+        _compact_layout(self)
 
     # ----------------------------------------------------------------- layers
     @property
