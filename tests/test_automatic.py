@@ -14,12 +14,13 @@ from rwth_sam.core.automatic import (
     SETTING_HELP,
     AutomaticSettings,
     VolumeResult,
+    cached_generator,
     generate_slice,
     generate_volume,
     generator_class,
     link_slices,
     make_generator,
-    paint_rles,
+    paint_masks,
     run_generator,
 )
 from rwth_sam.core.errors import InputError
@@ -64,10 +65,8 @@ def _small_parts(mask: np.ndarray, area: int) -> int:
     return count
 
 
-def _masks(data) -> list[np.ndarray]:
-    from segment_anything.utils.amg import rle_to_mask
-
-    return [rle_to_mask(rle) for rle in data["rles"]]
+def _masks(records) -> list[np.ndarray]:
+    return [record["segmentation"] for record in records]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,7 +107,8 @@ def sam2_runs():
     upstream = make_generator(predictor, LOOSE).generate(rgb)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cleaned = run_generator(predictor, make_generator(predictor, replace(LOOSE, min_mask_region_area=MIN_AREA)), rgb)
+        generator = make_generator(predictor, replace(LOOSE, min_mask_region_area=MIN_AREA))
+        cleaned = run_generator(predictor, generator, rgb)
     return ours, upstream, cleaned, [str(w.message) for w in caught]
 
 
@@ -125,6 +125,26 @@ def test_sam2_labels_equal_upstream_generate(sam2_runs):
     assert ours.dtype == np.int32 and ours.shape == (96, 96)
     assert len(upstream) > 5 and ours.max() > 5
     np.testing.assert_array_equal(ours, _paint(upstream))
+
+
+def test_sam_hq_labels_equal_upstream_generate():
+    predictor = random_model("sam_hq_vit_tiny")
+    rgb = _rgb(_image(64, 80))
+    settings = replace(LOOSE, points_per_side=3)
+    upstream = make_generator(predictor, settings).generate(rgb)
+    assert len(upstream) > 5
+    np.testing.assert_array_equal(generate_slice(predictor, rgb, settings), _paint(upstream))
+
+
+def test_crop_layers_equal_upstream_generate():
+    predictor = random_model(SAM2_TINY_256)
+    rgb = _rgb(_image(64, 80, seed=3))
+    settings = replace(
+        LOOSE, crop_n_layers=1, crop_nms_thresh=0.5, crop_overlap_ratio=0.2, crop_n_points_downscale_factor=2
+    )
+    upstream = make_generator(predictor, settings).generate(rgb)
+    assert len(upstream) >= 1
+    np.testing.assert_array_equal(generate_slice(predictor, rgb, settings), _paint(upstream))
 
 
 def test_smaller_masks_are_painted_on_top(sam2_runs):
@@ -208,6 +228,14 @@ def test_all_settings_at_once_reach_the_generator():
             assert getattr(generator, name) == value
 
 
+def test_generate_slice_reuses_the_generator_while_settings_stay():
+    predictor = random_model(SAM2_TINY_256)
+    first = cached_generator(predictor, LOOSE)
+    assert cached_generator(predictor, replace(LOOSE)) is first
+    other = cached_generator(predictor, replace(LOOSE, points_per_batch=5))
+    assert other is not first and other.points_per_batch == 5
+
+
 def test_generator_class_follows_the_model_package():
     fake = type("Sam", (), {"__module__": "segment_anything.modeling.sam"})
     predictor = type("P", (), {"model": fake(), "name": "sam_vit_b"})()
@@ -253,14 +281,7 @@ def test_make_generator_rechecks_settings():
 # ----------------------------------------------------------------------------------------------
 
 
-def _rle(mask: np.ndarray) -> dict:
-    import torch
-    from segment_anything.utils.amg import mask_to_rle_pytorch
-
-    return mask_to_rle_pytorch(torch.as_tensor(mask[None]))[0]
-
-
-def test_paint_rles_smaller_on_top_hidden_dropped_ties_in_order():
+def test_paint_masks_smaller_on_top_hidden_dropped_ties_in_order():
     big = np.zeros((6, 8), bool)
     big[:, :5] = True  # 30 pixels
     small = np.zeros((6, 8), bool)
@@ -268,13 +289,13 @@ def test_paint_rles_smaller_on_top_hidden_dropped_ties_in_order():
     tie_a = np.zeros((6, 8), bool)
     tie_a[4:6, 6:8] = True  # 4 pixels
     tie_b = tie_a.copy()  # the same 4 pixels, later in upstream's list
-    labels = paint_rles([_rle(m) for m in (small, big, tie_a, tie_b)], (6, 8))
+    labels = paint_masks([{"segmentation": m, "area": int(m.sum())} for m in (small, big, tie_a, tie_b)], (6, 8))
     assert labels.dtype == np.int32 and labels.shape == (6, 8)
     assert (labels[big & ~small] == 1).all()  # largest painted first
     assert (labels[small] == 2).all()  # a smaller mask stays visible on top
     assert (labels[tie_b] == 3).all()  # equal areas keep upstream's order; tie_a is hidden, ids stay 1..n
     assert (labels[~(big | tie_a)] == 0).all()
-    assert not paint_rles([], (3, 4)).any()
+    assert not paint_masks([], (3, 4)).any()
 
 
 def _disc(shape, centre, radius):
@@ -353,6 +374,8 @@ def test_link_slices_is_one_to_one_and_needs_enough_overlap():
         link_slices([whole, whole[:10]])
     with pytest.raises(InputError):
         link_slices([whole], min_overlap=0.0)
+    with pytest.raises(InputError):
+        link_slices([-whole])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,11 +8,11 @@ module: ``SamAutomaticMaskGenerator`` of ``segment_anything``, ``segment_anythin
 masks stay visible on top of the larger ones they overlap, and the visible objects are numbered
 1..n in painting order (1 is the largest).
 
-``min_mask_region_area`` removes holes and islands smaller than that many pixels from every mask
-(with OpenCV, then box NMS drops new duplicates), for every family alike. SAM 2's own generator
-would instead do this on the low-resolution logits with a compiled CUDA extension that pip installs
-of ``sam2`` lack (upstream then warns on every batch and skips it); rwth-sam switches that off and
-applies SAM's full-resolution post-processing to SAM 2 as well.
+``min_mask_region_area`` removes holes and islands smaller than that many pixels from every mask:
+SAM's generators do it themselves (with OpenCV, then box NMS drops new duplicates). SAM 2's own
+generator would do it on the low-resolution logits with a compiled CUDA extension that pip installs
+of ``sam2`` lack (upstream then warns on every batch and skips it), so rwth-sam switches that off
+and removes the small regions from SAM 2's full-resolution masks itself (scikit-image).
 
 In a volume, ``generate_volume`` segments each slice on its own and ``link_slices`` gives objects
 that overlap on neighbouring slices one id.
@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import importlib
 import numbers
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 
 import numpy as np
+import torch
 
 from .errors import InputError
 from .predictors.base import Predictor
@@ -188,50 +190,53 @@ def make_generator(predictor: Predictor, settings: AutomaticSettings | None = No
         from .predictors.sam2 import backbone_feature_sizes
 
         generator.predictor._bb_feat_sizes = backbone_feature_sizes(predictor.model.image_size)
-        # Small regions are removed at full resolution with OpenCV (see the module's docstring).
+        # Small regions are removed at full resolution instead (see the module's docstring).
         generator.predictor._transforms.max_hole_area = 0.0
         generator.predictor._transforms.max_sprinkle_area = 0.0
     return generator
 
 
-def run_generator(predictor: Predictor, generator, rgb: np.ndarray):
-    """Upstream's masks for ``rgb`` as ``MaskData`` (RLEs, boxes, scores), as ``generate()`` makes them."""
+def run_generator(predictor: Predictor, generator, rgb: np.ndarray) -> list[dict]:
+    """Upstream's ``generate()`` records for ``rgb``: one dict per mask, with its binary
+    ``segmentation`` and its ``area``; for SAM 2, small regions removed as SAM's generator does."""
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise InputError(f"Automatic segmentation takes an (H, W, 3) uint8 RGB image, not {rgb.shape} {rgb.dtype}.")
     if min(rgb.shape[:2]) < 2:
         raise InputError(f"A slice of {rgb.shape[0]}x{rgb.shape[1]} pixels is too small to segment.")
-    rgb = np.ascontiguousarray(rgb)
-
-    def run():
-        data = generator._generate_masks(rgb)
-        if generator.min_mask_region_area > 0:
-            data = generator.postprocess_small_regions(
-                data, generator.min_mask_region_area, max(generator.box_nms_thresh, generator.crop_nms_thresh)
-            )
-        return data
-
-    return predictor._with_mps_fallback(run)
+    records = predictor._with_mps_fallback(lambda: generator.generate(np.ascontiguousarray(rgb)))
+    if _is_sam2(generator) and generator.min_mask_region_area > 0:
+        records = [_without_small_regions(record, generator.min_mask_region_area) for record in records]
+        records = [record for record in records if record["area"] > 0]
+    return records
 
 
-def paint_rles(rles: Sequence[dict], shape: tuple[int, int]) -> np.ndarray:
-    """An (H, W) int32 label image from upstream's uncompressed RLEs: largest painted first, ids 1..n.
+def _is_sam2(generator) -> bool:
+    return type(generator).__name__ == "SAM2AutomaticMaskGenerator"
+
+
+def _without_small_regions(record: dict, min_area: int) -> dict:
+    """Holes and islands below ``min_area`` pixels removed (SAM's rule, done with scikit-image)."""
+    from skimage.morphology import remove_small_holes, remove_small_objects
+
+    mask = remove_small_holes(record["segmentation"], area_threshold=min_area)
+    mask = remove_small_objects(mask, min_size=min_area)
+    return {**record, "segmentation": mask, "area": int(mask.sum())}
+
+
+def paint_masks(records: Sequence[dict], shape: tuple[int, int]) -> np.ndarray:
+    """An (H, W) int32 label image from ``generate()`` records: largest painted first, ids 1..n.
 
     Ties in area keep upstream's order. Objects entirely covered by smaller ones vanish, and the
     remaining ids are made consecutive, in painting order.
     """
-    height, width = shape
-    areas = np.array([sum(rle["counts"][1::2]) for rle in rles], dtype=np.int64)
-    order = np.argsort(-areas, kind="stable")
-    # Upstream's RLEs run down the columns: paint the transposed image, flat, and transpose at the end.
-    flat = np.zeros(height * width, dtype=np.int32)
+    labels = np.zeros(shape, dtype=np.int32)
+    order = np.argsort([-record["area"] for record in records], kind="stable")
     for value, i in enumerate(order, start=1):
-        counts = np.asarray(rles[i]["counts"], dtype=np.int64)
-        if tuple(rles[i]["size"]) != (height, width):
-            raise InputError(f"A mask of size {rles[i]['size']} does not fit a {height}x{width} slice.")
-        runs = np.repeat(np.arange(len(counts)) % 2 == 1, counts)
-        flat[runs] = value
-    labels = np.ascontiguousarray(flat.reshape(width, height).T)
+        mask = records[i]["segmentation"]
+        if mask.shape != tuple(shape):
+            raise InputError(f"A mask of size {mask.shape} does not fit a {shape[0]}x{shape[1]} slice.")
+        labels[mask] = value
     return compact_labels(labels)
 
 
@@ -246,14 +251,31 @@ def compact_labels(labels: np.ndarray) -> np.ndarray:
     return lookup[labels]
 
 
+_last_generator: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cached_generator(predictor: Predictor, settings: AutomaticSettings | None = None):
+    """``make_generator``, reusing the predictor's last generator while the settings stay the same.
+
+    Building one is not free (SAM 2's compiles its image transforms with TorchScript), and a widget
+    calls ``generate_slice`` again and again with the same settings.
+    """
+    settings = AutomaticSettings() if settings is None else settings
+    cached = _last_generator.get(predictor)
+    if cached is not None and cached[0] == settings:
+        return cached[1]
+    generator = make_generator(predictor, settings)
+    _last_generator[predictor] = (settings, generator)
+    return generator
+
+
 def _labels(predictor: Predictor, generator, rgb: np.ndarray) -> np.ndarray:
-    data = run_generator(predictor, generator, rgb)
-    return paint_rles(data["rles"], tuple(rgb.shape[:2]))
+    return paint_masks(run_generator(predictor, generator, rgb), tuple(rgb.shape[:2]))
 
 
 def generate_slice(predictor: Predictor, rgb: np.ndarray, settings: AutomaticSettings | None = None) -> np.ndarray:
     """Segment everything in an (H, W, 3) uint8 slice: an (H, W) int32 label image, 0 background."""
-    return _labels(predictor, make_generator(predictor, settings), rgb)
+    return _labels(predictor, cached_generator(predictor, settings), rgb)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,6 +313,8 @@ def link_slices(labels_per_slice: Iterable[np.ndarray], min_overlap: float = 0.5
         if previous is not None and previous.shape != raw.shape:
             raise InputError(f"Slices of shapes {previous.shape} and {raw.shape} cannot be linked.")
         ids = np.unique(raw)
+        if len(ids) and ids[0] < 0:
+            raise InputError(f"Label images hold ids of 0 (background) and up, not {ids[0]}.")
         ids = ids[ids != 0]
         mapping = dict.fromkeys(ids.tolist(), 0)
         if previous is not None and len(ids):
@@ -318,9 +342,9 @@ def _match(parents: np.ndarray, children: np.ndarray, min_overlap: float) -> lis
         return []
     parent_ids, parent_areas = np.unique(parents[parents > 0], return_counts=True)
     child_ids, child_areas = np.unique(children[children > 0], return_counts=True)
-    pairs, overlaps = np.unique(
-        np.stack([children[both].astype(np.int64), parents[both].astype(np.int64)]), axis=1, return_counts=True
-    )
+    base = int(parent_ids[-1]) + 1
+    keys, overlaps = np.unique(children[both].astype(np.int64) * base + parents[both], return_counts=True)
+    pairs = np.stack([keys // base, keys % base])
     child_area = child_areas[np.searchsorted(child_ids, pairs[0])]
     parent_area = parent_areas[np.searchsorted(parent_ids, pairs[1])]
     eligible = overlaps >= min_overlap * np.minimum(child_area, parent_area)
@@ -354,9 +378,10 @@ def generate_volume(
 
     Slices are segmented in the order given, each as ``generate_slice`` would, from
     ``segmenter.slice_rgb``; ``on_slice(done, total)`` follows each one. ``should_stop()`` is asked
-    before each slice: when it is true the run stops there and returns what finished, with
-    ``cancelled`` set. Finished slices are linked in index order (see ``link_slices``); the rest of
-    the label volume is 0.
+    before each slice and, so that a cancel need not wait for a slice to finish, before each of the
+    decoder's batches: when it is true the run stops, drops the slice in progress and returns those
+    that finished, with ``cancelled`` set. Finished slices are linked in index order (see
+    ``link_slices``); the rest of the label volume is 0.
     """
     shape = tuple(segmenter.shape)
     if len(shape) != 3:
@@ -372,7 +397,7 @@ def generate_volume(
             raise InputError(f"Slice {outside[0]} is outside the volume (axis {axis} has {shape[axis]} slices).")
     if not 0.0 < min_overlap <= 1.0:
         raise InputError(f"The minimum overlap for linking must be in (0, 1], not {min_overlap}.")
-    generator = make_generator(segmenter.predictor, settings)
+    generator = cached_generator(segmenter.predictor, settings)
 
     slices: dict[int, np.ndarray] = {}
     cancelled = False

@@ -36,6 +36,7 @@ from .labels_io import commit_mask
 from .profile_store import PROFILES
 from .profile_widget import apply_profile
 from .runner import EMBED_AHEAD, PREDICT, LatestJobRunner
+from .volume_panel import VolumePanel
 
 LEFT_BUTTON, MIDDLE_BUTTON = 1, 3
 PREVIEW_COLOR = "lime"
@@ -43,7 +44,7 @@ POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
 SELECTED_COLOR = "yellow"
 PREFETCH_RADIUS = 2  # neighbours embedded on each side of the shown slice
-CLICK_MODE, AUTOMATIC_MODE = "Click prompts", "Automatic (everything)"
+CLICK_MODE, AUTOMATIC_MODE, VOLUME_MODE = "Click prompts", "Automatic (everything)", "3D propagation"
 HELP = (
     "Middle click: + point · Ctrl+middle: − point · Shift+middle drag: box\n"
     "Left click: select point · Ctrl+K: delete selected · Ctrl+Shift+K: delete all · Ctrl+Enter: submit"
@@ -127,9 +128,11 @@ class SamWidget(Container):
         self.instance_mode = CheckBox(text="Instance mode", value=False)
         self.instance_mode.tooltip = "A new label id for each submitted object; its class is recorded in the layer's features"
         self.overwrite = CheckBox(text="Overwrite other labels", value=False)
-        self.mode = ComboBox(label="Mode", choices=[CLICK_MODE, AUTOMATIC_MODE], value=CLICK_MODE)
+        self.mode = ComboBox(label="Mode", choices=[CLICK_MODE, AUTOMATIC_MODE, VOLUME_MODE], value=CLICK_MODE)
         self.automatic = AutomaticPanel(self)
         self.automatic.visible = False
+        self.volume = VolumePanel(self)
+        self.volume.visible = False
         self.submit_button = PushButton(text="Submit preview")
         self.clear_button = PushButton(text="Clear prompts")
         self.status = Label(value=HELP)
@@ -137,7 +140,7 @@ class SamWidget(Container):
             [
                 self.model, self.checkpoint, self.device, self.image_picker, self.labels_picker, self.new_labels, self.window,
                 self.profile, self.classes, self.label_value, self.instance_mode, self.overwrite,
-                self.mode, self.submit_button, self.clear_button, self.automatic, self.status,
+                self.mode, self.submit_button, self.clear_button, self.automatic, self.volume, self.status,
             ]
         )  # fmt: skip
 
@@ -510,9 +513,15 @@ class SamWidget(Container):
         self.status.value = HELP
 
     def _on_mode_changed(self, mode: str) -> None:
-        automatic = mode == AUTOMATIC_MODE
-        self.automatic.visible = automatic
-        self.submit_button.visible = self.clear_button.visible = not automatic
+        self.automatic.visible = mode == AUTOMATIC_MODE
+        self.volume.visible = mode == VOLUME_MODE
+        self.submit_button.visible = mode == CLICK_MODE
+        self.clear_button.visible = mode != AUTOMATIC_MODE
+
+    def profile_class(self, name: str):
+        """The selected profile's class of that name, if any."""
+        profile = PROFILES.get(self.profile.value) if self.profile.value else None
+        return None if profile is None else profile.class_by_name(name)
 
     def undo(self) -> None:
         """Ctrl+Z when the labels layer is not the active one (then napari's own binding answers)."""

@@ -1,0 +1,311 @@
+"""3D mode: segment a volume from its middle slice and propagate (the 3D Slicer SAM 2 workflow).
+
+Set the start and end slices (either order) on the current slicing axis; the view moves to the
+middle slice. Draw a box (Shift+middle drag) per object and add it, tied to the selected class;
+segment the middle slice, refine an object with more clicks, then propagate through the range in
+both directions. Results are written per object with its class value as one undoable step. After
+that, correct any slice with clicks and re-propagate from it in the direction it lies.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import napari
+import numpy as np
+from magicgui.widgets import Container, Label, PushButton
+from napari.utils import progress
+from qtpy.QtCore import QObject, Signal
+
+from ..core.coordinates import SlicePlane
+from ..core.errors import InputError, RwthSamError
+from ..core.labelling import writable
+from ..core.propagation import propagate
+from .labels_io import commit_region
+from .runner import AUTOMATIC, PREDICT
+
+
+@dataclass
+class VolumeObject:
+    """One object to propagate: its box on the middle slice and the class it belongs to."""
+
+    object_id: int
+    box: tuple[float, float, float, float]
+    value: int
+    name: str
+
+
+class _SliceProgress(QObject):
+    advanced = Signal(int, int)
+
+
+class VolumePanel(Container):
+    def __init__(self, owner):
+        super().__init__(labels=False)
+        self.owner = owner
+        self.viewer: napari.viewer.Viewer = owner.viewer
+        self.set_start = PushButton(text="Set start slice")
+        self.set_end = PushButton(text="Set end slice")
+        self.range_label = Label(value="Range: not set")
+        self.add_box = PushButton(text="Add box (drawn with Shift+middle drag) for the class")
+        self.objects_label = Label(value="Objects: none")
+        self.segment_middle = PushButton(text="Segment middle slice")
+        self.refine = PushButton(text="Refine last object with the clicks on this slice")
+        self.full = PushButton(text="Full segmentation (propagate both ways)")
+        self.correct = PushButton(text="Use the preview as correction; re-propagate from here")
+        self.cancel = PushButton(text="Cancel", enabled=False)
+        self.flags_label = Label(value="")
+        self.extend(
+            [
+                self.set_start, self.set_end, self.range_label, self.add_box, self.objects_label,
+                self.segment_middle, self.refine, self.full, self.correct, self.cancel, self.flags_label,
+            ]
+        )  # fmt: skip
+        self.set_start.changed.connect(lambda: self._set_bound("start"))
+        self.set_end.changed.connect(lambda: self._set_bound("end"))
+        self.add_box.changed.connect(self.add_object)
+        self.segment_middle.changed.connect(self.segment_middle_slice)
+        self.refine.changed.connect(self.refine_last_object)
+        self.full.changed.connect(lambda: self.run_propagation())
+        self.correct.changed.connect(self.correct_and_repropagate)
+        self.cancel.changed.connect(self._cancel_requested_set)
+        self.axis: int | None = None
+        self.bounds: dict[str, int] = {}
+        self.objects: list[VolumeObject] = []
+        self.conditioning: dict[int, dict[int, np.ndarray]] = {}
+        self.logits: dict[int, np.ndarray] = {}
+        self._cancel = threading.Event()
+        self._progress = _SliceProgress()
+        self._progress.advanced.connect(self._on_slice_done)
+        self._bar = None
+
+    # ----------------------------------------------------------------- range
+    def _current_plane(self) -> SlicePlane:
+        plane = self.owner._plane_under(self.viewer.dims.point)[0]
+        if plane.axis is None:
+            raise InputError("3D propagation needs a volume; this image is 2D.")
+        return plane
+
+    def _set_bound(self, which: str) -> None:
+        try:
+            plane = self._current_plane()
+        except RwthSamError as error:
+            return self.owner._report_error(error)
+        if self.axis != plane.axis:
+            self.reset(keep_axis=False)
+            self.axis = plane.axis
+        self.bounds[which] = plane.index
+        if len(self.bounds) == 2:
+            self._go_to(self.middle)
+        self._show_state()
+
+    @property
+    def start(self) -> int:
+        return min(self.bounds.values())
+
+    @property
+    def end(self) -> int:
+        return max(self.bounds.values())
+
+    @property
+    def middle(self) -> int:
+        return (self.start + self.end) // 2
+
+    def _go_to(self, index: int) -> None:
+        image = self.owner.image_layer
+        point = np.zeros(len(self.owner._image_shape()))
+        point[self.axis] = index
+        world_axis = self.viewer.dims.ndim - len(point) + self.axis
+        self.viewer.dims.set_point(world_axis, image.data_to_world(point)[self.axis])
+
+    def _middle_plane(self) -> SlicePlane:
+        if len(self.bounds) != 2:
+            raise InputError("Set the start and the end slice first.")
+        plane = self._current_plane()
+        if plane.axis != self.axis or plane.index != self.middle:
+            self._go_to(self.middle)
+            plane = self._current_plane()
+        return plane
+
+    # ----------------------------------------------------------------- objects
+    def add_object(self) -> None:
+        owner = self.owner
+        try:
+            plane = self._middle_plane()
+            box = owner.prompts.box
+            if box is None or owner.prompts.plane != plane:
+                raise InputError("Draw a box on the middle slice first (Shift+middle drag).")
+            labels = owner._target_labels()
+        except RwthSamError as error:
+            return owner._report_error(error)
+        segment_class = owner.classes.value
+        value = owner.submit_value(labels)
+        name = segment_class.name if segment_class is not None else f"label {value}"
+        self.objects.append(VolumeObject(len(self.objects) + 1, box, value, name))
+        owner.clear_prompts()
+        self._show_state()
+
+    def segment_middle_slice(self) -> None:
+        """The image predictor on the middle slice, one box per object."""
+        owner = self.owner
+        try:
+            plane = self._middle_plane()
+            if not self.objects:
+                raise InputError("Add a box for at least one object first.")
+            request = owner._model_request()
+        except RwthSamError as error:
+            return owner._report_error(error)
+        objects = list(self.objects)
+
+        def job():
+            segmenter = owner._segmenter(request)
+            return plane, {obj.object_id: segmenter.predict(plane, box=obj.box) for obj in objects}
+
+        owner.status.value = "Segmenting the middle slice…"
+        owner.runner.submit(PREDICT, job, self._on_middle, "Segmenting the middle slice")
+
+    def _on_middle(self, result) -> None:
+        plane, predictions = result
+        self.conditioning = {plane.index: {oid: p.mask for oid, p in predictions.items()}}
+        self.logits = {oid: p.best_logits for oid, p in predictions.items()}
+        self._show_slice_preview(plane)
+        self.owner.status.value = f"Middle slice: {len(predictions)} objects. Refine, then run the full segmentation."
+
+    def refine_last_object(self) -> None:
+        """More clicks on the middle slice (with the object's box and last logits) refine its mask."""
+        owner = self.owner
+        state = owner.prompts
+        try:
+            plane = self._middle_plane()
+            if not self.objects or plane.index not in self.conditioning:
+                raise InputError("Segment the middle slice first.")
+            if not state.points or state.plane != plane:
+                raise InputError("Click on the middle slice to refine (middle click: add, Ctrl+middle: remove).")
+            request = owner._model_request()
+        except RwthSamError as error:
+            return owner._report_error(error)
+        obj = self.objects[-1]
+        points, labels, logits = list(state.points), list(state.labels), self.logits.get(obj.object_id)
+
+        def job():
+            segmenter = owner._segmenter(request)
+            return obj.object_id, segmenter.predict(plane, points, labels, box=obj.box, mask_logits=logits)
+
+        def apply(result):
+            object_id, prediction = result
+            self.conditioning[plane.index][object_id] = prediction.mask
+            self.logits[object_id] = prediction.best_logits
+            owner.clear_prompts()
+            self._show_slice_preview(plane)
+
+        owner.runner.submit(PREDICT, job, apply, "Refining")
+
+    def _show_slice_preview(self, plane: SlicePlane) -> None:
+        masks = self.conditioning.get(plane.index, {})
+        union = np.zeros(plane.size, dtype=bool)
+        for mask in masks.values():
+            union |= mask
+        self.owner._show_preview(plane, union)
+
+    # ----------------------------------------------------------------- propagation
+    def run_propagation(self, direction: str = "both", from_index: int | None = None) -> None:
+        owner = self.owner
+        try:
+            if not self.conditioning:
+                raise InputError("Segment the middle slice first.")
+            request = owner._model_request()
+            owner._target_labels()
+        except RwthSamError as error:
+            return owner._report_error(error)
+        axis, start, end = self.axis, self.start, self.end
+        conditioning = {index: dict(masks) for index, masks in self.conditioning.items()}
+        self._cancel.clear()
+        self._bar = progress(total=end - start + 1, desc="Propagating")
+        self.cancel.enabled = True
+
+        def job():
+            segmenter = owner._segmenter(request)
+            return propagate(
+                segmenter, axis, start, end, conditioning, direction=direction, from_index=from_index,
+                on_slice=self._progress.advanced.emit, should_stop=self._cancel.is_set,
+            )  # fmt: skip
+
+        owner.status.value = "Propagating…"
+        owner.runner.submit(AUTOMATIC, job, self._on_propagated, "Propagating", on_finished=self._close_bar)
+
+    def _on_slice_done(self, done: int, total: int) -> None:
+        if self._bar is not None:
+            self._bar.n = done
+            self._bar.refresh()
+
+    def _cancel_requested_set(self) -> None:
+        self._cancel.set()
+        self.owner.status.value = "Cancelling after the current slice…"
+
+    def _close_bar(self) -> None:
+        self.cancel.enabled = False
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _on_propagated(self, result) -> None:
+        """Write every finished slice's objects into the labels layer as one undoable step."""
+        owner = self.owner
+        labels = owner._target_labels()
+        values = {obj.object_id: obj.value for obj in self.objects}
+        new = np.array(labels.data, copy=True)
+        for index in result.finished:
+            plane = SlicePlane.of(new.shape, self.axis, index)
+            section = plane.take(new)
+            for object_id, mask in result.masks.get(index, {}).items():
+                value = values[object_id]
+                section[mask & writable(section, value, owner.overwrite.value)] = value
+        written = commit_region(labels, new, new != labels.data)
+        for obj in self.objects:
+            owner._record_class(labels, obj.value, owner.profile_class(obj.name))
+        self.flags_label.value = _describe_flags(result.flags)
+        state = "cancelled, kept" if result.cancelled else "done:"
+        owner.status.value = f"Propagation {state} {len(result.finished)} slices, {written} voxels written."
+
+    def correct_and_repropagate(self) -> None:
+        """The preview on this slice (from clicks) replaces the last object's mask there; propagate on."""
+        owner = self.owner
+        state = owner.prompts
+        try:
+            if state.prediction is None or state.plane is None or state.plane.axis != self.axis:
+                raise InputError("Click the object on the slice to correct first, so a preview shows.")
+            if not self.objects:
+                raise InputError("Add an object and run the propagation first.")
+        except RwthSamError as error:
+            return owner._report_error(error)
+        index = state.plane.index
+        self.conditioning.setdefault(index, {})[self.objects[-1].object_id] = state.prediction.mask
+        owner.clear_prompts()
+        direction = "forward" if index >= self.middle else "backward"
+        self.run_propagation(direction=direction, from_index=index)
+
+    # ----------------------------------------------------------------- state
+    def reset(self, keep_axis: bool = True) -> None:
+        if not keep_axis:
+            self.axis = None
+        self.bounds, self.objects, self.conditioning, self.logits = {}, [], {}, {}
+        self._show_state()
+
+    def _show_state(self) -> None:
+        if len(self.bounds) == 2:
+            self.range_label.value = f"Range: slices {self.start}–{self.end} on axis {self.axis}, middle {self.middle}"
+        elif self.bounds:
+            self.range_label.value = f"Range: {next(iter(self.bounds.items()))[0]} = {next(iter(self.bounds.values()))}"
+        else:
+            self.range_label.value = "Range: not set"
+        names = ", ".join(f"{obj.object_id}: {obj.name}" for obj in self.objects)
+        self.objects_label.value = f"Objects: {names or 'none'}"
+
+
+def _describe_flags(flags) -> str:
+    if not flags:
+        return ""
+    shown = ", ".join(f"slice {index} (object {obj}: {reason})" for index, obj, reason in flags[:8])
+    more = f" and {len(flags) - 8} more" if len(flags) > 8 else ""
+    return f"Check: {shown}{more}"
