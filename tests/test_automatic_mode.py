@@ -72,27 +72,37 @@ def test_slice_result_is_undoable_and_objects_go_to_classes(viewer, checkpoint, 
     assert not labels.data.any()
 
 
-def test_volume_run_links_slices_and_cancel_keeps_finished_slices(viewer, checkpoint, qtbot, rng):
+def test_volume_run_links_slices_and_cancel_keeps_finished_slices(viewer, checkpoint, qtbot, monkeypatch, rng):
     volume = rng.integers(0, 255, (5, 40, 40)).astype(np.uint8)
     image = viewer.add_image(volume)
     widget = automatic_widget(viewer, checkpoint, image)
     panel = widget.automatic
     done = panel._on_slice_done
+    segment_one = automatic._labels
+    started = []
+
+    def slice_waiting_for_cancel(*args):
+        started.append(1)
+        if len(started) == 3:  # the user's Cancel arrives while the third slice is being segmented
+            assert panel._cancel_requested.wait(30)
+        return segment_one(*args)
 
     def cancel_after_two(finished, total):
         done(finished, total)
         if finished == 2:
-            panel.cancel.clicked.emit()  # the user presses Cancel while slice 3 would start
+            panel.cancel.clicked.emit()
 
+    monkeypatch.setattr(automatic, "_labels", slice_waiting_for_cancel)
     panel._progress.advanced.disconnect(done)
     panel._progress.advanced.connect(cancel_after_two)
     panel.run_volume.clicked.emit()
     assert panel.cancel.enabled
     wait_idle(qtbot, widget, timeout=120_000)
     result = panel.result_layer.data
-    assert result[:2].any(), "finished slices were lost"
-    assert not result[2:].any(), "slices after the cancel were written"
-    assert "cancelled" in widget.status.value and not panel.cancel.enabled
+    assert result[:3].any(), "finished slices were lost"
+    assert not result[3:].any(), "slices after the cancel were segmented"
+    assert len(started) == 3
+    assert "cancelled, kept 3 slices" in widget.status.value and not panel.cancel.enabled
     panel.result_layer.undo()
     assert not panel.result_layer.data.any()
 
