@@ -12,11 +12,12 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_readme_python_api_example_runs(monkeypatch, mobile_sam):
     text = README.read_text()
-    section = text[text.index("## Python API") :]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    section = text[text.index("## Python API") : text.index("## Layout")]
+    code = "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
     monkeypatch.setattr(rwth_sam, "load_model", lambda name, **kwargs: mobile_sam if name == "mobile_sam_vit_t" else None)
     namespace = {}
     exec(compile(code, str(README), "exec"), namespace)
-    labels, refined = namespace["labels"], namespace["refined"]
-    assert labels[16].astype(bool).sum() == refined.mask.sum() > 0
-    assert not labels[:16].any() and not labels[17:].any()
+    labels, refined, result = namespace["labels"], namespace["refined"], namespace["result"]
+    assert (labels[16] == 1).sum() == refined.mask.sum() > 0
+    assert result.finished == list(range(12, 21)) and labels[12:21].any() and not labels[21:].any()
+    assert namespace["objects"].shape == (256, 256)
