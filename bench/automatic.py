@@ -179,8 +179,9 @@ def parse_args(argv=None):
     parser.add_argument("--models", default="mobile_sam_vit_t",
                         help="comma-separated registry names (default: mobile_sam_vit_t)")
     parser.add_argument("--sam2", action="store_true", help="also run sam2.1_hiera_tiny")
-    parser.add_argument("--points-per-side", type=int, default=8,
-                        help="grid of prompts (default: 8, about a minute on 2 CPU cores; upstream's default is 32)")
+    parser.add_argument("--points-per-side", type=int, default=4,
+                        help="grid of prompts (default: 4, about a minute per model on 2 idle CPU cores; "
+                             "upstream's default is 32)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="any other AutomaticSettings field (default: pred_iou_thresh=0 stability_score_thresh=0 "
                              "box_nms_thresh=1)")
