@@ -43,6 +43,18 @@ def build_sam2(config: str, image_size: int = 1024):
     return upstream_build(config, None, device="cpu", hydra_overrides_extra=overrides)
 
 
+def build_sam2_video(config: str, image_size: int = 1024, device="cpu"):
+    """The SAM 2 *video* predictor (``SAM2VideoPredictor``) of ``config``, with random weights.
+
+    Its parameter names are those of ``build_sam2``'s image model, so that model's state dict loads
+    into it (``propagation`` does that, sharing the tensors with ``assign=True``).
+    """
+    from sam2.build_sam import build_sam2_video_predictor
+
+    overrides = [] if image_size == 1024 else [f"++model.image_size={image_size}"]
+    return build_sam2_video_predictor(config, None, device=str(device), hydra_overrides_extra=overrides)
+
+
 def _sam_predictor(module, name, device):
     from segment_anything import SamPredictor as Upstream
 

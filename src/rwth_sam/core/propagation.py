@@ -15,6 +15,7 @@ objects at once, with progress (``on_slice``) and cancel (``should_stop``), with
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -332,7 +333,12 @@ def _propagate_sam2(segmenter, axis, start, end, from_index, direction, size, ru
     predictor = segmenter.predictor
     video = video_predictor(predictor)
     frames = VideoFrames(segmenter, axis, start, end, video.image_size)
-    with torch.inference_mode():
+    import sam2.sam2_video_predictor as svp
+
+    with torch.inference_mode(), warnings.catch_warnings(), mock.patch.object(svp, "tqdm", lambda items, **_: items):
+        # no console progress bars (on_slice reports progress); without sam2's optional CUDA
+        # extension, hole filling is skipped with a warning on every slice: once is enough
+        warnings.filterwarnings("once", message=".*Skipping the post-processing step.*")
         state = init_state_from_frames(video, frames, size[0], size[1], warm_up=False)
         for index in sorted(run.cond):
             for obj_id, mask in sorted(run.cond[index].items()):
