@@ -77,24 +77,21 @@ def test_volume_run_links_slices_and_cancel_keeps_finished_slices(viewer, checkp
     image = viewer.add_image(volume)
     widget = automatic_widget(viewer, checkpoint, image)
     panel = widget.automatic
-    done = panel._on_slice_done
     segment_one = automatic._labels
     started = []
 
     def slice_waiting_for_cancel(*args):
         started.append(1)
         if len(started) == 3:  # the user's Cancel arrives while the third slice is being segmented
-            assert panel._cancel_requested.wait(30)
+            assert panel.progress.cancel_requested.wait(30)
         return segment_one(*args)
 
     def cancel_after_two(finished, total):
-        done(finished, total)
         if finished == 2:
             panel.cancel.clicked.emit()
 
     monkeypatch.setattr(automatic, "_labels", slice_waiting_for_cancel)
-    panel._progress.advanced.disconnect(done)
-    panel._progress.advanced.connect(cancel_after_two)
+    panel.progress.advanced.connect(cancel_after_two)
     panel.run_volume.clicked.emit()
     assert panel.cancel.enabled
     wait_idle(qtbot, widget, timeout=120_000)

@@ -57,11 +57,11 @@ class AutomaticSettings:
         for name in _INTEGERS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise InputError(f"{_label(name)} must be a whole number, not {value!r}.")
+                raise InputError(f"{setting_label(name)} must be a whole number, not {value!r}.")
         for name in _FRACTIONS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-                raise InputError(f"{_label(name)} must be a number, not {value!r}.")
+                raise InputError(f"{setting_label(name)} must be a number, not {value!r}.")
         _at_least(self, "points_per_side", 1)
         _at_least(self, "points_per_batch", 1)
         _at_least(self, "crop_n_layers", 0)
@@ -69,7 +69,7 @@ class AutomaticSettings:
         _at_least(self, "min_mask_region_area", 0)
         for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise InputError(f"{_label(name)} must be between 0 and 1, not {getattr(self, name)}.")
+                raise InputError(f"{setting_label(name)} must be between 0 and 1, not {getattr(self, name)}.")
         if self.stability_score_offset < 0:
             raise InputError(f"Stability score offset must be 0 or more, not {self.stability_score_offset}.")
         if not 0.0 <= self.crop_overlap_ratio < 1.0:
@@ -93,14 +93,15 @@ _INTEGERS = (
 _FRACTIONS = tuple(f.name for f in fields(AutomaticSettings) if f.name not in _INTEGERS)
 
 
-def _label(name: str) -> str:
+def setting_label(name: str) -> str:
+    """A setting's name as people read it (points_per_side: Points per side)."""
     return name.replace("_", " ").replace("thresh", "threshold").capitalize()
 
 
 def _at_least(settings: AutomaticSettings, name: str, low: int) -> None:
     value = getattr(settings, name)
     if value < low:
-        raise InputError(f"{_label(name)} must be {low} or more, not {value}.")
+        raise InputError(f"{setting_label(name)} must be {low} or more, not {value}.")
 
 
 SETTING_HELP: dict[str, str] = {

@@ -8,29 +8,20 @@ submit. The volume run reports progress per slice and can be cancelled, keeping 
 
 from __future__ import annotations
 
-import threading
 from dataclasses import fields
 
 import napari
 import numpy as np
 from magicgui.widgets import Container, FloatSpinBox, Label, PushButton, SpinBox
-from napari.utils import progress
-from qtpy.QtCore import QObject, Signal
 from superqt import QCollapsible
 
-from ..core.automatic import SETTING_HELP, AutomaticSettings, generate_slice, generate_volume
+from ..core.automatic import SETTING_HELP, AutomaticSettings, generate_slice, generate_volume, setting_label
 from ..core.coordinates import compact_indices
 from ..core.errors import InputError, RwthSamError
 from .labels_io import commit_region, commit_voxels
-from .runner import AUTOMATIC
+from .runner import AUTOMATIC, SliceProgress
 
 _FLOAT_STEPS = {"stability_score_offset": 0.1}
-
-
-class _SliceProgress(QObject):
-    """Carries a worker's per-slice progress to the GUI thread (Qt queues signals across threads)."""
-
-    advanced = Signal(int, int)
 
 
 class AutomaticPanel(Container):
@@ -41,10 +32,10 @@ class AutomaticPanel(Container):
         self.setting_controls = {}
         for item in fields(AutomaticSettings):
             if item.type in ("int", int):
-                control = SpinBox(label=_title(item.name), min=0, max=100_000, value=item.default)
+                control = SpinBox(label=setting_label(item.name), min=0, max=100_000, value=item.default)
             else:
                 control = FloatSpinBox(
-                    label=_title(item.name), min=0.0, max=10.0, step=_FLOAT_STEPS.get(item.name, 0.01), value=item.default
+                    label=setting_label(item.name), min=0.0, max=10.0, step=_FLOAT_STEPS.get(item.name, 0.01), value=item.default
                 )
             control.tooltip = SETTING_HELP[item.name]
             self.setting_controls[item.name] = control
@@ -61,12 +52,8 @@ class AutomaticPanel(Container):
 
         self.run_slice.changed.connect(self.segment_slice)
         self.run_volume.changed.connect(self.segment_volume)
-        self.cancel.changed.connect(self._request_cancel)
         self.assign.changed.connect(self.assign_selected)
-        self._cancel_requested = threading.Event()
-        self._progress = _SliceProgress()
-        self._progress.advanced.connect(self._on_slice_done)
-        self._bar = None
+        self.progress = SliceProgress(self.cancel, owner.status)
         self.result_layer: napari.layers.Labels | None = None
         self.selected_object: int | None = None
 
@@ -111,36 +98,18 @@ class AutomaticPanel(Container):
                 raise InputError("The image is 2D: use 'Segment everything on this slice'.")
         except RwthSamError as error:
             return owner._report_error(error)
-        total = plane.shape[plane.axis]
-        self._cancel_requested.clear()
-        self._bar = progress(total=total, desc="Segmenting the volume")
-        self.cancel.enabled = True
+        self.progress.start(plane.shape[plane.axis], "Segmenting the volume")
 
         def job():
             segmenter = owner._segmenter(request)
             result = generate_volume(
-                segmenter, plane.axis, settings, on_slice=self._progress.advanced.emit,
-                should_stop=self._cancel_requested.is_set,
+                segmenter, plane.axis, settings, on_slice=self.progress.advanced.emit,
+                should_stop=self.progress.cancel_requested.is_set,
             )  # fmt: skip
             return plane.axis, result
 
         owner.status.value = "Segmenting everything in the volume…"
-        owner.runner.submit(AUTOMATIC, job, self._on_volume_result, "Segmenting the volume", on_finished=self._close_bar)
-
-    def _on_slice_done(self, done: int, total: int) -> None:
-        if self._bar is not None:
-            self._bar.n = done
-            self._bar.refresh()
-
-    def _request_cancel(self) -> None:
-        self._cancel_requested.set()
-        self.owner.status.value = "Cancelling after the current slice…"
-
-    def _close_bar(self) -> None:
-        self.cancel.enabled = False
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        owner.runner.submit(AUTOMATIC, job, self._on_volume_result, "Segmenting the volume", on_finished=self.progress.finish)
 
     def _on_volume_result(self, axis_and_result) -> None:
         axis, result = axis_and_result
@@ -198,6 +167,3 @@ class AutomaticPanel(Container):
         written, kept = commit_voxels(labels, indices, value, owner.overwrite.value)
         owner.record_submission(labels, value, written, kept)
 
-
-def _title(name: str) -> str:
-    return name.replace("_", " ").replace("thresh", "threshold").capitalize()

@@ -7,10 +7,13 @@ embed-ahead, so scrolling never delays the answer to a click.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from napari.qt.threading import create_worker
+from napari.utils import progress
+from qtpy.QtCore import QObject, Signal
 
 PREDICT = "predict"
 AUTOMATIC = "automatic"
@@ -63,3 +66,42 @@ class LatestJobRunner:
     def _on_finished(self) -> None:
         self._worker = None
         self._start_next()
+
+
+class SliceProgress(QObject):
+    """Progress bar and Cancel button of a run over many slices.
+
+    The worker reports each finished slice through ``advanced`` (Qt queues it to the GUI thread,
+    where the bar moves) and asks ``cancel_requested.is_set`` between slices; Cancel sets it.
+    """
+
+    advanced = Signal(int, int)
+
+    def __init__(self, cancel_button, status):
+        super().__init__()
+        self._cancel_button = cancel_button
+        self._status = status
+        self.cancel_requested = threading.Event()
+        self._bar = None
+        self.advanced.connect(self._on_advanced)
+        cancel_button.changed.connect(self.request_cancel)
+
+    def start(self, total: int, description: str) -> None:
+        self.cancel_requested.clear()
+        self._bar = progress(total=total, desc=description)
+        self._cancel_button.enabled = True
+
+    def request_cancel(self) -> None:
+        self.cancel_requested.set()
+        self._status.value = "Cancelling after the current slice…"
+
+    def finish(self) -> None:
+        self._cancel_button.enabled = False
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _on_advanced(self, done: int, total: int) -> None:
+        if self._bar is not None:
+            self._bar.n = done
+            self._bar.refresh()

@@ -9,21 +9,18 @@ that, correct any slice with clicks and re-propagate from it in the direction it
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import napari
 import numpy as np
 from magicgui.widgets import Container, Label, PushButton
-from napari.utils import progress
-from qtpy.QtCore import QObject, Signal
 
 from ..core.coordinates import SlicePlane
 from ..core.errors import InputError, RwthSamError
 from ..core.labelling import writable
 from ..core.propagation import propagate
 from .labels_io import commit_region
-from .runner import AUTOMATIC, PREDICT
+from .runner import AUTOMATIC, PREDICT, SliceProgress
 
 
 @dataclass
@@ -34,10 +31,6 @@ class VolumeObject:
     box: tuple[float, float, float, float]
     value: int
     name: str
-
-
-class _SliceProgress(QObject):
-    advanced = Signal(int, int)
 
 
 class VolumePanel(Container):
@@ -69,16 +62,12 @@ class VolumePanel(Container):
         self.refine.changed.connect(self.refine_last_object)
         self.full.changed.connect(lambda: self.run_propagation())
         self.correct.changed.connect(self.correct_and_repropagate)
-        self.cancel.changed.connect(self._cancel_requested_set)
         self.axis: int | None = None
         self.bounds: dict[str, int] = {}
         self.objects: list[VolumeObject] = []
         self.conditioning: dict[int, dict[int, np.ndarray]] = {}
         self.logits: dict[int, np.ndarray] = {}
-        self._cancel = threading.Event()
-        self._progress = _SliceProgress()
-        self._progress.advanced.connect(self._on_slice_done)
-        self._bar = None
+        self.progress = SliceProgress(self.cancel, owner.status)
 
     # ----------------------------------------------------------------- range
     def _current_plane(self) -> SlicePlane:
@@ -220,34 +209,17 @@ class VolumePanel(Container):
             return owner._report_error(error)
         axis, start, end = self.axis, self.start, self.end
         conditioning = {index: dict(masks) for index, masks in self.conditioning.items()}
-        self._cancel.clear()
-        self._bar = progress(total=end - start + 1, desc="Propagating")
-        self.cancel.enabled = True
+        self.progress.start(end - start + 1, "Propagating")
 
         def job():
             segmenter = owner._segmenter(request)
             return propagate(
                 segmenter, axis, start, end, conditioning, direction=direction, from_index=from_index,
-                on_slice=self._progress.advanced.emit, should_stop=self._cancel.is_set,
+                on_slice=self.progress.advanced.emit, should_stop=self.progress.cancel_requested.is_set,
             )  # fmt: skip
 
         owner.status.value = "Propagating…"
-        owner.runner.submit(AUTOMATIC, job, self._on_propagated, "Propagating", on_finished=self._close_bar)
-
-    def _on_slice_done(self, done: int, total: int) -> None:
-        if self._bar is not None:
-            self._bar.n = done
-            self._bar.refresh()
-
-    def _cancel_requested_set(self) -> None:
-        self._cancel.set()
-        self.owner.status.value = "Cancelling after the current slice…"
-
-    def _close_bar(self) -> None:
-        self.cancel.enabled = False
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        owner.runner.submit(AUTOMATIC, job, self._on_propagated, "Propagating", on_finished=self.progress.finish)
 
     def _on_propagated(self, result) -> None:
         """Write every finished slice's objects into the labels layer as one undoable step."""

@@ -128,6 +128,7 @@ class SamWidget(Container):
         self.instance_mode = CheckBox(text="Instance mode", value=False)
         self.instance_mode.tooltip = "A new label id for each submitted object; its class is recorded in the layer's features"
         self.overwrite = CheckBox(text="Overwrite other labels", value=False)
+        self.status = Label(value=HELP)  # before the panels, which report into it
         self.mode = ComboBox(label="Mode", choices=[CLICK_MODE, AUTOMATIC_MODE, VOLUME_MODE], value=CLICK_MODE)
         self.automatic = AutomaticPanel(self)
         self.automatic.visible = False
@@ -135,7 +136,6 @@ class SamWidget(Container):
         self.volume.visible = False
         self.submit_button = PushButton(text="Submit preview")
         self.clear_button = PushButton(text="Clear prompts")
-        self.status = Label(value=HELP)
         self.extend(
             [
                 self.model, self.checkpoint, self.device, self.image_picker, self.labels_picker, self.new_labels, self.window,
