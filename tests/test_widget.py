@@ -409,3 +409,25 @@ def test_moving_through_slices_embeds_the_shown_slice_first_then_neighbours(view
     wait_idle(qtbot, widget)
     assert embedded[0] == 6, "the shown slice must be embedded first"
     assert embedded[1:] == [7, 5, 4], "then its neighbours, nearest first (slice 3 was cached)"
+
+
+def test_embeddings_kept_on_disk_serve_a_later_session(viewer, checkpoint, qtbot, monkeypatch, tmp_path, rng):
+    monkeypatch.setattr("rwth_sam.ui.widget.default_disk_cache_dir", lambda: tmp_path / "embeddings")
+    volume = rng.integers(0, 255, (48, 64)).astype(np.uint8)
+    image = viewer.add_image(volume)
+    widget = dock(viewer, checkpoint)
+    widget.keep_on_disk.value = True
+    middle_click(viewer, image.data_to_world((24, 30)))
+    wait_idle(qtbot, widget)
+    first = widget.prompts.prediction.mask.copy()
+    assert any((tmp_path / "embeddings").iterdir()), "nothing was written to disk"
+
+    widget.model.value = rwth_sam.model_specs()[0].name  # a model switch: a fresh model, an empty memory cache
+    widget.model.value = SAM2_TINY_256
+    predictor = widget.workspace.predictor(SAM2_TINY_256, checkpoint, "cpu")  # what the next click loads
+    assert len(widget.workspace.cache) == 0
+    encoder_runs = []
+    monkeypatch.setattr(predictor, "_embed", lambda rgb: encoder_runs.append(1))
+    middle_click(viewer, image.data_to_world((24, 30)))
+    wait_idle(qtbot, widget)
+    assert encoder_runs == [] and np.array_equal(widget.prompts.prediction.mask, first)

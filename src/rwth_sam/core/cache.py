@@ -281,6 +281,13 @@ class EmbeddingCache:
 _FORMAT = 1
 
 
+def default_disk_cache_dir() -> Path:
+    """Where the widget keeps embeddings across sessions: the platform's user cache folder."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("rwth-sam")) / "embeddings"
+
+
 class DiskEmbeddingCache:
     """Embeddings in a zarr store at ``path``, kept across sessions (zarr 2.16+ and 3 both work).
 

@@ -21,6 +21,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QComboBox, QLabel
 
+from ..core.cache import DiskEmbeddingCache, default_disk_cache_dir
 from ..core.coordinates import LayerGeometry, SlicePlane, plane_at
 from ..core.device import available_devices
 from ..core.errors import InputError, RwthSamError
@@ -121,6 +122,11 @@ class SamWidget(Container):
         self.new_labels = PushButton(text="New labels layer for image")
         self.window = ComboBox(label="Intensity", choices=list(WINDOW_CHOICES))
         self.window.tooltip = "How intensities become the 8-bit image SAM sees (one window for the whole volume)"
+        self.keep_on_disk = CheckBox(text="Keep embeddings on disk", value=False)
+        self.keep_on_disk.tooltip = (
+            f"Store slice embeddings in {default_disk_cache_dir()} (zarr), so a volume opened again "
+            "in a later session needs no encoder run"
+        )
         self.profile = ComboBox(label="Profile", choices=self._profile_choices)
         self.profile.tooltip = "Segmentation profile: the classes of this dataset (see the profile widget)"
         self.classes = ComboBox(label="Class", choices=self._class_choices)
@@ -139,6 +145,7 @@ class SamWidget(Container):
         self.extend(
             [
                 self.model, self.checkpoint, self.device, self.image_picker, self.labels_picker, self.new_labels, self.window,
+                self.keep_on_disk,
                 self.profile, self.classes, self.label_value, self.instance_mode, self.overwrite,
                 self.mode, self.submit_button, self.clear_button, self.automatic, self.volume, self.status,
             ]
@@ -153,6 +160,7 @@ class SamWidget(Container):
         self.clear_button.changed.connect(self.clear_prompts)
         for control in (self.model, self.checkpoint, self.device):
             control.changed.connect(self._on_model_changed)
+        self.keep_on_disk.changed.connect(self._on_keep_on_disk_changed)
         self.image_picker.changed.connect(self._on_image_changed)
         self.window.changed.connect(self._on_window_changed)
         self._on_image_changed()
@@ -542,6 +550,10 @@ class SamWidget(Container):
     def _on_model_changed(self, *_) -> None:
         self.workspace.reset()
         self.clear_prompts()
+
+    def _on_keep_on_disk_changed(self, keep: bool) -> None:
+        self.workspace.disk_cache = DiskEmbeddingCache(default_disk_cache_dir()) if keep else None
+        self._on_model_changed()  # the model's identity on disk is set when it loads
 
     def _on_image_changed(self, *_) -> None:
         self.clear_prompts()
