@@ -28,13 +28,11 @@ import datetime as _dt
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 import warnings
 from dataclasses import fields, replace
-from importlib.metadata import PackageNotFoundError, version
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning, module=r"(timm|mobile_sam|segment_anything.*|sam2)\b.*")
@@ -44,9 +42,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import rwth_sam  # noqa: E402
-from rwth_sam.core.automatic import AutomaticSettings, generate_slice, make_generator  # noqa: E402
+from rwth_sam.core.automatic import AutomaticSettings, generate_slice  # noqa: E402
 from rwth_sam.core.device import resolve_device  # noqa: E402
 from rwth_sam.core.phantom import battery_phantom  # noqa: E402
+from machine import machine_info  # noqa: E402  (bench/machine.py, beside this script)
 
 GOAL = 1.05
 LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
@@ -131,36 +130,6 @@ def bench_model(name: str, rgb: np.ndarray, device: torch.device, settings: Auto
     }
 
 
-def package_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "packages": {n: package_version(n) for n in ["rwth-sam", "torch", "numpy", "opencv-python-headless", "sam2"]},
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    if hasattr(os, "getloadavg"):
-        info["load_average_at_start"] = os.getloadavg()
-    return info
-
-
 def parse_settings(pairs: list[str], points_per_side: int) -> AutomaticSettings:
     values = dict(LOOSE, points_per_side=points_per_side)
     types = {f.name: f.type for f in fields(AutomaticSettings)}
@@ -213,7 +182,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     rgb = test_image(args.size)
-    info = machine_info(device)
+    info = machine_info(device, ["rwth-sam", "torch", "numpy", "opencv-python-headless", "sam2"])
     changed = {f.name: getattr(args.settings, f.name) for f in fields(AutomaticSettings)
                if getattr(args.settings, f.name) != getattr(AutomaticSettings(), f.name)}
     where = f"{info.get('gpu', info['cpu'])} ({device}, {info['torch_threads']} torch threads)"

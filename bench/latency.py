@@ -22,15 +22,12 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import gc
-import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 import warnings
-from importlib.metadata import PackageNotFoundError, version
 
 # Upstream packages register timm models twice and warn about deprecated imports: noise, not news.
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -42,6 +39,7 @@ import torch  # noqa: E402
 
 import rwth_sam  # noqa: E402
 from rwth_sam.core.device import resolve_device  # noqa: E402
+from machine import machine_info  # noqa: E402  (bench/machine.py, beside this script)
 
 DEFAULT_MODELS = ["mobile_sam_vit_t", "sam2.1_hiera_tiny"]
 GOALS = {"encoder": 1.05, "prompt": 0.6, "refine": 1.05}
@@ -315,45 +313,6 @@ def print_table(results: list[dict]) -> None:
     print("(medians; ratio = rwth-sam median / upstream median; paired = median of per-pair ratios)")
 
 
-def package_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "packages": {
-            n: package_version(n)
-            for n in ["rwth-sam", "torch", "torchvision", "numpy", "segment-anything", "segment-anything-hq",
-                      "mobilesam-mirror", "sam2"]
-        },
-    }
-    # Where the upstream packages come from (their versions are None when put on PYTHONPATH by hand).
-    info["imported_from"] = {}
-    for module in ["rwth_sam", "segment_anything", "segment_anything_hq", "mobile_sam", "sam2"]:
-        spec = importlib.util.find_spec(module)
-        info["imported_from"][module] = spec.origin if spec is not None else None
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    if hasattr(os, "getloadavg"):
-        info["load_average_at_start"] = os.getloadavg()
-    return info
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
@@ -395,7 +354,7 @@ def main(argv=None) -> int:
         return 2
     rng = np.random.default_rng(args.seed)
     rgb = rng.integers(0, 256, size=(args.size, args.size, 3), dtype=np.uint8)
-    info = machine_info(device)
+    info = machine_info(device, ["rwth-sam", "torch", "torchvision", "numpy", "segment-anything", "segment-anything-hq", "mobilesam-mirror", "sam2"])
     print(f"rwth-sam latency on {info.get('gpu', info['cpu'])} ({device}, {info['torch_threads']} torch threads), "
           f"{args.size}x{args.size} RGB, repeats: encoder {args.encoder_repeats}, prompt {args.prompt_repeats}")
     if device.type == "cpu" and info.get("load_average_at_start", (0,))[0] > (os.cpu_count() or 1) - torch.get_num_threads() + 0.5:

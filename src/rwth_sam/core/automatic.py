@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 
 import numpy as np
-import torch
 
 from .errors import InputError
 from .predictors.base import Predictor
