@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from test_widget import middle_drag, viewer, wait_idle  # noqa: F401
+from test_widget import middle_click, middle_drag, viewer, wait_idle  # noqa: F401
 from vispy.util import keys
 
 import rwth_sam
@@ -40,7 +40,11 @@ class OraclePredictor(Predictor):
 
     def _predict(self, embedding, prompts, multimask, all_masks):
         truth = self.truth_by_slice[embedding.features]
-        x0, y0, x1, y1 = np.round(prompts.box).astype(int)
+        if prompts.box is None:  # a click: the true region under the first point
+            x, y = np.round(prompts.points[0]).astype(int)
+            x0, y0, x1, y1 = x, y, x, y
+        else:
+            x0, y0, x1, y1 = np.round(prompts.box).astype(int)
         inside = truth[y0 : y1 + 1, x0 : x1 + 1]
         values, counts = np.unique(inside[inside > 0], return_counts=True)
         mask = np.zeros(truth.shape, bool)
@@ -161,3 +165,29 @@ def test_cancel_keeps_finished_slices_and_undo_removes_them(viewer, qtbot, share
     assert "cancelled" in widget.status.value
     labels.undo()
     assert not labels.data.any()
+
+
+def test_a_corrected_slice_is_propagated_onward(viewer, qtbot, shared_data, oracle_checkpoint):
+    """Correction loop: after a propagation that missed, click the object on a later slice and
+    re-propagate from there; the corrected slice and those after it get the object."""
+    nibabel = pytest.importorskip("nibabel")
+    folder = shared_data / "medct_totalseg_wholebody"
+    ct = np.asarray(nibabel.load(folder / "example_ct.nii.gz").dataobj).astype(np.int16)
+    truth = np.asarray(nibabel.load(folder / "example_seg_fast_force_split.nii.gz").dataobj)
+    widget, labels, panel = run_3d(viewer, qtbot, oracle_checkpoint, ct, truth, (0, 1, 2), 60, 80, ["liver"])
+    panel.conditioning[70][1][:] = False  # as if the model had lost the liver on the middle slice
+    panel.full.clicked.emit()
+    wait_idle(qtbot, widget, timeout=120_000)
+    assert not (labels.data[71:81] == 5).any()
+
+    image = viewer.layers["ct"]
+    rows, cols = np.nonzero(truth[75] == 5)
+    viewer.dims.set_point(0, 75 * 3.0)
+    middle_click(viewer, image.data_to_world((75, rows[len(rows) // 2], cols[len(cols) // 2])))
+    wait_idle(qtbot, widget)
+    panel.correct.clicked.emit()
+    wait_idle(qtbot, widget, timeout=120_000)
+    assert 75 in panel.conditioning, "the correction must stay as a conditioning slice"
+    corrected = slice(75, 81)
+    assert dice(labels.data[corrected] == 5, truth[corrected] == 5) >= 0.99
+    assert not (labels.data[71:75] == 5).any(), "only slices from the correction onward are re-propagated"
