@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from test_widget import middle_click, middle_drag, viewer, wait_idle  # noqa: F401
+from test_widget import SCREENSHOTS, middle_click, middle_drag, viewer, wait_idle  # noqa: F401
 from vispy.util import keys
 
 import rwth_sam
@@ -76,6 +76,7 @@ def dice(a, b):
 
 def run_3d(viewer, qtbot, checkpoint, ct, truth, order, start, end, organs):
     """Drive the 3D buttons in order, as a user would; returns the widget and the labels layer."""
+    viewer.window.resize(1500, 950)
     image = viewer.add_image(ct, name="ct", scale=(3.0, 3.0, 3.0), contrast_limits=(-160, 240))
     _, widget = viewer.window.add_plugin_dock_widget("rwth-sam", "Segment Anything (SAM)")
     widget.model.value, widget.checkpoint.value, widget.device.value = ORACLE, checkpoint, "cpu"
@@ -96,7 +97,7 @@ def run_3d(viewer, qtbot, checkpoint, ct, truth, order, start, end, organs):
         viewer.dims.set_point(axis, index * 3.0)
         button.clicked.emit()
     middle = (start + end) // 2
-    assert panel.range_label.value.startswith(f"Range: slices {start}–{end} on axis {axis}, middle {middle}")
+    assert panel.range_label.value == f"Slices {start}–{end} (axis {axis}), middle {middle}"
     assert round(viewer.dims.point[axis] / 3.0) == middle, "the view did not move to the middle slice"
 
     middle_plane = rwth_sam.SlicePlane.of(ct.shape, axis, middle)
@@ -132,6 +133,8 @@ def test_oracle_reproduces_liver_and_kidney_between_start_and_end(
     widget, labels, panel = run_3d(viewer, qtbot, oracle_checkpoint, ct, truth, order, start, end, ["liver", "kidney right"])
     panel.full.clicked.emit()
     wait_idle(qtbot, widget, timeout=120_000)
+    SCREENSHOTS.mkdir(exist_ok=True)
+    viewer.screenshot(SCREENSHOTS / f"ct_3d_axis{order[0]}.png", canvas_only=False)
     axis = order[0]
     inside = [slice(None)] * 3
     inside[axis] = slice(start, end + 1)

@@ -234,11 +234,12 @@ class VolumePanel(Container):
                 value = values[object_id]
                 section[mask & writable(section, value, owner.overwrite.value)] = value
         written = commit_region(labels, new, new != labels.data)
+        owner._show_preview(None, None)  # the result is in the labels layer now
         for obj in self.objects:
             owner._record_class(labels, obj.value, owner.profile_class(obj.name))
         self.flags_label.value = _describe_flags(result.flags)
         state = "cancelled, kept" if result.cancelled else "done:"
-        owner.status.value = f"Propagation {state} {len(result.finished)} slices, {written} voxels written."
+        owner.status.value = f"Propagation {state} {len(result.finished)} slices ({written} voxels)."
 
     def correct_and_repropagate(self) -> None:
         """The preview on this slice (from clicks) replaces the last object's mask there; propagate on."""
@@ -266,12 +267,12 @@ class VolumePanel(Container):
 
     def _show_state(self) -> None:
         if len(self.bounds) == 2:
-            self.range_label.value = f"Range: slices {self.start}–{self.end} on axis {self.axis}, middle {self.middle}"
+            self.range_label.value = f"Slices {self.start}–{self.end} (axis {self.axis}), middle {self.middle}"
         elif self.bounds:
             self.range_label.value = f"Range: {next(iter(self.bounds.items()))[0]} = {next(iter(self.bounds.values()))}"
         else:
             self.range_label.value = "Range: not set"
-        names = ", ".join(f"{obj.object_id}: {obj.name}" for obj in self.objects)
+        names = ", ".join(f"{obj.object_id} {obj.name}" for obj in self.objects)
         self.objects_label.value = f"Objects: {names or 'none'}"
 
 

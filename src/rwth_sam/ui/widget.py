@@ -19,7 +19,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from napari.utils import progress
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QComboBox, QLabel
+from qtpy.QtWidgets import QComboBox
 
 from ..core.cache import DiskEmbeddingCache, default_disk_cache_dir
 from ..core.coordinates import LayerGeometry, SlicePlane, plane_at
@@ -60,12 +60,19 @@ KEY_BINDINGS = {
 
 
 def _compact_layout(container: Container) -> None:
-    """Long names and messages must not widen the dock and squeeze napari's canvas."""
+    """Long names and messages must not widen the dock and squeeze napari's canvas.
+
+    Messages wrap instead, with room for three lines (magicgui's rows do not grow with wrapped text).
+    """
     for combo in container.native.findChildren(QComboBox):
         combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         combo.setMinimumContentsLength(14)
-    for label in container.native.findChildren(QLabel):
-        label.setWordWrap(True)
+    for widget in container:
+        if isinstance(widget, Container):
+            _compact_layout(widget)
+        elif isinstance(widget, Label):
+            widget.native.setWordWrap(True)
+            widget.native.setMinimumHeight(3 * widget.native.fontMetrics().lineSpacing())
 
 
 def model_choices(_widget=None) -> list[tuple[str, str]]:
