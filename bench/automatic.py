@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import gc
 import json
 import os
 import statistics
 import sys
-import time
 import warnings
 from dataclasses import fields, replace
 
@@ -45,7 +43,7 @@ import rwth_sam  # noqa: E402
 from rwth_sam.core.automatic import AutomaticSettings, generate_slice  # noqa: E402
 from rwth_sam.core.device import resolve_device  # noqa: E402
 from rwth_sam.core.phantom import battery_phantom  # noqa: E402
-from machine import machine_info  # noqa: E402  (bench/machine.py, beside this script)
+from harness import interleaved, machine_info, make_timer  # noqa: E402  (bench/harness.py, beside this script)
 
 GOAL = 1.05
 LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
@@ -79,19 +77,6 @@ def paint(annotations, shape) -> np.ndarray:
     return lookup[labels]
 
 
-def make_timer(device: torch.device):
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def timed(fn):
-        sync()
-        start = time.perf_counter()
-        result = fn()
-        sync()
-        return time.perf_counter() - start, result
-
-    return timed
-
-
 def bench_model(name: str, rgb: np.ndarray, device: torch.device, settings: AutomaticSettings, repeats: int) -> dict:
     torch.manual_seed(0)
     predictor = rwth_sam.load_model(name, pretrained=False, device=device)
@@ -105,17 +90,9 @@ def bench_model(name: str, rgb: np.ndarray, device: torch.device, settings: Auto
         with torch.inference_mode():
             return paint(generator.generate(rgb), rgb.shape[:2])
 
-    _, ours = timed(plugin)  # warm-up, and the results to compare
-    _, theirs = timed(upstream)
+    ours, theirs = plugin(), upstream()  # warm-up, and the results to compare
     np.testing.assert_array_equal(ours, theirs, err_msg=f"{name}: label images differ")
-    plugin_times, upstream_times = [], []
-    gc.collect()
-    for i in range(repeats):
-        for side in ("plugin", "upstream") if i % 2 == 0 else ("upstream", "plugin"):
-            if side == "plugin":
-                plugin_times.append(timed(plugin)[0])
-            else:
-                upstream_times.append(timed(upstream)[0])
+    plugin_times, upstream_times = interleaved(timed, plugin, upstream, repeats, warm_up=False)
     plugin_median, upstream_median = statistics.median(plugin_times), statistics.median(upstream_times)
     return {
         "model": name,

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 import rwth_sam  # noqa: E402
 from rwth_sam.core.device import resolve_device  # noqa: E402
-from machine import machine_info  # noqa: E402  (bench/machine.py, beside this script)
+from harness import interleaved, machine_info, make_timer  # noqa: E402  (bench/harness.py, beside this script)
 
 DEFAULT_MODELS = ["mobile_sam_vit_t", "sam2.1_hiera_tiny"]
 GOALS = {"encoder": 1.05, "prompt": 0.6, "refine": 1.05}
@@ -105,42 +105,6 @@ def share_features(family: str, upstream, embedding) -> None:
 # ----------------------------------------------------------------------------------------------
 # Timing
 # ----------------------------------------------------------------------------------------------
-
-
-def make_timer(device: torch.device):
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def timed(fn):
-        sync()
-        start = time.perf_counter()
-        result = fn()
-        sync()
-        return time.perf_counter() - start, result
-
-    return timed
-
-
-def interleaved(timed, plugin_fn, upstream_fn, repeats: int):
-    """One warm-up call of each, then ``repeats`` interleaved pairs; returns both lists of seconds.
-
-    Pairs alternate their order (A B, B A, A B, ...) so that neither side always runs first, e.g. right
-    after the other has filled the caches or released its memory.
-    """
-    plugin_fn()
-    upstream_fn()
-    plugin_times, upstream_times = [], []
-    gc.collect()
-    gc.disable()
-    try:
-        for i in range(repeats):
-            for side in ("plugin", "upstream") if i % 2 == 0 else ("upstream", "plugin"):
-                if side == "plugin":
-                    plugin_times.append(timed(plugin_fn)[0])
-                else:
-                    upstream_times.append(timed(upstream_fn)[0])
-    finally:
-        gc.enable()
-    return plugin_times, upstream_times
 
 
 def summarise(plugin_times: list[float], upstream_times: list[float], goal: float) -> dict:

@@ -87,8 +87,6 @@ def one(case: str, image_size: int, device: str) -> dict:
         result = propagate(segmenter, 0, start, end, {middle: {1: mask}})
         masks = {i: result.masks[i][1] for i in result.finished}
     else:
-        from tqdm import tqdm  # noqa: F401
-
         with tempfile.TemporaryDirectory() as folder:
             for n in range(depth):
                 Image.fromarray(segmenter.slice_rgb(segmenter.plane(0, n))).save(os.path.join(folder, f"{n:05d}.jpg"), quality=100)

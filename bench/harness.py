@@ -1,10 +1,12 @@
-"""What a benchmark ran on, recorded with its results: machine, device, load and package versions."""
+"""Shared by the benchmarks: timing rwth-sam against upstream fairly, and recording what it ran on."""
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import platform
+import time
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
@@ -44,3 +46,41 @@ def machine_info(device: torch.device, packages: list[str]) -> dict:
     if hasattr(os, "getloadavg"):
         info["load_average_at_start"] = os.getloadavg()
     return info
+
+
+def make_timer(device: torch.device):
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(fn):
+        sync()
+        start = time.perf_counter()
+        result = fn()
+        sync()
+        return time.perf_counter() - start, result
+
+    return timed
+
+
+def interleaved(timed, plugin_fn, upstream_fn, repeats: int, warm_up: bool = True):
+    """One warm-up call of each (unless done already), then ``repeats`` interleaved pairs; returns
+    both lists of seconds.
+
+    Pairs alternate their order (A B, B A, A B, ...) so that neither side always runs first, e.g. right
+    after the other has filled the caches or released its memory.
+    """
+    if warm_up:
+        plugin_fn()
+        upstream_fn()
+    plugin_times, upstream_times = [], []
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(repeats):
+            for side in ("plugin", "upstream") if i % 2 == 0 else ("upstream", "plugin"):
+                if side == "plugin":
+                    plugin_times.append(timed(plugin_fn)[0])
+                else:
+                    upstream_times.append(timed(upstream_fn)[0])
+    finally:
+        gc.enable()
+    return plugin_times, upstream_times
