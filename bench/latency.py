@@ -84,18 +84,21 @@ def upstream_features(family: str, upstream) -> list[torch.Tensor]:
     return features
 
 
-def plugin_features(family: str, embedding) -> list[torch.Tensor]:
-    features = embedding.features
+def plugin_features(family: str, predictor, embedding) -> list[torch.Tensor]:
+    """rwth-sam's embedding as the decoder gets it (what upstream's predictor holds after set_image)."""
     if family == "SAM 2.1":
-        return [features["image_embed"], *features["high_res_feats"]]
+        image_embed, high_res = predictor.image_features(embedding)
+        return [image_embed, *high_res]
+    features = embedding.features
     return [features["image"], *(features.get("interm") or [])]
 
 
-def share_features(family: str, upstream, embedding) -> None:
+def share_features(family: str, upstream, predictor, embedding) -> None:
     """Point upstream at rwth-sam's embedding (only needed if the encoder is not deterministic)."""
     features = embedding.features
     if family == "SAM 2.1":
-        upstream._features = {"image_embed": features["image_embed"], "high_res_feats": list(features["high_res_feats"])}
+        image_embed, high_res = predictor.image_features(embedding)
+        upstream._features = {"image_embed": image_embed, "high_res_feats": high_res}
     else:
         upstream.features = features["image"]
         if family == "SAM-HQ":
@@ -162,14 +165,14 @@ def bench_model(name: str, rgb: np.ndarray, device: torch.device, args) -> dict:
         upstream_embed()  # the upstream state the prompt runs below use: set from the same image
         same = all(
             a.shape == b.shape and torch.equal(a, b)
-            for a, b in zip(plugin_features(spec.family, embedding), upstream_features(spec.family, upstream))
+            for a, b in zip(plugin_features(spec.family, predictor, embedding), upstream_features(spec.family, upstream))
         )
         result["encoder"]["features_identical"] = same
         if not same:
             # Not a difference in what is computed (the same upstream code encodes), but run-to-run
             # non-determinism of some kernel; give both decoders the very same features.
             print("  note: encoder outputs differ run to run; the prompt runs share rwth-sam's features")
-            share_features(spec.family, upstream, embedding)
+            share_features(spec.family, upstream, predictor, embedding)
         print_row("encoder", result["encoder"])
 
         # One click, ambiguous: rwth-sam decodes 3 candidates and upsamples the best one only.

@@ -255,10 +255,12 @@ def test_workspace_shares_the_cache_and_invalidates(monkeypatch):
 def test_prefetch_order():
     segmenter = Segmenter(FakePredictor(), slices_volume(10))
 
-    def order(plane, radius):
-        return [p.index for p in segmenter.prefetch_order(plane, radius)]
+    def order(plane, radius, within=None):
+        return [p.index for p in segmenter.prefetch_order(plane, radius, within)]
 
     assert order(segmenter.plane(0, 4), 2) == [4, 5, 3, 6, 2]
+    assert order(segmenter.plane(0, 4), 3, within=(3, 5)) == [4, 5, 3]  # a 3D range, from its middle
+    assert order(segmenter.plane(0, 1), 9, within=(-4, 2)) == [1, 2, 0]
     assert order(segmenter.plane(0, 0), 2) == [0, 1, 2]
     assert order(segmenter.plane(0, 9), 3) == [9, 8, 7, 6]
     assert order(segmenter.plane(0, 4), 0) == [4]
@@ -401,10 +403,8 @@ def test_disk_cache_across_sessions(monkeypatch, tmp_path, sam2_tiny):
     cached = second_session.predict(plane, **prompts)
     assert len(calls) == 0  # the encoder never ran
     loaded = second_session.embed(plane).features
-    assert torch.equal(loaded["image_embed"], fresh_features["image_embed"])
-    assert loaded["image_embed"].stride() == fresh_features["image_embed"].stride()
-    assert len(loaded["high_res_feats"]) == len(fresh_features["high_res_feats"])
-    for a, b in zip(loaded["high_res_feats"], fresh_features["high_res_feats"]):
+    assert len(loaded["backbone_fpn"]) == len(fresh_features["backbone_fpn"]) == 3
+    for a, b in zip(loaded["backbone_fpn"], fresh_features["backbone_fpn"]):
         assert a.dtype == b.dtype and a.stride() == b.stride() and torch.equal(a, b)
     for name in ("masks", "scores", "logits"):
         assert np.array_equal(getattr(cached, name), getattr(fresh, name))
@@ -415,6 +415,9 @@ def test_disk_cache_across_sessions(monkeypatch, tmp_path, sam2_tiny):
     assert len(calls) == 1 and len(windowed.disk_cache) == 2
     retrained = Segmenter(sam2_tiny, volume, disk_cache=path, model_id=f"{sam2_tiny.name}|other weights")
     assert retrained.disk_key(plane) != second_session.disk_key(plane)
+    before = second_session.disk_key(plane)
+    monkeypatch.setattr(sam2_tiny, "features_format", "another layout")
+    assert second_session.disk_key(plane) != before  # embeddings of another layout are never read back
 
 
 def test_workspace_with_a_disk_cache(monkeypatch, tmp_path, sam2_tiny):

@@ -7,12 +7,13 @@ import pytest
 import torch
 from PIL import Image
 from scipy import ndimage
+from unittest import mock
 
 from conftest import SAM2_TINY_256, random_model
 from rwth_sam import Embedding, InputError, Prediction, Predictor, Segmenter
 from rwth_sam.core import propagation
 from rwth_sam.core.phantom import CAN, VOID, battery_phantom
-from rwth_sam.core.propagation import PropagationResult, VideoFrames, frame_tensor, propagate
+from rwth_sam.core.propagation import PropagationResult, VideoFrames, propagate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,11 +41,16 @@ def upstream_video():
     return video
 
 
-def _upstream_run(video, folder, start, cond, from_index, directions):
-    """Upstream's own pipeline: init_state(folder) + add_new_mask + propagate_in_video."""
+def _upstream_run(video, source, start, cond, from_index, directions):
+    """Upstream's own pipeline: init_state + add_new_mask + propagate_in_video. ``source``: a folder
+    (upstream's own loader reads it) or (frames, height, width) in memory (what its loader returns)."""
     masks: dict[int, dict[int, np.ndarray]] = {}
     with torch.inference_mode():
-        state = video.init_state(str(folder))
+        if isinstance(source, tuple):
+            with mock.patch("sam2.sam2_video_predictor.load_video_frames", return_value=source):
+                state = video.init_state("<frames in memory>")
+        else:
+            state = video.init_state(str(source))
         for index in sorted(cond):
             for obj_id, mask in sorted(cond[index].items()):
                 video.add_new_mask(state, index - start, obj_id, mask)
@@ -64,16 +70,18 @@ def _write_lossless_frames(segmenter, axis, start, end, folder):
 
 
 def test_frames_equal_upstream_loader(phantom8, tmp_path):
+    """Where no resizing is involved (slices of the model's size), the in-memory frames (the 2D
+    predictor's input) are exactly what upstream's own folder loader makes of the same pixels."""
     from sam2.utils.misc import load_video_frames
 
     image, _ = phantom8
     segmenter = Segmenter(random_model(SAM2_TINY_256), image)
     folder = _write_lossless_frames(segmenter, 0, 2, 5, tmp_path / "frames")
     upstream, height, width = load_video_frames(str(folder), 256, offload_video_to_cpu=True, compute_device=torch.device("cpu"))
-    ours = VideoFrames(segmenter, 0, 2, 5, 256)
+    ours = VideoFrames(segmenter, 0, 2, 5)
     assert (height, width) == (256, 256) and len(ours) == 4
     assert torch.equal(ours.stacked(), upstream)
-    assert torch.equal(frame_tensor(segmenter.slice_rgb(segmenter.plane(0, 3)), 256), upstream[1])
+    assert torch.equal(ours[-3], upstream[1])
 
 
 @pytest.mark.parametrize(
@@ -134,6 +142,48 @@ def test_sam2_cancel_keeps_finished_slices(phantom8):
     assert result.cancelled
     assert result.finished == [4, 5, 6]
     assert sorted(result.masks) == [4, 5, 6] and sorted(result.object_scores) == [4, 5, 6]
+
+
+def test_sam2_other_axis_equals_upstream_given_the_same_frames(phantom8, upstream_video):
+    """Slices of 8 x 256 along axis 2 (resized to the model's square): upstream, fed the plugin's
+    in-memory frames and encoding them itself, tracks exactly as the plugin does."""
+    image, labels = phantom8
+    segmenter = Segmenter(random_model(SAM2_TINY_256), image)
+    start, end = 100, 103
+    cond = {101: {3: segmenter.plane(2, 101).take(labels) == CAN}}
+    result = propagate(segmenter, 2, start, end, cond)
+    frames = VideoFrames(segmenter, 2, start, end).stacked()
+    expected = _upstream_run(upstream_video, (frames, 8, 256), start, cond, 101, [False, True])
+    assert sorted(expected) == result.finished == [100, 101, 102, 103]
+    for index in (100, 102, 103):
+        assert np.array_equal(result.masks[index][3], expected[index][3]), index
+    assert any(0 < expected[i][3].sum() < 8 * 256 for i in (100, 102, 103))
+
+
+def _count_encodings(monkeypatch, module) -> list:
+    calls = []
+    forward = module.forward
+    monkeypatch.setattr(module, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    return calls
+
+
+def test_sam2_reuses_and_fills_the_embedding_cache(phantom8, monkeypatch):
+    """Slices embedded before (clicks, prefetch) are not encoded again by propagation, upstream's
+    video predictor never encodes a frame itself, and the propagated slices are then cached for
+    corrections: a click on one of them runs no encoder."""
+    image, labels = phantom8
+    predictor = random_model(SAM2_TINY_256)
+    segmenter = Segmenter(predictor, image)
+    for index in range(2, 6):
+        segmenter.embed(segmenter.plane(0, index))
+    ours = _count_encodings(monkeypatch, predictor.model.image_encoder)
+    upstreams = _count_encodings(monkeypatch, propagation.video_predictor(predictor).image_encoder)
+    result = propagate(segmenter, 0, 0, 7, {4: {1: labels[4] == VOID}})
+    assert result.finished == list(range(8))
+    assert len(ours) == 4 and len(upstreams) == 0  # slices 0, 1, 6 and 7, once each
+    assert all(segmenter.is_embedded(segmenter.plane(0, i)) for i in range(8))
+    segmenter.predict(segmenter.plane(0, 7), points=[(128, 128)])
+    assert len(ours) == 4
 
 
 def test_sam2_other_axis_only_makes_range_frames(phantom8, monkeypatch):

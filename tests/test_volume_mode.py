@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from test_widget import SCREENSHOTS, middle_click, middle_drag, viewer, wait_idle  # noqa: F401
+from conftest import SAM2_TINY_256
+from test_widget import SCREENSHOTS, checkpoint, dock, middle_click, middle_drag, viewer, wait_idle  # noqa: F401
 from vispy.util import keys
 
 import rwth_sam
+from rwth_sam.core.phantom import VOID, battery_phantom
 from rwth_sam.core.predictors.base import Embedding, Prediction, Predictor
 from rwth_sam.ui.profile_store import PROFILES
 from rwth_sam.ui.widget import VOLUME_MODE
@@ -194,3 +196,84 @@ def test_a_corrected_slice_is_propagated_onward(viewer, qtbot, shared_data, orac
     corrected = slice(75, 81)
     assert dice(labels.data[corrected] == 5, truth[corrected] == 5) >= 0.99
     assert not (labels.data[71:75] == 5).any(), "only slices from the correction onward are re-propagated"
+
+
+def test_the_range_is_embedded_ahead_so_propagation_only_tracks(viewer, qtbot, checkpoint, monkeypatch):
+    """Once the range is set and the model loaded (by segmenting the middle slice), the range's slices
+    are embedded in the background, and only those: the full segmentation then runs no encoder."""
+    volume, truth = battery_phantom(shape=(12, 96, 96))
+    image = viewer.add_image(volume, name="cell")
+    widget = dock(viewer, checkpoint)
+    labels = widget.create_labels_layer()
+    widget.mode.value = VOLUME_MODE
+    panel = widget.volume
+    for index, button in ((9, panel.set_end), (2, panel.set_start)):
+        viewer.dims.set_point(0, index)
+        button.clicked.emit()
+    rows, cols = np.nonzero(truth[5] == VOID)
+    corner0, corner1 = (5, rows.min() - 2, cols.min() - 2), (5, rows.max() + 2, cols.max() + 2)
+    middle_drag(viewer, image.data_to_world(corner0), image.data_to_world(corner1), keys.SHIFT)
+    panel.add_box.clicked.emit()
+    panel.segment_middle.clicked.emit()
+    wait_idle(qtbot, widget)
+    segmenter = widget._segmenter(widget._model_request())
+    embedded = [i for i in range(12) if segmenter.is_embedded(segmenter.plane(0, i))]
+    assert embedded == list(range(2, 10))
+
+    predictor = widget.workspace.loaded
+    encodings = []
+    forward = predictor.model.image_encoder.forward
+    monkeypatch.setattr(predictor.model.image_encoder, "forward", lambda *a, **k: encodings.append(1) or forward(*a, **k))
+    panel.full.clicked.emit()
+    wait_idle(qtbot, widget)
+    assert panel.propagated and "Propagation done: 8 slices" in widget.status.value
+    assert encodings == []
+    assert (labels.data[2:10] == widget.label_value.value).any()
+
+
+def test_brush_edits_set_an_object_on_a_slice_and_replace_its_earlier_result(viewer, qtbot, oracle_checkpoint):
+    """Brush edits in the preview: on the middle slice they replace the object's mask before the
+    propagation; after it, on a later slice, they become a conditioning slice, the propagation goes
+    on from there, and the object's earlier result on that slice is replaced (erased parts too)."""
+    z, y, x = np.mgrid[:20, :48, :56]
+    truth = np.zeros((20, 48, 56), np.uint8)
+    liver = PROFILES.get("Abdominal CT").class_by_name("liver").value
+    truth[((z - 9.5) / 12) ** 2 + ((y - 24) / 16) ** 2 + ((x - 28) / 20) ** 2 <= 1] = liver
+    ct = (truth.astype(np.int16) * 40 - 100 + (z * 3).astype(np.int16))  # every slice looks different
+    widget, labels, panel = run_3d(viewer, qtbot, oracle_checkpoint, ct, truth, (0, 1, 2), 2, 17, ["liver"])
+    preview = widget._preview()
+
+    def erase_right_half(index):
+        """napari's eraser in the preview: every pixel right of the object's centre column on ``index``."""
+        rows, cols = np.nonzero(preview.data[index])
+        right = cols >= int(cols.mean())
+        preview.data_setitem((np.full(right.sum(), index), rows[right], cols[right]), 0)
+        return preview.data[index] != 0
+
+    panel.edit.clicked.emit()  # on the middle slice, before any propagation
+    assert viewer.layers.selection.active.name == preview.name and preview.mode == "paint"
+    assert np.array_equal(preview.data[9] != 0, truth[9] == liver)
+    edited_middle = erase_right_half(9)
+    panel.correct.clicked.emit()
+    wait_idle(qtbot, widget)
+    assert not labels.data.any(), "before the full segmentation, an edit only changes the object's mask"
+    assert np.array_equal(panel.conditioning[9][1], edited_middle)
+
+    panel.full.clicked.emit()
+    wait_idle(qtbot, widget)
+    assert np.array_equal(labels.data[9] == liver, edited_middle)
+    assert np.array_equal(labels.data[14] == liver, truth[14] == liver)
+    before = labels.data.copy()
+
+    viewer.dims.set_point(0, 14 * 3.0)
+    panel.edit.clicked.emit()
+    assert np.array_equal(preview.data[14] != 0, truth[14] == liver)  # the object as the labels hold it
+    edited = erase_right_half(14)
+    panel.correct.clicked.emit()
+    wait_idle(qtbot, widget)
+    assert np.array_equal(labels.data[14] == liver, edited), "the erased part must be gone from the labels"
+    assert np.array_equal(panel.conditioning[14][1], edited)
+    assert np.array_equal(labels.data[:14], before[:14]), "slices before the correction must not change"
+    assert np.array_equal(labels.data[15:18] == liver, truth[15:18] == liver)
+    labels.undo()
+    assert np.array_equal(labels.data, before), "undo restores the result before the correction"

@@ -4,10 +4,12 @@
 objects at once, with progress (``on_slice``) and cancel (``should_stop``), without Qt.
 
 - SAM 2 / 2.1: the upstream *video* predictor (``SAM2VideoPredictor``) on the image model's own
-  weights (shared tensors, built once per predictor). Slices are fed from memory, one at a time,
-  normalised exactly as upstream's JPEG loader does (PIL resize, /255, mean/std), and only slices of
-  the range are ever made; conditioning masks go in through ``add_new_mask``, tracking through
-  ``propagate_in_video``. Object score: the model's ``object_score_logits`` per object and slice.
+  weights (shared tensors, built once per predictor). Slices are fed from memory, only those of the
+  range, as the 2D predictor sees them; their image features come from the segmenter's embedding
+  cache (``SliceFeatures``), so a slice embedded for clicks is not encoded again and the slices
+  encoded here serve later clicks and corrections. Conditioning masks go in through
+  ``add_new_mask``, tracking through ``propagate_in_video``. Object score: the model's
+  ``object_score_logits`` per object and slice.
 - SAM 1 family (and any other ``Predictor``): prompt projection, slice by slice: each object's box
   (and the previous slice's low-resolution logits) on slice k prompts slice k +/- 1 through
   ``Segmenter.predict``; an object stops where its mask vanishes. Object score: predicted IoU.
@@ -28,12 +30,10 @@ import torch
 from .errors import InputError
 from .predictors.base import Predictor
 
-__all__ = ["PropagationResult", "propagate", "video_predictor", "VideoFrames"]
+__all__ = ["PropagationResult", "SliceFeatures", "VideoFrames", "propagate", "video_predictor"]
 
 AREA_JUMP = 2.0  # flag an object whose area changes by more than this factor from the previous slice
 _DIRECTIONS = ("both", "forward", "backward")
-IMG_MEAN = (0.485, 0.456, 0.406)  # load_video_frames' defaults
-IMG_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -136,14 +136,12 @@ def _device_of(module) -> torch.device:
 
 
 class VideoFrames(Sequence):
-    """Slices ``start..end`` of a segmenter's volume as SAM 2 video frames (3, S, S) float32, made on
-    demand (nothing is held: memory does not grow with the range), exactly as upstream's
-    ``load_video_frames`` makes them from JPEG files: PIL resize to S x S, /255, minus mean, over std."""
+    """Slices ``start..end`` of a segmenter's volume as SAM 2 video frames: (3, S, S) float32, the
+    2D predictor's input for the slice (``Sam2Predictor.input_tensor``), made on demand (nothing is
+    held: memory does not grow with the range)."""
 
-    def __init__(self, segmenter, axis: int, start: int, end: int, image_size: int):
-        self.segmenter, self.axis, self.start, self.end, self.image_size = segmenter, axis, start, end, image_size
-        self.mean = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
-        self.std = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
+    def __init__(self, segmenter, axis: int, start: int, end: int):
+        self.segmenter, self.axis, self.start, self.end = segmenter, axis, start, end
 
     def __len__(self) -> int:
         return self.end - self.start + 1
@@ -153,46 +151,56 @@ class VideoFrames(Sequence):
             return [self[i] for i in range(*index.indices(len(self)))]
         if not -len(self) <= index < len(self):
             raise IndexError(index)
-        index %= len(self)
-        return frame_tensor(self.segmenter.slice_rgb(self.segmenter.plane(self.axis, self.start + index)), self.image_size)
+        plane = self.segmenter.plane(self.axis, self.start + index % len(self))
+        return self.segmenter.predictor.input_tensor(self.segmenter.slice_rgb(plane))
 
     def stacked(self) -> torch.Tensor:
         """All frames as one (N, 3, S, S) tensor (what upstream's loader returns; for tests)."""
         return torch.stack([self[i] for i in range(len(self))])
 
 
-def frame_tensor(rgb: np.ndarray, image_size: int) -> torch.Tensor:
-    """One (H, W, 3) uint8 slice as upstream's ``_load_img_as_tensor`` + normalisation makes a frame."""
-    from PIL import Image
+class SliceFeatures:
+    """The video predictor's image features per frame, from the segmenter's embeddings.
 
-    resized = np.array(Image.fromarray(np.ascontiguousarray(rgb)).convert("RGB").resize((image_size, image_size)))
-    img = torch.from_numpy(resized / 255.0).permute(2, 0, 1).to(torch.float32)
-    img -= torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
-    img /= torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
-    return img
-
-
-def init_state_from_frames(video, frames, height: int, width: int, warm_up: bool = True):
-    """Upstream ``init_state`` on in-memory ``frames`` (a tensor or a sequence of (3, S, S) tensors).
-
-    ``warm_up=False`` skips upstream's encoding of frame 0 at start (a cache fill only: results are
-    the same). Frames and state are offloaded to the CPU on CUDA (upstream's options for long videos).
+    Stands in for the inference state's ``cached_features``, where upstream keeps the last frame's
+    backbone output and encodes the frame on a miss: here every frame is answered through
+    ``segmenter.embed`` (memory cache, disk cache, else the encoder), with the position encodings
+    upstream's image encoder adds, so upstream never encodes a frame itself. The frame image that
+    upstream also keeps there is read by none of its callers: an empty placeholder stands in.
     """
+
+    def __init__(self, segmenter, video, axis: int, start: int):
+        self.segmenter, self.video, self.axis, self.start = segmenter, video, axis, start
+        self._positions: dict[tuple, torch.Tensor] = {}
+        self._image = torch.empty(1, 3, 0, 0, device=video.device)
+
+    def get(self, frame_idx: int, default=None):
+        embedding = self.segmenter.embed(self.segmenter.plane(self.axis, self.start + frame_idx))
+        levels = list(embedding.to(self.video.device).features["backbone_fpn"])
+        return self._image, {"backbone_fpn": levels, "vision_pos_enc": [self._position(level) for level in levels]}
+
+    def _position(self, level: torch.Tensor) -> torch.Tensor:
+        """The neck's position encoding of a feature map of this shape (as ``FpnNeck`` makes it)."""
+        key = (tuple(level.shape), level.dtype)
+        if key not in self._positions:
+            self._positions[key] = self.video.image_encoder.neck.position_encoding(level).to(level.dtype)
+        return self._positions[key]
+
+
+def init_state(video, frames: Sequence, height: int, width: int, features: SliceFeatures):
+    """Upstream ``init_state`` on in-memory ``frames`` whose image features come from ``features``
+    (upstream's warm-up encoding of frame 0 is skipped: nothing to fill). Frames and state are
+    offloaded to the CPU on CUDA (upstream's options for long videos)."""
     import sam2.sam2_video_predictor as svp
 
     offload = video.device.type == "cuda"
-
-    def load(**_):
-        return frames, height, width
-
-    patches = [mock.patch.object(svp, "load_video_frames", load)]
-    if not warm_up:
-        patches.append(mock.patch.object(video, "_get_image_feature", lambda *a, **k: None))
-    with patches[0]:
-        if len(patches) > 1:
-            with patches[1]:
-                return video.init_state("<memory>", offload_video_to_cpu=offload, offload_state_to_cpu=offload)
-        return video.init_state("<memory>", offload_video_to_cpu=offload, offload_state_to_cpu=offload)
+    with (
+        mock.patch.object(svp, "load_video_frames", lambda **_: (frames, height, width)),
+        mock.patch.object(video, "_get_image_feature", lambda *a, **k: None),
+    ):
+        state = video.init_state("<memory>", offload_video_to_cpu=offload, offload_state_to_cpu=offload)
+    state["cached_features"] = features
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,14 +340,14 @@ def _propagate_sam2(segmenter, axis, start, end, from_index, direction, size, ru
     run.score_is_logit = True
     predictor = segmenter.predictor
     video = video_predictor(predictor)
-    frames = VideoFrames(segmenter, axis, start, end, video.image_size)
+    frames = VideoFrames(segmenter, axis, start, end)
     import sam2.sam2_video_predictor as svp
 
     with torch.inference_mode(), warnings.catch_warnings(), mock.patch.object(svp, "tqdm", lambda items, **_: items):
         # no console progress bars (on_slice reports progress); without sam2's optional CUDA
         # extension, hole filling is skipped with a warning on every slice: once is enough
         warnings.filterwarnings("once", message=".*Skipping the post-processing step.*")
-        state = init_state_from_frames(video, frames, size[0], size[1], warm_up=False)
+        state = init_state(video, frames, size[0], size[1], SliceFeatures(segmenter, video, axis, start))
         for index in sorted(run.cond):
             for obj_id, mask in sorted(run.cond[index].items()):
                 video.add_new_mask(state, index - start, obj_id, torch.from_numpy(mask))

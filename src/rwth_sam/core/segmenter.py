@@ -84,8 +84,12 @@ class Segmenter:
     _key = key
 
     def disk_key(self, plane: SlicePlane) -> str:
-        """The disk cache's key: a hash of the slice as the model sees it and of ``model_id``."""
-        return DiskEmbeddingCache.key(self.slice_rgb(plane), self.model_id)
+        """The disk cache's key: a hash of the slice as the model sees it, of ``model_id`` and of the
+        predictor's ``features_format``."""
+        return self._disk_key(self.slice_rgb(plane))
+
+    def _disk_key(self, rgb: np.ndarray) -> str:
+        return DiskEmbeddingCache.key(rgb, f"{self.model_id}|{self.predictor.features_format}")
 
     def is_embedded(self, plane: SlicePlane) -> bool:
         """Whether ``plane``'s embedding is in the memory cache."""
@@ -104,7 +108,7 @@ class Segmenter:
         rgb = self.slice_rgb(plane)
         if self.disk_cache is None:
             return self.predictor.embed(rgb)
-        disk_key = DiskEmbeddingCache.key(rgb, self.model_id)
+        disk_key = self._disk_key(rgb)
         embedding = self.disk_cache.get(disk_key, device=self.predictor.device)
         if embedding is None or embedding.model_name != self.predictor.name:
             embedding = self.predictor.embed(rgb)
@@ -114,26 +118,33 @@ class Segmenter:
                 warnings.warn(f"Could not store the embedding in {self.disk_cache.path}: {error}", stacklevel=2)
         return embedding
 
-    def _neighbourhood(self, plane: SlicePlane, radius: int) -> list[SlicePlane]:
-        """``plane``, then its neighbours at distance 1, 2, ... radius (+1, -1, +2, -2 ...) in the volume."""
+    def _neighbourhood(self, plane: SlicePlane, radius: int, within: tuple[int, int] | None = None) -> list[SlicePlane]:
+        """``plane``, then its neighbours at distance 1, 2, ... radius (+1, -1, +2, -2 ...) in the
+        volume, or only those in the slice range ``within`` (first, last)."""
         if tuple(plane.shape) != tuple(self.shape):
             raise InputError(f"The slice belongs to an image of shape {plane.shape}, not {self.shape}.")
         planes = [plane]
         if plane.axis is not None:
-            count = self.shape[plane.axis]
+            first, last = within if within is not None else (0, self.shape[plane.axis] - 1)
+            first, last = max(first, 0), min(last, self.shape[plane.axis] - 1)
             for distance in range(1, max(0, int(radius)) + 1):
                 for index in (plane.index + distance, plane.index - distance):
-                    if 0 <= index < count:
+                    if first <= index <= last:
                         planes.append(replace(plane, index=index))
         return planes
 
-    def prefetch_order(self, plane: SlicePlane, radius: int) -> list[SlicePlane]:
+    def prefetch_order(self, plane: SlicePlane, radius: int, within: tuple[int, int] | None = None) -> list[SlicePlane]:
         """The slices ``prefetch`` would embed, in order: ``plane`` first, then its neighbours at
-        distance 1, 2, ... ``radius`` (+1, -1, +2, -2 ...) within the volume, skipping cached ones."""
-        return [p for p in self._neighbourhood(plane, radius) if not self.is_embedded(p)]
+        distance 1, 2, ... ``radius`` (+1, -1, +2, -2 ...) within the volume (or the slice range
+        ``within``), skipping cached ones."""
+        return [p for p in self._neighbourhood(plane, radius, within) if not self.is_embedded(p)]
 
     def prefetch(
-        self, plane: SlicePlane, radius: int = 2, should_stop: Callable[[], bool] | None = None
+        self,
+        plane: SlicePlane,
+        radius: int = 2,
+        should_stop: Callable[[], bool] | None = None,
+        within: tuple[int, int] | None = None,
     ) -> list[SlicePlane]:
         """Embed the shown ``plane``, then its neighbours (see ``prefetch_order``); returns those embedded.
 
@@ -148,7 +159,7 @@ class Segmenter:
         embedded: list[SlicePlane] = []
         size = 0
         try:
-            neighbourhood = self._neighbourhood(plane, radius)
+            neighbourhood = self._neighbourhood(plane, radius, within)
             for candidate in reversed(neighbourhood):  # evict the neighbourhood last, the nearest slices last of all
                 cache.touch(self.key(candidate))
             for candidate in neighbourhood:

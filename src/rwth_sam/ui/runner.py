@@ -2,7 +2,7 @@
 
 Prompts arrive faster than a CPU can answer them: while a job runs, only the newest waiting job
 of each kind is kept (older ones are dropped unseen). A waiting prediction runs before a waiting
-embed-ahead, so scrolling never delays the answer to a click.
+embed-ahead, so scrolling never delays the answer to a click; embedding a 3D range ahead comes last.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from qtpy.QtCore import QObject, Signal
 PREDICT = "predict"
 AUTOMATIC = "automatic"
 EMBED_AHEAD = "embed ahead"
-_PRIORITY = (PREDICT, AUTOMATIC, EMBED_AHEAD)
+EMBED_RANGE = "embed range"
+_PRIORITY = (PREDICT, AUTOMATIC, EMBED_AHEAD, EMBED_RANGE)
 
 
 class LatestJobRunner:

@@ -2,9 +2,13 @@
 
 Set the start and end slices (either order) on the current slicing axis; the view moves to the
 middle slice. Draw a box (Shift+middle drag) per object and add it, tied to the selected class;
-segment the middle slice, refine an object with more clicks, then propagate through the range in
-both directions. Results are written per object with its class value as one undoable step. After
-that, correct any slice with clicks and re-propagate from it in the direction it lies.
+segment the middle slice, refine an object with more clicks or with the brush, then propagate
+through the range in both directions. Once the range is set and a model is loaded, its slices are
+embedded in the background (middle first), so the propagation itself mostly only tracks. Results
+are written per object with its class value as one undoable step. After that, correct an object on
+any slice (clicks, or napari's brush and eraser on the preview) and re-propagate from there in the
+direction it lies; a re-propagated slice's earlier result for the object is replaced, the user's
+own labels are kept.
 """
 
 from __future__ import annotations
@@ -13,14 +17,14 @@ from dataclasses import dataclass
 
 import napari
 import numpy as np
-from magicgui.widgets import Container, Label, PushButton
+from magicgui.widgets import ComboBox, Container, Label, PushButton
 
 from ..core.coordinates import SlicePlane
 from ..core.errors import InputError, RwthSamError
 from ..core.labelling import writable
 from ..core.propagation import propagate
 from .labels_io import commit_region
-from .runner import AUTOMATIC, PREDICT, SliceProgress
+from .runner import AUTOMATIC, EMBED_RANGE, PREDICT, SliceProgress
 
 
 @dataclass
@@ -38,35 +42,44 @@ class VolumePanel(Container):
         super().__init__(labels=False)
         self.owner = owner
         self.viewer: napari.viewer.Viewer = owner.viewer
+        self.axis: int | None = None
+        self.bounds: dict[str, int] = {}
+        self.objects: list[VolumeObject] = []
+        self.conditioning: dict[int, dict[int, np.ndarray]] = {}
+        self.logits: dict[int, np.ndarray] = {}
+        self.propagated = False
+        # what the propagations wrote, per slice and label value (packed bits), into which layer:
+        # a re-propagated slice replaces it, and leaves the user's own labels alone
+        self._written: dict[int, dict[int, np.ndarray]] = {}
+        self._written_into = None
         self.set_start = PushButton(text="Set start slice")
         self.set_end = PushButton(text="Set end slice")
         self.range_label = Label(value="Range: not set")
         self.add_box = PushButton(text="Add box (drawn with Shift+middle drag) for the class")
         self.objects_label = Label(value="Objects: none")
+        self.object_choice = ComboBox(choices=self._object_choices, tooltip="The object to refine or correct")
         self.segment_middle = PushButton(text="Segment middle slice")
-        self.refine = PushButton(text="Refine last object with the clicks on this slice")
+        self.refine = PushButton(text="Refine the object with the clicks on this slice")
+        self.edit = PushButton(text="Edit the object here with the brush (in the preview)")
         self.full = PushButton(text="Full segmentation (propagate both ways)")
-        self.correct = PushButton(text="Use the preview as correction; re-propagate from here")
+        self.correct = PushButton(text="Use the preview as the object's mask here; re-propagate")
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.flags_label = Label(value="")
         self.extend(
             [
                 self.set_start, self.set_end, self.range_label, self.add_box, self.objects_label,
-                self.segment_middle, self.refine, self.full, self.correct, self.cancel, self.flags_label,
+                self.object_choice, self.segment_middle, self.refine, self.edit, self.full, self.correct,
+                self.cancel, self.flags_label,
             ]
         )  # fmt: skip
         self.set_start.changed.connect(lambda: self._set_bound("start"))
         self.set_end.changed.connect(lambda: self._set_bound("end"))
         self.add_box.changed.connect(self.add_object)
         self.segment_middle.changed.connect(self.segment_middle_slice)
-        self.refine.changed.connect(self.refine_last_object)
+        self.refine.changed.connect(self.refine_object)
+        self.edit.changed.connect(self.edit_with_brush)
         self.full.changed.connect(lambda: self.run_propagation())
         self.correct.changed.connect(self.correct_and_repropagate)
-        self.axis: int | None = None
-        self.bounds: dict[str, int] = {}
-        self.objects: list[VolumeObject] = []
-        self.conditioning: dict[int, dict[int, np.ndarray]] = {}
-        self.logits: dict[int, np.ndarray] = {}
         self.progress = SliceProgress(self.cancel, owner.status)
 
     # ----------------------------------------------------------------- range
@@ -87,6 +100,7 @@ class VolumePanel(Container):
         self.bounds[which] = plane.index
         if len(self.bounds) == 2:
             self._go_to(self.middle)
+            self.embed_range()
         self._show_state()
 
     @property
@@ -117,7 +131,52 @@ class VolumePanel(Container):
             plane = self._current_plane()
         return plane
 
+    def _range_plane(self) -> SlicePlane:
+        """The slice shown, which must be one of the range's."""
+        plane = self._current_plane()
+        if len(self.bounds) != 2 or plane.axis != self.axis or not self.start <= plane.index <= self.end:
+            raise InputError("Go to a slice between the start and the end slice first.")
+        return plane
+
+    def embed_range(self) -> None:
+        """Embed the range's slices in the background, from the middle outward, once a model is
+        loaded: while the user draws boxes and refines, so that the propagation then only tracks.
+
+        It yields to any other work (clicks, scrolling, the propagation itself) and resumes after
+        it; it stops when the cache's budget is full of slices nearer the middle.
+        """
+        owner = self.owner
+        if owner.workspace.loaded is None or len(self.bounds) != 2:
+            return
+        try:
+            request = owner._model_request()
+        except RwthSamError:
+            return
+        runner, axis, start, end = owner.runner, self.axis, self.start, self.end
+
+        def job():
+            segmenter = owner._segmenter(request)
+            plane = segmenter.plane(axis, (start + end) // 2)
+            segmenter.prefetch(plane, end - start, should_stop=lambda: runner.has_waiting, within=(start, end))
+            return runner.has_waiting
+
+        def resume(interrupted: bool) -> None:
+            if interrupted and len(self.bounds) == 2 and (self.axis, self.start, self.end) == (axis, start, end):
+                self.embed_range()
+
+        runner.submit(EMBED_RANGE, job, resume, "Embedding the range ahead")
+
     # ----------------------------------------------------------------- objects
+    def _object_choices(self, _widget=None) -> list[tuple[str, int]]:
+        return [(f"{obj.object_id} {obj.name}", obj.object_id) for obj in self.objects]
+
+    def _selected_object(self) -> VolumeObject:
+        chosen = self.object_choice.value
+        for obj in self.objects:
+            if obj.object_id == chosen:
+                return obj
+        raise InputError("Add a box for at least one object first.")
+
     def add_object(self) -> None:
         owner = self.owner
         try:
@@ -132,6 +191,8 @@ class VolumePanel(Container):
         value = owner.submit_value(labels)
         name = segment_class.name if segment_class is not None else f"label {value}"
         self.objects.append(VolumeObject(len(self.objects) + 1, box, value, name))
+        self.object_choice.reset_choices()
+        self.object_choice.value = self.objects[-1].object_id
         owner.clear_prompts()
         self._show_state()
 
@@ -160,8 +221,9 @@ class VolumePanel(Container):
         self.logits = {oid: p.best_logits for oid, p in predictions.items()}
         self._show_slice_preview(plane)
         self.owner.status.value = f"Middle slice: {len(predictions)} objects. Refine, then run the full segmentation."
+        self.embed_range()  # the model is loaded now
 
-    def refine_last_object(self) -> None:
+    def refine_object(self) -> None:
         """More clicks on the middle slice (with the object's box and last logits) refine its mask."""
         owner = self.owner
         state = owner.prompts
@@ -171,10 +233,10 @@ class VolumePanel(Container):
                 raise InputError("Segment the middle slice first.")
             if not state.points or state.plane != plane:
                 raise InputError("Click on the middle slice to refine (middle click: add, Ctrl+middle: remove).")
+            obj = self._selected_object()
             request = owner._model_request()
         except RwthSamError as error:
             return owner._report_error(error)
-        obj = self.objects[-1]
         points, labels, logits = list(state.points), list(state.labels), self.logits.get(obj.object_id)
 
         def job():
@@ -189,6 +251,27 @@ class VolumePanel(Container):
             self._show_slice_preview(plane)
 
         owner.runner.submit(PREDICT, job, apply, "Refining")
+
+    def edit_with_brush(self) -> None:
+        """Show the object's mask on this slice in the preview and pick napari's brush there: paint
+        and erase (the eraser too), then use the preview as the object's mask."""
+        owner = self.owner
+        try:
+            plane = self._range_plane()
+            obj = self._selected_object()
+            labels = owner._target_labels()
+        except RwthSamError as error:
+            return owner._report_error(error)
+        mask = self.conditioning.get(plane.index, {}).get(obj.object_id)
+        if mask is None:  # a propagated slice: the object's label there, as it is now
+            mask = np.asarray(plane.take(labels.data)) == obj.value
+        owner.clear_prompts()
+        owner._show_preview(plane, mask)
+        preview = owner._preview()
+        self.viewer.layers.selection.active = preview
+        preview.selected_label = 1
+        preview.mode = "paint"
+        owner.status.value = f"Paint or erase object {obj.object_id} ({obj.name}) in the preview, then use the preview."
 
     def _show_slice_preview(self, plane: SlicePlane) -> None:
         masks = self.conditioning.get(plane.index, {})
@@ -227,13 +310,23 @@ class VolumePanel(Container):
         labels = owner._target_labels()
         values = {obj.object_id: obj.value for obj in self.objects}
         new = np.array(labels.data, copy=True)
+        if self._written_into is not labels:
+            self._written, self._written_into = {}, labels
         for index in result.finished:
             plane = SlicePlane.of(new.shape, self.axis, index)
             section = plane.take(new)
+            for value, bits in self._written.pop(index, {}).items():
+                earlier = np.unpackbits(bits, count=section.size).reshape(section.shape).astype(bool)
+                section[earlier & (section == value)] = 0  # this run's result replaces the earlier one
+            added: dict[int, np.ndarray] = {}
             for object_id, mask in result.masks.get(index, {}).items():
                 value = values[object_id]
-                section[mask & writable(section, value, owner.overwrite.value)] = value
+                allowed = mask & writable(section, value, owner.overwrite.value)
+                added[value] = added.get(value, False) | (allowed & (section != value))
+                section[allowed] = value
+            self._written[index] = {value: np.packbits(mask) for value, mask in added.items() if mask.any()}
         written = commit_region(labels, new, new != labels.data)
+        self.propagated = True
         owner._show_preview(None, None)  # the result is in the labels layer now
         for obj in self.objects:
             owner._record_class(labels, obj.value, owner.profile_class(obj.name))
@@ -242,27 +335,36 @@ class VolumePanel(Container):
         owner.status.value = f"Propagation {state} {len(result.finished)} slices ({written} voxels)."
 
     def correct_and_repropagate(self) -> None:
-        """The preview on this slice (from clicks) replaces the last object's mask there; propagate on."""
+        """The preview on this slice (a click's mask, brush edits, or both) becomes the object's mask
+        there, kept as a conditioning slice; after a propagation, propagate on from this slice in
+        the direction it lies (both ways from the middle slice)."""
         owner = self.owner
-        state = owner.prompts
         try:
-            if state.prediction is None or state.plane is None or state.plane.axis != self.axis:
-                raise InputError("Click the object on the slice to correct first, so a preview shows.")
-            if not self.objects:
-                raise InputError("Add an object and run the propagation first.")
+            plane = self._range_plane()
+            obj = self._selected_object()
         except RwthSamError as error:
             return owner._report_error(error)
-        index = state.plane.index
-        self.conditioning.setdefault(index, {})[self.objects[-1].object_id] = state.prediction.mask
+        mask = np.asarray(plane.take(owner._preview().data)) != 0
+        if not mask.any():
+            return owner._report_error(InputError("The preview is empty on this slice: click the object or paint it first."))
+        self.conditioning.setdefault(plane.index, {})[obj.object_id] = mask
+        if plane.index == self.middle:
+            self.logits.pop(obj.object_id, None)  # refining with clicks starts from this mask's box again
         owner.clear_prompts()
-        direction = "forward" if index >= self.middle else "backward"
-        self.run_propagation(direction=direction, from_index=index)
+        if not self.propagated:
+            self._show_slice_preview(plane)
+            owner.status.value = f"Object {obj.object_id}'s mask on slice {plane.index} set. Run the full segmentation."
+            return
+        direction = "both" if plane.index == self.middle else "forward" if plane.index > self.middle else "backward"
+        self.run_propagation(direction=direction, from_index=plane.index)
 
     # ----------------------------------------------------------------- state
     def reset(self, keep_axis: bool = True) -> None:
         if not keep_axis:
             self.axis = None
         self.bounds, self.objects, self.conditioning, self.logits = {}, [], {}, {}
+        self.propagated, self._written, self._written_into = False, {}, None
+        self.object_choice.reset_choices()
         self._show_state()
 
     def _show_state(self) -> None:

@@ -97,8 +97,12 @@ class Predictor(ABC):
     """A Segment Anything model ready to embed slices and answer prompts.
 
     Subclasses implement ``_embed`` and ``_predict``; this class handles devices (and the fall back
-    from Apple MPS to the CPU when an operation is missing there) and input checks.
+    from Apple MPS to the CPU when an operation is missing there) and input checks. A subclass
+    that changes what its embeddings hold changes ``features_format``, so embeddings kept on disk
+    in the old form are not read back.
     """
+
+    features_format = "1"
 
     def __init__(self, model: torch.nn.Module, name: str, device: torch.device):
         self.model = model

@@ -1,7 +1,11 @@
 """SAM 2 / 2.1 image predictor behind the common interface.
 
-The encoder runs through upstream ``SAM2ImagePredictor.set_image``; prompts go through the model's
-prompt encoder and mask decoder exactly as upstream ``_predict`` does, upsampling only the chosen mask.
+The encoder sees what upstream ``SAM2ImagePredictor.set_image`` feeds it (its transforms); the
+embedding keeps the backbone's feature maps as ``forward_image`` returns them, before the image
+predictor adds ``no_mem_embed``, because SAM 2's video predictor takes exactly these: a slice embedded
+for a click is reused when propagating through the volume, and the other way round. Prompts go
+through the model's prompt encoder and mask decoder exactly as upstream ``_predict`` does,
+upsampling only the chosen mask.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ def backbone_feature_sizes(image_size: int) -> list[tuple[int, int]]:
 
 
 class Sam2Predictor(Predictor):
+    features_format = "sam2-backbone-fpn"
+
     def __init__(self, model, name, device):
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
@@ -29,11 +35,23 @@ class Sam2Predictor(Predictor):
     def input_size(self) -> int:
         return self.model.image_size
 
+    def input_tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        """An (H, W, 3) uint8 slice as the encoder's (3, S, S) float input (upstream's transforms)."""
+        return self._upstream._transforms(rgb)
+
     def _embed(self, rgb: np.ndarray) -> Embedding:
-        self._upstream.set_image(rgb)
-        features = self._upstream._features
-        self._upstream.reset_predictor()
-        return Embedding(features, tuple(rgb.shape[:2]), self.name)
+        backbone_out = self.model.forward_image(self.input_tensor(rgb)[None].to(self.device))
+        levels = backbone_out["backbone_fpn"][-self.model.num_feature_levels :]
+        return Embedding({"backbone_fpn": list(levels)}, tuple(rgb.shape[:2]), self.name)
+
+    def image_features(self, embedding: Embedding) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The decoder's image embedding and high-resolution features, made from the backbone's maps
+        with the same operations as upstream ``set_image`` (values and memory layout alike)."""
+        *high_res, lowest = embedding.features["backbone_fpn"]
+        flat = lowest.flatten(2).permute(2, 0, 1)
+        if self.model.directly_add_no_mem_embed:
+            flat = flat + self.model.no_mem_embed
+        return flat.permute(1, 2, 0).view(1, -1, *lowest.shape[-2:]), high_res
 
     def _predict(self, embedding: Embedding, prompts: Prompts, multimask: bool, all_masks: bool) -> Prediction:
         transforms = self._upstream._transforms
@@ -56,15 +74,15 @@ class Sam2Predictor(Predictor):
             masks_in = torch.as_tensor(prompts.mask_logits, dtype=torch.float, device=self.device)[None]
 
         sparse, dense = self.model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=masks_in)
-        features = embedding.features
+        image_embed, high_res = self.image_features(embedding)
         low_res, scores, _, _ = self.model.sam_mask_decoder(
-            image_embeddings=features["image_embed"],
+            image_embeddings=image_embed,
             image_pe=self.model.sam_prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
             repeat_image=False,
-            high_res_features=list(features["high_res_feats"]),
+            high_res_features=high_res,
         )
         keep = select_candidates(low_res, scores, all_masks)
         logits = transforms.postprocess_masks(low_res[:, keep], orig_hw)
