@@ -216,7 +216,7 @@ def test_the_range_is_embedded_ahead_so_propagation_only_tracks(viewer, qtbot, c
     panel.add_box.clicked.emit()
     panel.segment_middle.clicked.emit()
     wait_idle(qtbot, widget)
-    segmenter = widget._segmenter(widget._model_request())
+    segmenter = widget.segmenter_for(widget.model_request())
     embedded = [i for i in range(12) if segmenter.is_embedded(segmenter.plane(0, i))]
     assert embedded == list(range(2, 10))
 
@@ -241,7 +241,7 @@ def test_brush_edits_set_an_object_on_a_slice_and_replace_its_earlier_result(vie
     truth[((z - 9.5) / 12) ** 2 + ((y - 24) / 16) ** 2 + ((x - 28) / 20) ** 2 <= 1] = liver
     ct = (truth.astype(np.int16) * 40 - 100 + (z * 3).astype(np.int16))  # every slice looks different
     widget, labels, panel = run_3d(viewer, qtbot, oracle_checkpoint, ct, truth, (0, 1, 2), 2, 17, ["liver"])
-    preview = widget._preview()
+    preview = widget.preview()
 
     def erase_right_half(index):
         """napari's eraser in the preview: every pixel right of the object's centre column on ``index``."""

@@ -265,15 +265,15 @@ def test_prompts_made_while_busy_coalesce_and_stale_results_are_dropped(viewer, 
     image = viewer.add_image(volume)
     widget = dock(viewer, checkpoint)
     gate, shown = __import__("threading").Event(), []
-    load = widget._segmenter
+    load = widget.segmenter_for
 
     def slow_first_segmenter(request):
         gate.wait(20)
         return load(request)
 
-    widget._segmenter = slow_first_segmenter
-    show = widget._show_preview
-    widget._show_preview = lambda plane, mask: (shown.append(mask is not None), show(plane, mask))
+    widget.segmenter_for = slow_first_segmenter
+    show = widget.show_preview
+    widget.show_preview = lambda plane, mask: (shown.append(mask is not None), show(plane, mask))
     for col in (10, 20, 30):  # three clicks while the model is still loading
         middle_click(viewer, image.data_to_world((24, col)))
     gate.set()

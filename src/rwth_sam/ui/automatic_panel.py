@@ -65,13 +65,13 @@ class AutomaticPanel(Container):
         owner = self.owner
         try:
             settings = self.settings()
-            request = owner._model_request()
-            plane = owner._plane_under(self.viewer.dims.point)[0]
+            request = owner.model_request()
+            plane = owner.plane_under(self.viewer.dims.point)[0]
         except RwthSamError as error:
-            return owner._report_error(error)
+            return owner.report_error(error)
 
         def job():
-            segmenter = owner._segmenter(request)
+            segmenter = owner.segmenter_for(request)
             return plane, generate_slice(segmenter.predictor, segmenter.slice_rgb(plane), settings)
 
         owner.status.value = "Segmenting everything on this slice…"
@@ -92,16 +92,16 @@ class AutomaticPanel(Container):
         owner = self.owner
         try:
             settings = self.settings()
-            request = owner._model_request()
-            plane = owner._plane_under(self.viewer.dims.point)[0]
+            request = owner.model_request()
+            plane = owner.plane_under(self.viewer.dims.point)[0]
             if plane.axis is None:
                 raise InputError("The image is 2D: use 'Segment everything on this slice'.")
         except RwthSamError as error:
-            return owner._report_error(error)
+            return owner.report_error(error)
         self.progress.start(plane.shape[plane.axis], "Segmenting the volume")
 
         def job():
-            segmenter = owner._segmenter(request)
+            segmenter = owner.segmenter_for(request)
             result = generate_volume(
                 segmenter, plane.axis, settings, on_slice=self.progress.advanced.emit,
                 should_stop=self.progress.cancel_requested.is_set,
@@ -124,7 +124,7 @@ class AutomaticPanel(Container):
     def _result(self) -> napari.layers.Labels:
         """The automatic result layer of the current image, on its grid (made on first use)."""
         image = self.owner.image_layer
-        shape = self.owner._image_shape()
+        shape = self.owner.image_shape()
         layer = self.result_layer
         if layer is None or layer not in self.viewer.layers or tuple(layer.data.shape) != shape:
             layer = self.viewer.add_labels(
@@ -156,11 +156,11 @@ class AutomaticPanel(Container):
         """Write the selected object into the labels layer with the chosen class, as one undoable step."""
         owner = self.owner
         if self.selected_object is None or self.result_layer is None:
-            return owner._report_error(InputError("Select an object of the automatic result first (left click)."))
+            return owner.report_error(InputError("Select an object of the automatic result first (left click)."))
         try:
-            labels = owner._target_labels()
+            labels = owner.target_labels()
         except RwthSamError as error:
-            return owner._report_error(error)
+            return owner.report_error(error)
         value = owner.submit_value(labels)
         data = self.result_layer.data
         indices = compact_indices(np.nonzero(data == self.selected_object), data.shape)

@@ -84,7 +84,7 @@ class VolumePanel(Container):
 
     # ----------------------------------------------------------------- range
     def _current_plane(self) -> SlicePlane:
-        plane = self.owner._plane_under(self.viewer.dims.point)[0]
+        plane = self.owner.plane_under(self.viewer.dims.point)[0]
         if plane.axis is None:
             raise InputError("3D propagation needs a volume; this image is 2D.")
         return plane
@@ -93,7 +93,7 @@ class VolumePanel(Container):
         try:
             plane = self._current_plane()
         except RwthSamError as error:
-            return self.owner._report_error(error)
+            return self.owner.report_error(error)
         if self.axis != plane.axis:
             self.reset(keep_axis=False)
             self.axis = plane.axis
@@ -117,7 +117,7 @@ class VolumePanel(Container):
 
     def _go_to(self, index: int) -> None:
         image = self.owner.image_layer
-        point = np.zeros(len(self.owner._image_shape()))
+        point = np.zeros(len(self.owner.image_shape()))
         point[self.axis] = index
         world_axis = self.viewer.dims.ndim - len(point) + self.axis
         self.viewer.dims.set_point(world_axis, image.data_to_world(point)[self.axis])
@@ -149,13 +149,13 @@ class VolumePanel(Container):
         if owner.workspace.loaded is None or len(self.bounds) != 2:
             return
         try:
-            request = owner._model_request()
+            request = owner.model_request()
         except RwthSamError:
             return
         runner, axis, start, end = owner.runner, self.axis, self.start, self.end
 
         def job():
-            segmenter = owner._segmenter(request)
+            segmenter = owner.segmenter_for(request)
             plane = segmenter.plane(axis, (start + end) // 2)
             segmenter.prefetch(plane, end - start, should_stop=lambda: runner.has_waiting, within=(start, end))
             return runner.has_waiting
@@ -184,9 +184,9 @@ class VolumePanel(Container):
             box = owner.prompts.box
             if box is None or owner.prompts.plane != plane:
                 raise InputError("Draw a box on the middle slice first (Shift+middle drag).")
-            labels = owner._target_labels()
+            labels = owner.target_labels()
         except RwthSamError as error:
-            return owner._report_error(error)
+            return owner.report_error(error)
         segment_class = owner.classes.value
         value = owner.submit_value(labels)
         name = segment_class.name if segment_class is not None else f"label {value}"
@@ -203,13 +203,13 @@ class VolumePanel(Container):
             plane = self._middle_plane()
             if not self.objects:
                 raise InputError("Add a box for at least one object first.")
-            request = owner._model_request()
+            request = owner.model_request()
         except RwthSamError as error:
-            return owner._report_error(error)
+            return owner.report_error(error)
         objects = list(self.objects)
 
         def job():
-            segmenter = owner._segmenter(request)
+            segmenter = owner.segmenter_for(request)
             return plane, {obj.object_id: segmenter.predict(plane, box=obj.box) for obj in objects}
 
         owner.status.value = "Segmenting the middle slice…"
@@ -234,13 +234,13 @@ class VolumePanel(Container):
             if not state.points or state.plane != plane:
                 raise InputError("Click on the middle slice to refine (middle click: add, Ctrl+middle: remove).")
             obj = self._selected_object()
-            request = owner._model_request()
+            request = owner.model_request()
         except RwthSamError as error:
-            return owner._report_error(error)
+            return owner.report_error(error)
         points, labels, logits = list(state.points), list(state.labels), self.logits.get(obj.object_id)
 
         def job():
-            segmenter = owner._segmenter(request)
+            segmenter = owner.segmenter_for(request)
             return obj.object_id, segmenter.predict(plane, points, labels, box=obj.box, mask_logits=logits)
 
         def apply(result):
@@ -259,15 +259,15 @@ class VolumePanel(Container):
         try:
             plane = self._range_plane()
             obj = self._selected_object()
-            labels = owner._target_labels()
+            labels = owner.target_labels()
         except RwthSamError as error:
-            return owner._report_error(error)
+            return owner.report_error(error)
         mask = self.conditioning.get(plane.index, {}).get(obj.object_id)
         if mask is None:  # a propagated slice: the object's label there, as it is now
             mask = np.asarray(plane.take(labels.data)) == obj.value
         owner.clear_prompts()
-        owner._show_preview(plane, mask)
-        preview = owner._preview()
+        owner.show_preview(plane, mask)
+        preview = owner.preview()
         self.viewer.layers.selection.active = preview
         preview.selected_label = 1
         preview.mode = "paint"
@@ -278,7 +278,7 @@ class VolumePanel(Container):
         union = np.zeros(plane.size, dtype=bool)
         for mask in masks.values():
             union |= mask
-        self.owner._show_preview(plane, union)
+        self.owner.show_preview(plane, union)
 
     # ----------------------------------------------------------------- propagation
     def run_propagation(self, direction: str = "both", from_index: int | None = None) -> None:
@@ -286,16 +286,16 @@ class VolumePanel(Container):
         try:
             if not self.conditioning:
                 raise InputError("Segment the middle slice first.")
-            request = owner._model_request()
-            owner._target_labels()
+            request = owner.model_request()
+            owner.target_labels()
         except RwthSamError as error:
-            return owner._report_error(error)
+            return owner.report_error(error)
         axis, start, end = self.axis, self.start, self.end
         conditioning = {index: dict(masks) for index, masks in self.conditioning.items()}
         self.progress.start(end - start + 1, "Propagating")
 
         def job():
-            segmenter = owner._segmenter(request)
+            segmenter = owner.segmenter_for(request)
             return propagate(
                 segmenter, axis, start, end, conditioning, direction=direction, from_index=from_index,
                 on_slice=self.progress.advanced.emit, should_stop=self.progress.cancel_requested.is_set,
@@ -307,7 +307,7 @@ class VolumePanel(Container):
     def _on_propagated(self, result) -> None:
         """Write every finished slice's objects into the labels layer as one undoable step."""
         owner = self.owner
-        labels = owner._target_labels()
+        labels = owner.target_labels()
         values = {obj.object_id: obj.value for obj in self.objects}
         new = np.array(labels.data, copy=True)
         if self._written_into is not labels:
@@ -327,9 +327,9 @@ class VolumePanel(Container):
             self._written[index] = {value: np.packbits(mask) for value, mask in added.items() if mask.any()}
         written = commit_region(labels, new, new != labels.data)
         self.propagated = True
-        owner._show_preview(None, None)  # the result is in the labels layer now
+        owner.show_preview(None, None)  # the result is in the labels layer now
         for obj in self.objects:
-            owner._record_class(labels, obj.value, owner.profile_class(obj.name))
+            owner.record_class(labels, obj.value, owner.profile_class(obj.name))
         self.flags_label.value = _describe_flags(result.flags)
         state = "cancelled, kept" if result.cancelled else "done:"
         owner.status.value = f"Propagation {state} {len(result.finished)} slices ({written} voxels)."
@@ -343,10 +343,10 @@ class VolumePanel(Container):
             plane = self._range_plane()
             obj = self._selected_object()
         except RwthSamError as error:
-            return owner._report_error(error)
-        mask = np.asarray(plane.take(owner._preview().data)) != 0
+            return owner.report_error(error)
+        mask = np.asarray(plane.take(owner.preview().data)) != 0
         if not mask.any():
-            return owner._report_error(InputError("The preview is empty on this slice: click the object or paint it first."))
+            return owner.report_error(InputError("The preview is empty on this slice: click the object or paint it first."))
         self.conditioning.setdefault(plane.index, {})[obj.object_id] = mask
         if plane.index == self.middle:
             self.logits.pop(obj.object_id, None)  # refining with clicks starts from this mask's box again

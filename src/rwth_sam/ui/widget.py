@@ -105,13 +105,18 @@ class PromptState:
 
 
 class SamWidget(Container):
-    """Plugins > RWTH SAM > Segment Anything (SAM)."""
+    """Plugins > RWTH SAM > Segment Anything (SAM).
+
+    The automatic and 3D panels work through its public methods: ``model_request`` (GUI thread)
+    and ``segmenter_for`` (worker), ``plane_under``, ``image_shape``, ``target_labels``,
+    ``preview``/``show_preview``, ``record_class``, ``report_error``, and its ``runner``.
+    """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.workspace = Workspace()
-        self.runner = LatestJobRunner(on_error=self._report_error)
+        self.runner = LatestJobRunner(on_error=self.report_error)
         self.prompts = PromptState()
         self._version = 0  # bumped by every prompt change; older results are dropped
         self._preview_layer = self._points_layer = self._box_layer = None
@@ -186,7 +191,8 @@ class SamWidget(Container):
     def _geometry(self, layer) -> LayerGeometry:
         return LayerGeometry(tuple(layer.scale), tuple(layer.translate))
 
-    def _image_shape(self) -> tuple[int, ...]:
+    def image_shape(self) -> tuple[int, ...]:
+        """The picked image's spatial shape (refusing what cannot be segmented)."""
         layer = self.image_layer
         if layer is None:
             raise InputError("Pick an image layer first.")
@@ -195,9 +201,9 @@ class SamWidget(Container):
     def create_labels_layer(self) -> napari.layers.Labels | None:
         """A new, empty labels layer on the image's grid, selected as the target."""
         try:
-            shape = self._image_shape()
+            shape = self.image_shape()
         except RwthSamError as error:
-            return self._report_error(error)
+            return self.report_error(error)
         layer = self.image_layer
         labels = self.viewer.add_labels(
             np.zeros(shape, dtype=np.uint32), name=f"{layer.name} labels", scale=layer.scale, translate=layer.translate
@@ -206,11 +212,12 @@ class SamWidget(Container):
         self.labels_picker.value = labels
         return labels
 
-    def _target_labels(self) -> napari.layers.Labels:
+    def target_labels(self) -> napari.layers.Labels:
+        """The labels layer results go to, checked against the image's shape."""
         labels = self.labels_picker.value
         if labels is None:
             raise InputError("Pick a labels layer, or create one with 'New labels layer for image'.")
-        shape = self._image_shape()
+        shape = self.image_shape()
         if tuple(labels.data.shape) != shape:
             raise InputError(
                 f"The labels layer '{labels.name}' has shape {tuple(labels.data.shape)} but the image has {shape}; "
@@ -224,7 +231,7 @@ class SamWidget(Container):
         image = self.image_layer
         if layer is None or layer not in self.viewer.layers or tuple(layer.scale) != tuple(image.scale) or tuple(
             layer.translate
-        ) != tuple(image.translate) or layer.ndim != len(self._image_shape()):
+        ) != tuple(image.translate) or layer.ndim != len(self.image_shape()):
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
             layer = make(image)
@@ -234,12 +241,13 @@ class SamWidget(Container):
 
     def _marker_size(self) -> float:
         """Prompt markers scale with the image, so they look alike on 64 and 4096 pixel slices."""
-        return max(2.0, max(self._image_shape()) / 60)
+        return max(2.0, max(self.image_shape()) / 60)
 
-    def _preview(self) -> napari.layers.Labels:
+    def preview(self) -> napari.layers.Labels:
+        """The green preview layer on the image's grid (value 1 is the mask; the brush may edit it)."""
         def make(image):
             return self.viewer.add_labels(
-                np.zeros(self._image_shape(), dtype=np.uint8), name="SAM preview", scale=image.scale,
+                np.zeros(self.image_shape(), dtype=np.uint8), name="SAM preview", scale=image.scale,
                 translate=image.translate, opacity=0.5,
                 colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: PREVIEW_COLOR}),
             )  # fmt: skip
@@ -249,7 +257,7 @@ class SamWidget(Container):
     def _points(self) -> napari.layers.Points:
         def make(image):
             return self.viewer.add_points(
-                np.zeros((0, len(self._image_shape()))), name="SAM prompts", scale=image.scale,
+                np.zeros((0, len(self.image_shape()))), name="SAM prompts", scale=image.scale,
                 translate=image.translate, size=self._marker_size(), border_color="white",
             )  # fmt: skip
 
@@ -258,7 +266,7 @@ class SamWidget(Container):
     def _box(self) -> napari.layers.Shapes:
         def make(image):
             return self.viewer.add_shapes(
-                ndim=len(self._image_shape()), name="SAM box", scale=image.scale, translate=image.translate,
+                ndim=len(self.image_shape()), name="SAM box", scale=image.scale, translate=image.translate,
                 edge_color="yellow", face_color="transparent", edge_width=self._marker_size() / 4,
             )  # fmt: skip
 
@@ -280,23 +288,25 @@ class SamWidget(Container):
         if box is not None and plane is not None:
             shapes.add_rectangles(plane.box_corners(box))
 
-    def _show_preview(self, plane: SlicePlane | None, mask: np.ndarray | None) -> None:
-        preview = self._preview()
+    def show_preview(self, plane: SlicePlane | None, mask: np.ndarray | None) -> None:
+        """Show ``mask`` on ``plane`` as the only thing in the preview (nothing: clear it)."""
+        preview = self.preview()
         preview.data[...] = 0
         if plane is not None and mask is not None:
             plane.write(preview.data, mask, 1)
         preview.refresh()
 
     # ----------------------------------------------------------------- mouse
-    def _plane_under(self, world_position) -> tuple[SlicePlane, float, float]:
+    def plane_under(self, world_position) -> tuple[SlicePlane, float, float]:
+        """The displayed slice of the image at a world position, and (x, y) on it."""
         layer = self.image_layer
         if layer is None:
             raise InputError("Pick an image layer first.")
-        return plane_at(world_position, self.viewer.dims.displayed, self._geometry(layer), self._image_shape())
+        return plane_at(world_position, self.viewer.dims.displayed, self._geometry(layer), self.image_shape())
 
     def _locate(self, world_position) -> tuple[SlicePlane, float, float]:
         """The slice and (x, y) of a click, refusing clicks outside the image."""
-        plane, x, y = self._plane_under(world_position)
+        plane, x, y = self.plane_under(world_position)
         if not plane.contains(x, y):
             layer = self.image_layer
             raise InputError(f"The click at ({x:.0f}, {y:.0f}) is outside the image '{layer.name}'.")
@@ -314,7 +324,7 @@ class SamWidget(Container):
         try:
             plane, x, y = self._locate(event.position)
         except RwthSamError as error:
-            self._report_error(error)
+            self.report_error(error)
             return
         modifiers = set(event.modifiers)
         if "Shift" in modifiers:
@@ -347,7 +357,7 @@ class SamWidget(Container):
         if not state.points or self.image_picker.value is None:
             return
         try:
-            plane, x, y = self._plane_under(world_position)
+            plane, x, y = self.plane_under(world_position)
         except RwthSamError:
             return
         if plane != state.plane:
@@ -379,10 +389,10 @@ class SamWidget(Container):
         """Prompts belong to one slice: prompting another slice starts afresh."""
         if self.prompts.plane != plane:
             self.prompts = PromptState(plane=plane)
-            self._show_preview(None, None)
+            self.show_preview(None, None)
 
     # ----------------------------------------------------------------- model work
-    def _model_request(self):
+    def model_request(self):
         """What the worker needs, read on the GUI thread (widgets and layers are not thread-safe)."""
         layer = self.image_layer
         if layer is None:
@@ -399,7 +409,7 @@ class SamWidget(Container):
             image=(layer.data, layer.rgb, self.window.value, tuple(layer.contrast_limits)),
         )
 
-    def _segmenter(self, request):
+    def segmenter_for(self, request):
         """Runs in the worker: loads the model on first use (downloading it into the bar made for it)."""
         name, checkpoint, device = request["model"]
         predictor = self.workspace.predictor(name, checkpoint, device, progressbar=request["download_bar"])
@@ -411,19 +421,19 @@ class SamWidget(Container):
         self._draw_prompts()
         if self.prompts.empty:
             self.prompts.prediction = None
-            self._show_preview(None, None)
+            self.show_preview(None, None)
             return
         try:
-            request = self._model_request()
+            request = self.model_request()
         except RwthSamError as error:
-            return self._report_error(error)
+            return self.report_error(error)
         state = replace(self.prompts, points=list(self.prompts.points), labels=list(self.prompts.labels))
         previous = state.prediction
         version = self._version
         self.status.value = "Segmenting…" if self.workspace.loaded else "Loading the model, then segmenting…"
 
         def job():
-            segmenter = self._segmenter(request)
+            segmenter = self.segmenter_for(request)
             prediction = segmenter.predict(
                 state.plane, points=state.points or None, labels=state.labels or None, box=state.box,
                 mask_logits=None if previous is None else previous.best_logits,
@@ -437,7 +447,7 @@ class SamWidget(Container):
         if version != self._version:
             return  # the prompts changed meanwhile: a newer request is on its way
         self.prompts.prediction = prediction
-        self._show_preview(plane, prediction.mask)
+        self.show_preview(plane, prediction.mask)
         self.status.value = f"Preview: {int(prediction.mask.sum())} pixels, score {prediction.scores.max():.2f}"
 
     def _embed_ahead(self, event=None) -> None:
@@ -448,13 +458,13 @@ class SamWidget(Container):
         if self.workspace.loaded is None or self.image_layer is None:
             return
         try:
-            request = self._model_request()
-            plane = self._plane_under(self.viewer.dims.point)[0]
+            request = self.model_request()
+            plane = self.plane_under(self.viewer.dims.point)[0]
         except RwthSamError:
             return
 
         def job():
-            self._segmenter(request).prefetch(plane, PREFETCH_RADIUS, should_stop=lambda: self.runner.has_waiting)
+            self.segmenter_for(request).prefetch(plane, PREFETCH_RADIUS, should_stop=lambda: self.runner.has_waiting)
 
         self.runner.submit(EMBED_AHEAD, job, lambda _: None, "Embedding slice")
 
@@ -463,11 +473,11 @@ class SamWidget(Container):
         """Write the preview into the labels layer (one undoable step) with the chosen label value."""
         state = self.prompts
         if state.prediction is None or state.plane is None:
-            return self._report_error(InputError("There is no preview to submit: prompt an object first."))
+            return self.report_error(InputError("There is no preview to submit: prompt an object first."))
         try:
-            labels = self._target_labels()
+            labels = self.target_labels()
         except RwthSamError as error:
-            return self._report_error(error)
+            return self.report_error(error)
         value = self.submit_value(labels)
         written, kept = commit_mask(labels, state.plane, state.prediction.mask, value, self.overwrite.value)
         self.clear_prompts()
@@ -480,12 +490,12 @@ class SamWidget(Container):
     def record_submission(self, labels: napari.layers.Labels, value: int, written: int, kept: int) -> None:
         """After a write: name it by its class, and tell the user what happened."""
         segment_class = self.classes.value
-        self._record_class(labels, value, segment_class)
+        self.record_class(labels, value, segment_class)
         note = f", kept {kept} pixels of other labels" if kept else ""
         named = f" ({segment_class.name})" if segment_class is not None else ""
         self.status.value = f"Submitted {written} pixels as label {value}{named}{note}."
 
-    def _record_class(self, labels, value: int, segment_class) -> None:
+    def record_class(self, labels, value: int, segment_class) -> None:
         """Class mode colours the layer by the profile; instance mode adds the object's class to its features."""
         profile = PROFILES.get(self.profile.value) if self.profile.value else None
         if profile is None or segment_class is None:
@@ -524,7 +534,7 @@ class SamWidget(Container):
         if self._points_layer is not None and self.image_layer is not None:
             self._draw_prompts()
         if self._preview_layer is not None and self.image_layer is not None:
-            self._show_preview(None, None)
+            self.show_preview(None, None)
         self.status.value = HELP
 
     def _on_mode_changed(self, mode: str) -> None:
@@ -581,7 +591,8 @@ class SamWidget(Container):
             self._prompts_changed()
         self._embed_ahead()
 
-    def _report_error(self, error: Exception) -> None:
+    def report_error(self, error: Exception) -> None:
+        """Tell the user in the status line and a notification; nothing else changes."""
         message = str(error) if isinstance(error, RwthSamError) else f"{type(error).__name__}: {error}"
         self.status.value = message
         show_error(message)
