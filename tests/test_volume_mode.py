@@ -76,10 +76,10 @@ def dice(a, b):
     return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
-def run_3d(viewer, qtbot, checkpoint, ct, truth, order, start, end, organs):
+def run_3d(viewer, qtbot, checkpoint, ct, truth, order, start, end, organs, scale=(3.0, 3.0, 3.0)):
     """Drive the 3D buttons in order, as a user would; returns the widget and the labels layer."""
     viewer.window.resize(1500, 950)
-    image = viewer.add_image(ct, name="ct", scale=(3.0, 3.0, 3.0), contrast_limits=(-160, 240))
+    image = viewer.add_image(ct, name="ct", scale=scale, contrast_limits=(-160, 240))
     _, widget = viewer.window.add_plugin_dock_widget("rwth-sam", "Segment Anything (SAM)")
     widget.model.value, widget.checkpoint.value, widget.device.value = ORACLE, checkpoint, "cpu"
     labels = widget.create_labels_layer()
@@ -96,11 +96,11 @@ def run_3d(viewer, qtbot, checkpoint, ct, truth, order, start, end, organs):
 
     panel = widget.volume
     for index, button in ((end, panel.set_end), (start, panel.set_start)):  # either order
-        viewer.dims.set_point(axis, index * 3.0)
+        viewer.dims.set_point(axis, index * scale[axis])
         button.clicked.emit()
     middle = (start + end) // 2
     assert panel.range_label.value == f"Slices {start}–{end} (axis {axis}), middle {middle}"
-    assert round(viewer.dims.point[axis] / 3.0) == middle, "the view did not move to the middle slice"
+    assert round(viewer.dims.point[axis] / scale[axis]) == middle, "the view did not move to the middle slice"
 
     middle_plane = rwth_sam.SlicePlane.of(ct.shape, axis, middle)
     for name in organs:
@@ -240,7 +240,8 @@ def test_brush_edits_set_an_object_on_a_slice_and_replace_its_earlier_result(vie
     liver = PROFILES.get("Abdominal CT").class_by_name("liver").value
     truth[((z - 9.5) / 12) ** 2 + ((y - 24) / 16) ** 2 + ((x - 28) / 20) ** 2 <= 1] = liver
     ct = (truth.astype(np.int16) * 40 - 100 + (z * 3).astype(np.int16))  # every slice looks different
-    widget, labels, panel = run_3d(viewer, qtbot, oracle_checkpoint, ct, truth, (0, 1, 2), 2, 17, ["liver"])
+    scale = (4.0, 0.7, 0.9)  # anisotropic voxels: slices 4 mm apart
+    widget, labels, panel = run_3d(viewer, qtbot, oracle_checkpoint, ct, truth, (0, 1, 2), 2, 17, ["liver"], scale)
     preview = widget.preview()
 
     def erase_right_half(index):
@@ -265,7 +266,7 @@ def test_brush_edits_set_an_object_on_a_slice_and_replace_its_earlier_result(vie
     assert np.array_equal(labels.data[14] == liver, truth[14] == liver)
     before = labels.data.copy()
 
-    viewer.dims.set_point(0, 14 * 3.0)
+    viewer.dims.set_point(0, 14 * scale[0])
     panel.edit.clicked.emit()
     assert np.array_equal(preview.data[14] != 0, truth[14] == liver)  # the object as the labels hold it
     edited = erase_right_half(14)
@@ -277,3 +278,23 @@ def test_brush_edits_set_an_object_on_a_slice_and_replace_its_earlier_result(vie
     assert np.array_equal(labels.data[15:18] == liver, truth[15:18] == liver)
     labels.undo()
     assert np.array_equal(labels.data, before), "undo restores the result before the correction"
+
+
+def test_flagged_slices_are_listed_and_shown_in_turn(viewer, qtbot, oracle_checkpoint):
+    """An object whose area triples from one slice to the next is flagged there; the button shows
+    the flagged slice with the reason."""
+    truth = np.zeros((16, 40, 48), np.uint8)
+    liver = PROFILES.get("Abdominal CT").class_by_name("liver").value
+    truth[:, 10:30, 10:20] = liver
+    truth[9:, 10:30, 20:42] = liver  # from slice 9 on, the object is 3.2 times as large
+    ct = truth.astype(np.int16) * 40 - 100 + np.arange(16, dtype=np.int16)[:, None, None] * 3
+    widget, labels, panel = run_3d(viewer, qtbot, oracle_checkpoint, ct, truth, (0, 1, 2), 2, 13, ["liver"])
+    assert not panel.next_flag.enabled
+    panel.full.clicked.emit()
+    wait_idle(qtbot, widget)
+    assert [flag[:2] for flag in panel.flags] == [(9, 1)]
+    assert "slice 9" in panel.flags_label.value and panel.next_flag.enabled
+    viewer.dims.set_point(0, 12 * 3.0)
+    panel.next_flag.clicked.emit()  # after the last flagged slice: back to the first
+    assert round(viewer.dims.point[0] / 3.0) == 9
+    assert widget.status.value.startswith("Slice 9: object 1: area")

@@ -48,6 +48,7 @@ class VolumePanel(Container):
         self.conditioning: dict[int, dict[int, np.ndarray]] = {}
         self.logits: dict[int, np.ndarray] = {}
         self.propagated = False
+        self.flags: list[tuple[int, int, str]] = []  # (slice, object id, reason): what to look at
         # what the propagations wrote, per slice and label value (packed bits), into which layer:
         # a re-propagated slice replaces it, and leaves the user's own labels alone
         self._written: dict[int, dict[int, np.ndarray]] = {}
@@ -65,11 +66,12 @@ class VolumePanel(Container):
         self.correct = PushButton(text="Use the preview as the object's mask here; re-propagate")
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.flags_label = Label(value="")
+        self.next_flag = PushButton(text="Go to the next slice to check", enabled=False)
         self.extend(
             [
                 self.set_start, self.set_end, self.range_label, self.add_box, self.objects_label,
                 self.object_choice, self.segment_middle, self.refine, self.edit, self.full, self.correct,
-                self.cancel, self.flags_label,
+                self.cancel, self.flags_label, self.next_flag,
             ]
         )  # fmt: skip
         self.set_start.changed.connect(lambda: self._set_bound("start"))
@@ -80,6 +82,7 @@ class VolumePanel(Container):
         self.edit.changed.connect(self.edit_with_brush)
         self.full.changed.connect(lambda: self.run_propagation())
         self.correct.changed.connect(self.correct_and_repropagate)
+        self.next_flag.changed.connect(self.go_to_next_flag)
         self.progress = SliceProgress(self.cancel, owner.status)
 
     # ----------------------------------------------------------------- range
@@ -330,9 +333,25 @@ class VolumePanel(Container):
         owner.show_preview(None, None)  # the result is in the labels layer now
         for obj in self.objects:
             owner.record_class(labels, obj.value, owner.profile_class(obj.name))
-        self.flags_label.value = _describe_flags(result.flags)
+        self.flags = sorted([f for f in self.flags if f[0] not in result.finished] + result.flags)
+        self.flags_label.value = _describe_flags(self.flags)
+        self.next_flag.enabled = bool(self.flags)
         state = "cancelled, kept" if result.cancelled else "done:"
         owner.status.value = f"Propagation {state} {len(result.finished)} slices ({written} voxels)."
+
+    def go_to_next_flag(self) -> None:
+        """Show the next flagged slice after the current one (wrapping around), with its reasons."""
+        if not self.flags:
+            return
+        try:
+            current = self._current_plane().index
+        except RwthSamError as error:
+            return self.owner.report_error(error)
+        later = [f for f in self.flags if f[0] > current]
+        index = (later or self.flags)[0][0]
+        self._go_to(index)
+        reasons = "; ".join(f"object {obj}: {reason}" for i, obj, reason in self.flags if i == index)
+        self.owner.status.value = f"Slice {index}: {reasons}"
 
     def correct_and_repropagate(self) -> None:
         """The preview on this slice (a click's mask, brush edits, or both) becomes the object's mask
@@ -363,7 +382,8 @@ class VolumePanel(Container):
         if not keep_axis:
             self.axis = None
         self.bounds, self.objects, self.conditioning, self.logits = {}, [], {}, {}
-        self.propagated, self._written, self._written_into = False, {}, None
+        self.propagated, self._written, self._written_into, self.flags = False, {}, None, []
+        self.flags_label.value, self.next_flag.enabled = "", False
         self.object_choice.reset_choices()
         self._show_state()
 
