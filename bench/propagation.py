@@ -19,7 +19,10 @@ run, plus ``torch.cuda.max_memory_allocated`` on CUDA. Cases:
 * ``plugin-128``: 128-slice volume, range 48..79 (32 slices): its peak should be within 10 % of
   ``plugin-32``'s (memory must not grow with slices outside the range).
 
-    python bench/propagation.py [--image-size 1024] [--device cpu|cuda] [--repeats 1]
+    python bench/propagation.py [--image-size 1024] [--device cpu|cuda] [--repeats 1] [--profile]
+
+``--profile`` instead runs ``plugin-32`` once with a timer around each part of the model (encoder,
+memory attention, memory encoder, prompt encoder, mask decoder) and prints each part's share.
 """
 
 from __future__ import annotations
@@ -53,7 +56,23 @@ def _rss_sampler():
     return process, state, thread
 
 
-def one(case: str, image_size: int, device: str) -> dict:
+def _time_parts(parts: dict) -> dict:
+    """Wrap each module's forward with a timer; returns {name: seconds}, filled as they run."""
+    seconds = dict.fromkeys(parts, 0.0)
+    for name, module in parts.items():
+
+        def timed(*args, _forward=module.forward, _name=name, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _forward(*args, **kwargs)
+            finally:
+                seconds[_name] += time.perf_counter() - start
+
+        module.forward = timed
+    return seconds
+
+
+def one(case: str, image_size: int, device: str, profile: bool = False) -> dict:
     import numpy as np
     import torch
     from PIL import Image
@@ -76,6 +95,13 @@ def one(case: str, image_size: int, device: str) -> dict:
     segmenter = rwth_sam.Segmenter(predictor, image)
     mask = labels[middle] == VOID
     video = video_predictor(predictor)  # built once per predictor: model building is not timed
+    parts = None
+    if profile:  # timers on the CPU side (on CUDA they see launches, not kernels)
+        parts = _time_parts({
+            "encoder": predictor.model.image_encoder, "memory attention": video.memory_attention,
+            "memory encoder": video.memory_encoder, "prompt encoder": video.sam_prompt_encoder,
+            "mask decoder": video.sam_mask_decoder,
+        })  # fmt: skip
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     process, state, thread = _rss_sampler()
@@ -121,6 +147,8 @@ def one(case: str, image_size: int, device: str) -> dict:
     }
     if embed_ahead is not None:
         out["embed_ahead_s"] = round(embed_ahead, 3)
+    if parts is not None:
+        out["share_of_wall"] = {name: round(seconds / wall, 3) for name, seconds in parts.items()}
     if device == "cuda":
         out["peak_gpu_mb"] = round((torch.cuda.max_memory_allocated() - base_gpu) / 2**20, 1)
     return out
@@ -131,8 +159,12 @@ def main():
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--profile", action="store_true", help="the model parts' shares of one plugin-32 run")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile:
+        print(json.dumps(one("plugin-32", args.image_size, args.device, profile=True)))
+        return
     if args.one:
         print(json.dumps(one(args.one, args.image_size, args.device)))
         return
