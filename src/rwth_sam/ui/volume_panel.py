@@ -58,7 +58,7 @@ class VolumePanel(Container):
         self.range_label = Label(value="Range: not set")
         self.add_box = PushButton(text="Add box (drawn with Shift+middle drag) for the class")
         self.objects_label = Label(value="Objects: none")
-        self.object_choice = ComboBox(choices=self._object_choices, tooltip="The object to refine or correct")
+        self.object_choice = ComboBox(label="Object", choices=self._object_choices, tooltip="The object to refine or correct")
         self.segment_middle = PushButton(text="Segment middle slice")
         self.refine = PushButton(text="Refine the object with the clicks on this slice")
         self.edit = PushButton(text="Edit the object here with the brush (in the preview)")
@@ -70,7 +70,7 @@ class VolumePanel(Container):
         self.extend(
             [
                 self.set_start, self.set_end, self.range_label, self.add_box, self.objects_label,
-                self.object_choice, self.segment_middle, self.refine, self.edit, self.full, self.correct,
+                Container(widgets=[self.object_choice], labels=True), self.segment_middle, self.refine, self.edit, self.full, self.correct,
                 self.cancel, self.flags_label, self.next_flag,
             ]
         )  # fmt: skip
