@@ -10,6 +10,7 @@ from scipy import ndimage
 from unittest import mock
 
 from conftest import SAM2_TINY_256, random_model
+from test_cache import count_embeds
 from rwth_sam import Embedding, InputError, Prediction, Predictor, Segmenter
 from rwth_sam.core import propagation
 from rwth_sam.core.phantom import CAN, VOID, battery_phantom
@@ -160,7 +161,7 @@ def test_sam2_other_axis_equals_upstream_given_the_same_frames(phantom8, upstrea
     assert any(0 < expected[i][3].sum() < 8 * 256 for i in (100, 102, 103))
 
 
-def _count_encodings(monkeypatch, module) -> list:
+def _count_forward_calls(monkeypatch, module) -> list:
     calls = []
     forward = module.forward
     monkeypatch.setattr(module, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
@@ -176,8 +177,8 @@ def test_sam2_reuses_and_fills_the_embedding_cache(phantom8, monkeypatch):
     segmenter = Segmenter(predictor, image)
     for index in range(2, 6):
         segmenter.embed(segmenter.plane(0, index))
-    ours = _count_encodings(monkeypatch, predictor.model.image_encoder)
-    upstreams = _count_encodings(monkeypatch, propagation.video_predictor(predictor).image_encoder)
+    ours = count_embeds(monkeypatch, predictor)
+    upstreams = _count_forward_calls(monkeypatch, propagation.video_predictor(predictor).image_encoder)
     result = propagate(segmenter, 0, 0, 7, {4: {1: labels[4] == VOID}})
     assert result.finished == list(range(8))
     assert len(ours) == 4 and len(upstreams) == 0  # slices 0, 1, 6 and 7, once each

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from conftest import SAM2_TINY_256
+from test_cache import count_embeds
 from test_widget import SCREENSHOTS, checkpoint, dock, middle_click, middle_drag, viewer, wait_idle  # noqa: F401
 from vispy.util import keys
 
@@ -220,10 +220,7 @@ def test_the_range_is_embedded_ahead_so_propagation_only_tracks(viewer, qtbot, c
     embedded = [i for i in range(12) if segmenter.is_embedded(segmenter.plane(0, i))]
     assert embedded == list(range(2, 10))
 
-    predictor = widget.workspace.loaded
-    encodings = []
-    forward = predictor.model.image_encoder.forward
-    monkeypatch.setattr(predictor.model.image_encoder, "forward", lambda *a, **k: encodings.append(1) or forward(*a, **k))
+    encodings = count_embeds(monkeypatch, widget.workspace.loaded)
     panel.full.clicked.emit()
     wait_idle(qtbot, widget)
     assert panel.propagated and "Propagation done: 8 slices" in widget.status.value
