@@ -24,8 +24,6 @@ Run ``python bench/automatic.py --help`` for the options; see bench/README.md fo
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import os
 import statistics
 import sys
@@ -43,7 +41,7 @@ import rwth_sam  # noqa: E402
 from rwth_sam.core.automatic import AutomaticSettings, generate_slice  # noqa: E402
 from rwth_sam.core.device import resolve_device  # noqa: E402
 from rwth_sam.core.phantom import battery_phantom  # noqa: E402
-from harness import interleaved, machine_info, make_timer  # noqa: E402  (bench/harness.py, beside this script)
+from harness import interleaved, machine_info, make_timer, write_report  # noqa: E402  (bench/harness.py, beside this script)
 
 GOAL = 1.05
 LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
@@ -179,16 +177,11 @@ def main(argv=None) -> int:
     if hasattr(os, "getloadavg"):
         info["load_average_at_end"] = os.getloadavg()
     if args.json:
-        report = {
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        write_report(args.json, {
             "settings": {f.name: getattr(args.settings, f.name) for f in fields(AutomaticSettings)},
             "machine": info,
             "results": results,
-        }
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"wrote {args.json}")
+        })  # fmt: skip
     return 0
 
 

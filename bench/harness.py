@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import json
 import os
 import platform
+import sys
 import time
+from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
@@ -84,3 +87,15 @@ def interleaved(timed, plugin_fn, upstream_fn, repeats: int, warm_up: bool = Tru
     finally:
         gc.enable()
     return plugin_times, upstream_times
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_report(path: str, report: dict) -> None:
+    """Write a benchmark's JSON report, with the time it finished and the command that ran it."""
+    report = {"finished": utc_now(), "command": " ".join([os.path.basename(sys.executable), *sys.argv]), **report}
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"wrote {path}")

@@ -20,9 +20,7 @@ Run ``python bench/latency.py --help`` for the options; see bench/README.md for 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
-import json
 import os
 import statistics
 import sys
@@ -39,7 +37,7 @@ import torch  # noqa: E402
 
 import rwth_sam  # noqa: E402
 from rwth_sam.core.device import resolve_device  # noqa: E402
-from harness import interleaved, machine_info, make_timer  # noqa: E402  (bench/harness.py, beside this script)
+from harness import interleaved, machine_info, make_timer, utc_now, write_report  # noqa: E402  (bench/harness.py, beside this script)
 
 DEFAULT_MODELS = ["mobile_sam_vit_t", "sam2.1_hiera_tiny"]
 GOALS = {"encoder": 1.05, "prompt": 0.6, "refine": 1.05}
@@ -311,7 +309,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    started = utc_now()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
@@ -332,20 +330,15 @@ def main(argv=None) -> int:
     if hasattr(os, "getloadavg"):
         info["load_average_at_end"] = os.getloadavg()
     if args.json:
-        report = {
+        write_report(args.json, {
             "date": started,
-            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
             "image": {"size": [args.size, args.size, 3], "dtype": "uint8", "content": f"uniform random, seed {args.seed}"},
             "repeats": {"encoder": args.encoder_repeats, "prompt": args.prompt_repeats},
             "goals": GOALS,
             "cases": CASES,
             "machine": info,
             "results": results,
-        }
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"wrote {args.json}")
+        })  # fmt: skip
     return 0
 
 
