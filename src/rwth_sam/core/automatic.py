@@ -20,6 +20,7 @@ that overlap on neighbouring slices one id.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import numbers
 import weakref
@@ -365,6 +366,32 @@ def _match(parents: np.ndarray, children: np.ndarray, min_overlap: float) -> lis
     return matches
 
 
+class _Stopped(Exception):
+    """Raised inside upstream's ``generate()`` to abandon the slice in progress."""
+
+
+@contextlib.contextmanager
+def _stopping_between_batches(generator, should_stop: Callable[[], bool]):
+    """Ask ``should_stop()`` before each of the generator's decoder batches.
+
+    A slice of a big model with a dense point grid takes many batches (minutes on a CPU), and a
+    cancel should not wait for all of them. Every upstream generator calls ``self._process_batch``
+    per batch, so an instance attribute wraps it for the duration of the run.
+    """
+    process_batch = generator._process_batch
+
+    def checked(*args, **kwargs):
+        if should_stop():
+            raise _Stopped
+        return process_batch(*args, **kwargs)
+
+    generator._process_batch = checked
+    try:
+        yield
+    finally:
+        del generator._process_batch
+
+
 def generate_volume(
     segmenter,
     axis: int,
@@ -398,17 +425,23 @@ def generate_volume(
     if not 0.0 < min_overlap <= 1.0:
         raise InputError(f"The minimum overlap for linking must be in (0, 1], not {min_overlap}.")
     generator = cached_generator(segmenter.predictor, settings)
+    should_stop = should_stop or (lambda: False)
 
     slices: dict[int, np.ndarray] = {}
     cancelled = False
-    for index in indices:
-        if should_stop is not None and should_stop():
-            cancelled = True
-            break
-        plane = segmenter.plane(axis, index)
-        slices[index] = _labels(segmenter.predictor, generator, segmenter.slice_rgb(plane))
-        if on_slice is not None:
-            on_slice(len(slices), len(indices))
+    with _stopping_between_batches(generator, should_stop):
+        for index in indices:
+            if should_stop():
+                cancelled = True
+                break
+            plane = segmenter.plane(axis, index)
+            try:
+                slices[index] = _labels(segmenter.predictor, generator, segmenter.slice_rgb(plane))
+            except _Stopped:
+                cancelled = True
+                break
+            if on_slice is not None:
+                on_slice(len(slices), len(indices))
 
     labels = np.zeros(shape, dtype=np.int32)
     finished = sorted(slices)
