@@ -231,7 +231,8 @@ def test_the_range_is_embedded_ahead_so_propagation_only_tracks(viewer, qtbot, c
 def test_brush_edits_set_an_object_on_a_slice_and_replace_its_earlier_result(viewer, qtbot, oracle_checkpoint):
     """Brush edits in the preview: on the middle slice they replace the object's mask before the
     propagation; after it, on a later slice, they become a conditioning slice, the propagation goes
-    on from there, and the object's earlier result on that slice is replaced (erased parts too)."""
+    on from there, and the object's earlier result on that slice is replaced (erased parts too).
+    With "Overwrite other labels" on, the user's own label under an erased part comes back."""
     z, y, x = np.mgrid[:20, :48, :56]
     truth = np.zeros((20, 48, 56), np.uint8)
     liver = PROFILES.get("Abdominal CT").class_by_name("liver").value
@@ -257,10 +258,15 @@ def test_brush_edits_set_an_object_on_a_slice_and_replace_its_earlier_result(vie
     assert not labels.data.any(), "before the full segmentation, an edit only changes the object's mask"
     assert np.array_equal(panel.conditioning[9][1], edited_middle)
 
+    users_own = np.zeros(truth.shape, bool)
+    users_own[12:18, 30:, 40:] = True  # a label of the user's, under the liver's lower right part
+    labels.data[users_own] = 7
+    widget.overwrite.value = True
     panel.full.clicked.emit()
     wait_idle(qtbot, widget)
     assert np.array_equal(labels.data[9] == liver, edited_middle)
     assert np.array_equal(labels.data[14] == liver, truth[14] == liver)
+    assert (labels.data[users_own] == 7).any() and not (labels.data[users_own & (truth == liver)] == 7).any()
     before = labels.data.copy()
 
     viewer.dims.set_point(0, 14 * scale[0])
@@ -270,9 +276,14 @@ def test_brush_edits_set_an_object_on_a_slice_and_replace_its_earlier_result(vie
     panel.correct.clicked.emit()
     wait_idle(qtbot, widget)
     assert np.array_equal(labels.data[14] == liver, edited), "the erased part must be gone from the labels"
+    erased = (truth[14] == liver) & ~edited
+    assert (erased & users_own[14]).any()
+    assert (labels.data[14][erased & users_own[14]] == 7).all(), "the overwritten label of the user's must come back"
+    assert not labels.data[14][erased & ~users_own[14]].any()
     assert np.array_equal(panel.conditioning[14][1], edited)
     assert np.array_equal(labels.data[:14], before[:14]), "slices before the correction must not change"
     assert np.array_equal(labels.data[15:18] == liver, truth[15:18] == liver)
+    assert (labels.data[users_own & (truth != liver)] == 7).all()
     labels.undo()
     assert np.array_equal(labels.data, before), "undo restores the result before the correction"
 

@@ -8,7 +8,7 @@ embedded in the background (middle first), so the propagation itself mostly only
 are written per object with its class value as one undoable step. After that, correct an object on
 any slice (clicks, or napari's brush and eraser on the preview) and re-propagate from there in the
 direction it lies; a re-propagated slice's earlier result for the object is replaced, the user's
-own labels are kept.
+own labels are kept (and those the earlier result had overwritten come back).
 """
 
 from __future__ import annotations
@@ -25,6 +25,41 @@ from ..core.labelling import writable
 from ..core.propagation import propagate
 from .labels_io import commit_region
 from .runner import AUTOMATIC, EMBED_RANGE, PREDICT, SliceProgress
+
+
+@dataclass
+class _WrittenSlice:
+    """What a propagation changed on one slice, so that a later one can take it back.
+
+    ``by_value``: packed bits of the voxels it set, per label value; ``overwritten``: packed bits of
+    the voxels that held another label before ("Overwrite other labels"), and ``previous`` those
+    labels, in the mask's row-major order. Bits keep this small for long ranges.
+    """
+
+    by_value: dict[int, np.ndarray]
+    overwritten: np.ndarray
+    previous: np.ndarray
+
+    @classmethod
+    def between(cls, before: np.ndarray, after: np.ndarray) -> _WrittenSlice:
+        changed = after != before
+        overwritten = changed & (before != 0)
+        by_value = {int(value): np.packbits(changed & (after == value)) for value in np.unique(after[changed])}
+        return cls(by_value, np.packbits(overwritten), before[overwritten])
+
+    def take_back(self, section: np.ndarray) -> None:
+        """Undo these changes in ``section`` where it still holds what was written (voxels the user
+        changed since are left alone)."""
+        unchanged = np.zeros(section.shape, dtype=bool)
+        for value, bits in self.by_value.items():
+            unchanged |= _unpack(bits, section.shape) & (section == value)
+        overwritten = _unpack(self.overwritten, section.shape)
+        section[unchanged] = 0
+        section[overwritten & unchanged] = self.previous[unchanged[overwritten]]
+
+
+def _unpack(bits: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
 
 
 @dataclass
@@ -49,9 +84,9 @@ class VolumePanel(Container):
         self.logits: dict[int, np.ndarray] = {}
         self.propagated = False
         self.flags: list[tuple[int, int, str]] = []  # (slice, object id, reason): what to look at
-        # what the propagations wrote, per slice and label value (packed bits), into which layer:
-        # a re-propagated slice replaces it, and leaves the user's own labels alone
-        self._written: dict[int, dict[int, np.ndarray]] = {}
+        # what the propagations wrote, per slice, into which layer: a re-propagated slice replaces
+        # it, and leaves the user's own labels alone
+        self._written: dict[int, _WrittenSlice] = {}
         self._written_into = None
         self.set_start = PushButton(text="Set start slice")
         self.set_end = PushButton(text="Set end slice")
@@ -318,16 +353,16 @@ class VolumePanel(Container):
         for index in result.finished:
             plane = SlicePlane.of(new.shape, self.axis, index)
             section = plane.take(new)
-            for value, bits in self._written.pop(index, {}).items():
-                earlier = np.unpackbits(bits, count=section.size).reshape(section.shape).astype(bool)
-                section[earlier & (section == value)] = 0  # this run's result replaces the earlier one
-            added: dict[int, np.ndarray] = {}
+            earlier = self._written.pop(index, None)
+            if earlier is not None:
+                earlier.take_back(section)  # this run's result replaces the earlier one
+            before = np.array(section)
             for object_id, mask in result.masks.get(index, {}).items():
                 value = values[object_id]
-                allowed = mask & writable(section, value, owner.overwrite.value)
-                added[value] = added.get(value, False) | (allowed & (section != value))
-                section[allowed] = value
-            self._written[index] = {value: np.packbits(mask) for value, mask in added.items() if mask.any()}
+                section[mask & writable(section, value, owner.overwrite.value)] = value
+            changes = _WrittenSlice.between(before, section)
+            if changes.by_value:
+                self._written[index] = changes
         written = commit_region(labels, new, new != labels.data)
         self.propagated = True
         owner.show_preview(None, None)  # the result is in the labels layer now
