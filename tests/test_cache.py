@@ -114,6 +114,16 @@ def test_lru_eviction_within_byte_budget():
     assert len(cache) == 0 and cache.nbytes == 0
 
 
+def test_a_demoted_entry_is_evicted_first():
+    cache = EmbeddingCache(max_bytes=3 * FAKE_BYTES)
+    for key in "abc":
+        cache.put(key, fake())
+    cache.demote("c")  # the most recently used, but done with
+    cache.demote("missing")  # nothing to do
+    cache.put("d", fake())
+    assert cache.keys() == ["a", "b", "d"]
+
+
 def test_pinned_entries_are_not_evicted_by_unpinned_ones():
     cache = EmbeddingCache(max_bytes=2 * FAKE_BYTES)
     cache.pin("shown")

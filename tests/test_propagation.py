@@ -13,6 +13,7 @@ from conftest import SAM2_TINY_256, random_model
 from test_cache import count_embeds
 from rwth_sam import Embedding, InputError, Prediction, Predictor, Segmenter
 from rwth_sam.core import propagation
+from rwth_sam.core.cache import EmbeddingCache
 from rwth_sam.core.phantom import CAN, VOID, battery_phantom
 from rwth_sam.core.propagation import PropagationResult, VideoFrames, propagate
 
@@ -185,6 +186,23 @@ def test_sam2_reuses_and_fills_the_embedding_cache(phantom8, monkeypatch):
     assert all(segmenter.is_embedded(segmenter.plane(0, i)) for i in range(8))
     segmenter.predict(segmenter.plane(0, 7), points=[(128, 128)])
     assert len(ours) == 4
+
+
+def test_sam2_range_larger_than_the_cache_keeps_the_slices_embedded_ahead(phantom8, monkeypatch):
+    """With room for 4 of 8 slices and 3 of the backward half embedded ahead, the forward pass
+    evicts the slices it has passed, not those: each slice is encoded once (an LRU cache would
+    evict the backward half first and encode it again)."""
+    image, labels = phantom8
+    predictor = random_model(SAM2_TINY_256)
+    probe = Segmenter(predictor, image)
+    slice_bytes = probe.embed(probe.plane(0, 0)).nbytes
+    segmenter = Segmenter(predictor, image, cache=EmbeddingCache(max_bytes=4 * slice_bytes))
+    for index in (2, 1, 0):
+        segmenter.embed(segmenter.plane(0, index))
+    ours = count_embeds(monkeypatch, predictor)
+    result = propagate(segmenter, 0, 0, 7, {4: {1: labels[4] == VOID}})
+    assert result.finished == list(range(8))
+    assert len(ours) == 5  # slices 3..7, once each
 
 
 def test_sam2_other_axis_only_makes_range_frames(phantom8, monkeypatch):

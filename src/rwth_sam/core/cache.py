@@ -234,6 +234,13 @@ class EmbeddingCache:
             if key in self._entries:
                 self._entries.move_to_end(key)
 
+    def demote(self, key) -> None:
+        """Mark an entry as the first to evict: a propagation that has passed the slice will not
+        read it again, while slices it has yet to reach (embedded ahead) should stay."""
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key, last=False)
+
     def pin(self, key) -> None:
         """Protect ``key`` (present or to come) from eviction by unpinned entries; pins are counted."""
         with self._lock:

@@ -262,7 +262,10 @@ def propagate(
         order += [(i, False) for i in range(from_index, end + 1)]
     if direction in ("both", "backward"):
         order += [(i, True) for i in range(from_index, start - 1, -1)]
-    run = _Run(cond, order, on_slice, should_stop)
+    def passed(index: int) -> None:
+        segmenter.cache.demote(segmenter.key(segmenter.plane(axis, index)))
+
+    run = _Run(cond, order, on_slice, should_stop, passed)
 
     from .predictors.sam2 import Sam2Predictor
 
@@ -274,14 +277,16 @@ def propagate(
 
 
 class _Run:
-    """Bookkeeping shared by both paths: results, progress, cancel, flags."""
+    """Bookkeeping shared by both paths: results, progress, cancel, flags, and the embedding cache:
+    ``passed(index)`` is told of every finished slice, whose embedding this run will not read again
+    (for a range larger than the cache, those go first, not the slices embedded ahead)."""
 
-    def __init__(self, cond, order, on_slice, should_stop):
+    def __init__(self, cond, order, on_slice, should_stop, passed: Callable[[int], None]):
         self.cond = cond
         self.order = order
         self.total = len({i for i, _ in order})
         self.done: set[int] = set()
-        self.on_slice, self.should_stop = on_slice, should_stop
+        self.on_slice, self.should_stop, self.passed = on_slice, should_stop, passed
         self.result = PropagationResult()
         self.score_is_logit = False
         self.previous_area: dict[tuple[bool, int], int] = {}  # (reverse, object id) -> area on the last slice
@@ -300,6 +305,7 @@ class _Run:
             if score is not None:
                 self.result.object_scores.setdefault(index, {})[obj_id] = float(score)
             self._flag(index, reverse, obj_id, int(mask.sum()), score)
+        self.passed(index)
         if index not in self.done:
             self.done.add(index)
             if self.on_slice is not None:
