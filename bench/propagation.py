@@ -1,10 +1,16 @@
 """3D propagation: rwth-sam's ``propagate`` against the source project's pipeline, SAM 2.1 tiny.
 
-Source pipeline (what the 3D Slicer plugin does): write every slice of the volume, as the model sees
-it, as a JPEG file into a temporary folder, ``init_state(folder)`` on the upstream video predictor,
-``add_new_mask`` on the middle slice, ``propagate_in_video`` forward, then in reverse.
-rwth-sam: ``propagate(segmenter, 0, start, end, {middle: {1: mask}})`` (frames made in memory, one at
-a time, only for the range; image features through the segmenter's embedding cache).
+Source pipeline, as the Slicer-SAM 2 plugin's server runs it (``infer_SAM21_slicer.py`` of
+bowang-lab/MedSAMSlicer, with the slices written as JPEG files as its first version did): write every
+slice of the volume, as the model sees it, as a JPEG file into a temporary folder; then for each
+object on its own: ``init_state(folder)`` on the upstream video predictor, ``add_new_mask`` on the
+middle slice, ``propagate_in_video`` forward, ``reset_state``, ``add_new_mask`` again,
+``propagate_in_video`` in reverse, ``reset_state``. On CUDA inside ``torch.autocast("cuda",
+bfloat16)``, as that server does (on the CPU it runs in float32, as the plugin does everywhere).
+rwth-sam: ``propagate(segmenter, 0, start, end, {middle: {1: mask, 2: ...}})``, all objects at once
+(frames made in memory, one at a time, only for the range; image features through the segmenter's
+embedding cache). ``--objects`` (1 and 3 by default: central void, casing, cathode of the phantom)
+sets how many objects the speed cases track.
 
 Each measurement runs in a fresh subprocess (random weights, seeded: the compute is measured) and
 reports wall time end to end (from the volume in memory to the masks in numpy, model building
@@ -19,15 +25,17 @@ run, plus ``torch.cuda.max_memory_allocated`` on CUDA. Cases:
 * ``plugin-128``: 128-slice volume, range 48..79 (32 slices): its peak should be within 10 % of
   ``plugin-32``'s (memory must not grow with slices outside the range);
 * ``source-32-correction`` and ``plugin-32-correction``: after a first propagation (not timed),
-  the correction loop: a mask for slice 24 is added and propagated forward from it. The source
-  side keeps its inference state (upstream keeps only the last frame's features in it, so it
-  encodes slices 25..31 again); rwth-sam re-propagates with the embeddings cached by the first run.
+  the correction loop, one object: a mask for slice 24 is added and propagated forward from it.
+  The source side adds it to its kept inference state, as its "improve" step does (upstream keeps
+  only the last frame's features there, so it encodes slices 24..31 again), and is timed for the
+  forward pass only (that step also propagates backward again); rwth-sam re-propagates with the
+  embeddings cached by the first run.
 
 Last, plugin-32 and plugin-128 run once more with glibc's mmap threshold fixed
 (``MALLOC_MMAP_THRESHOLD_``) for their peak RSS: without it, the larger temporaries freed while
 making the 128-slice phantom raise the threshold, and the heap then keeps more of the run's memory.
 
-    python bench/propagation.py [--image-size 1024] [--device cpu|cuda] [--repeats 1] [--profile]
+    python bench/propagation.py [--image-size 1024] [--device cpu|cuda] [--repeats 1] [--objects 1 3] [--profile]
 
 ``--profile`` instead runs ``plugin-32`` once with a timer around each part of the model (encoder,
 memory attention, memory encoder, prompt encoder, mask decoder) and prints each part's share.
@@ -80,14 +88,14 @@ def _time_parts(parts: dict) -> dict:
     return seconds
 
 
-def one(case: str, image_size: int, device: str, profile: bool = False) -> dict:
+def one(case: str, image_size: int, device: str, objects: int = 1, profile: bool = False) -> dict:
     import numpy as np
     import torch
     from PIL import Image
 
     import rwth_sam
     from rwth_sam.core.models import sam2_spec
-    from rwth_sam.core.phantom import VOID, battery_phantom
+    from rwth_sam.core.phantom import CAN, CATHODE, VOID, battery_phantom
     from rwth_sam.core.propagation import propagate, video_predictor
 
     name = f"sam2.1_hiera_tiny_{image_size}"
@@ -101,7 +109,7 @@ def one(case: str, image_size: int, device: str, profile: bool = False) -> dict:
     middle = (start + end) // 2
     image, labels = battery_phantom(shape=(depth, 256, 256))
     segmenter = rwth_sam.Segmenter(predictor, image)
-    mask = labels[middle] == VOID
+    masks = {k: labels[middle] == cls for k, cls in enumerate((VOID, CAN, CATHODE)[:objects], start=1)}
     video = video_predictor(predictor)  # built once per predictor: model building is not timed
     parts = None
     if profile:  # timers on the CPU side (on CUDA they see launches, not kernels)
@@ -127,7 +135,7 @@ def one(case: str, image_size: int, device: str, profile: bool = False) -> dict:
         embed_ahead = time.perf_counter() - t0
         base, state["peak"] = process.memory_info().rss, process.memory_info().rss
     fix = middle + 8  # the correction cases: the user fixes this slice and propagates on from it
-    fixed = {middle: {1: mask}, fix: {1: labels[fix] == VOID}}
+    fixed = {middle: {1: masks[1]}, fix: {1: labels[fix] == VOID}}
     folder = tempfile.TemporaryDirectory()
     source = {}
 
@@ -135,17 +143,25 @@ def one(case: str, image_size: int, device: str, profile: bool = False) -> dict:
         for n in range(depth):
             Image.fromarray(segmenter.slice_rgb(segmenter.plane(0, n))).save(os.path.join(folder.name, f"{n:05d}.jpg"), quality=100)
         offload = device == "cuda"
-        source["state"] = video.init_state(folder.name, offload_video_to_cpu=offload, offload_state_to_cpu=offload)
-        video.add_new_mask(source["state"], middle, 1, mask)
-        return _source_masks(video, source["state"], middle, (False, True))
+        found = {}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+            for k, mask in masks.items():  # the source tracks one object at a time
+                source["state"] = state = video.init_state(folder.name, offload_video_to_cpu=offload, offload_state_to_cpu=offload)
+                for reverse in (False, True):
+                    video.add_new_mask(state, middle, 1, mask)
+                    for f, one_mask in _source_masks(video, state, middle, (reverse,)).items():
+                        found[f, k] = one_mask
+                    video.reset_state(state)
+        return found
 
     def source_correction():  # upstream keeps the state, but only the last frame's features
-        video.add_new_mask(source["state"], fix, 1, fixed[fix][1])
-        return _source_masks(video, source["state"], fix, (False,))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+            video.add_new_mask(source["state"], fix, 1, fixed[fix][1])
+            return _source_masks(video, source["state"], fix, (False,))
 
     def plugin_run():
-        result = propagate(segmenter, 0, start, end, {middle: {1: mask}})
-        return {i: result.masks[i][1] for i in result.finished}
+        result = propagate(segmenter, 0, start, end, {middle: masks})
+        return {(i, k): result.masks[i][k] for i in result.finished for k in masks}
 
     def plugin_correction():
         result = propagate(segmenter, 0, start, end, fixed, direction="forward", from_index=fix)
@@ -160,7 +176,7 @@ def one(case: str, image_size: int, device: str, profile: bool = False) -> dict:
             runs = {"source": source_correction, "plugin": plugin_correction}
         thread.start()
         t0 = time.perf_counter()
-        masks = runs[side]()
+        found = runs[side]()
     sync()
     wall = time.perf_counter() - t0
     state["run"] = False
@@ -168,9 +184,9 @@ def one(case: str, image_size: int, device: str, profile: bool = False) -> dict:
     source.clear()
     folder.cleanup()
     out = {
-        "case": case, "image_size": image_size, "device": device, "slices": len(masks),
+        "case": case, "objects": len(masks), "image_size": image_size, "device": device, "masks": len(found),
         "wall_s": round(wall, 3), "peak_rss_mb": round((state["peak"] - base) / 2**20, 1),
-        "mean_area": float(np.mean([m.sum() for m in masks.values()])),
+        "mean_area": float(np.mean([m.sum() for m in found.values()])),
     }
     if embed_ahead is not None:
         out["embed_ahead_s"] = round(embed_ahead, 3)
@@ -195,6 +211,7 @@ def main():
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--objects", type=int, nargs="+", default=[1, 3], choices=[1, 2, 3])
     parser.add_argument("--profile", action="store_true", help="the model parts' shares of one plugin-32 run")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -202,31 +219,38 @@ def main():
         print(json.dumps(one("plugin-32", args.image_size, args.device, profile=True)))
         return
     if args.one:
-        print(json.dumps(one(args.one, args.image_size, args.device)))
+        print(json.dumps(one(args.one, args.image_size, args.device, args.objects[0])))
         return
-    def run(case: str, env=None) -> dict:
+
+    def run(case: str, objects: int = 1, env=None) -> dict:
         command = [sys.executable, __file__, "--one", case, "--image-size", str(args.image_size), "--device", args.device]
+        command += ["--objects", str(objects)]
         output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
         row = json.loads(output.strip().splitlines()[-1])
         print(json.dumps(row), flush=True)
         return row
 
+    speed_cases = ("source-32", "plugin-32", "plugin-32-warm")
+    object_counts = sorted({1, *args.objects})  # the memory and correction cases track one object
     rows = []
     for _ in range(args.repeats):
-        for case in ("source-32", "plugin-32", "plugin-32-warm", "plugin-128", "source-32-correction", "plugin-32-correction"):
-            rows.append(run(case))
+        for objects in object_counts:
+            rows += [run(case, objects) for case in speed_cases]
+        rows += [run(case) for case in ("plugin-128", "source-32-correction", "plugin-32-correction")]
     # glibc raises its mmap threshold after large frees (making the 128-slice phantom frees larger
     # temporaries), after which the heap keeps more: a fixed threshold compares the runs themselves
     fixed = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
-    neutral = {case: run(case, fixed)["peak_rss_mb"] for case in ("plugin-32", "plugin-128")}
+    neutral = {case: run(case, env=fixed)["peak_rss_mb"] for case in ("plugin-32", "plugin-128")}
     best = {}
     for row in rows:
-        if row["case"] not in best or row["wall_s"] < best[row["case"]]["wall_s"]:
-            best[row["case"]] = row
+        key = row["case"] if row["objects"] == 1 else f"{row['case']} x{row['objects']}"
+        if key not in best or row["wall_s"] < best[key]["wall_s"]:
+            best[key] = row
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, device {args.device}")
-    source = best["source-32"]["wall_s"]
-    print(f"speed-up source/plugin (32 slices), cold: {source / best['plugin-32']['wall_s']:.2f}x, "
-          f"range embedded ahead: {source / best['plugin-32-warm']['wall_s']:.2f}x")
+    for objects in object_counts:
+        source, cold, warm = (best[case if objects == 1 else f"{case} x{objects}"]["wall_s"] for case in speed_cases)
+        print(f"speed-up source/plugin (32 slices, {objects} object{'s' * (objects > 1)}), cold: {source / cold:.2f}x, "
+              f"range embedded ahead: {source / warm:.2f}x")
     correction = best["source-32-correction"]["wall_s"] / best["plugin-32-correction"]["wall_s"]
     print(f"speed-up source/plugin, a correction re-propagated forward from slice 24: {correction:.2f}x")
     for k in ("peak_rss_mb", "peak_gpu_mb"):
