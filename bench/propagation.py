@@ -24,6 +24,9 @@ run, plus ``torch.cuda.max_memory_allocated`` on CUDA. Cases:
   (``embed_ahead_s``: that embedding's time, not part of the wall time);
 * ``plugin-128``: 128-slice volume, range 48..79 (32 slices): its peak should be within 10 % of
   ``plugin-32``'s (memory must not grow with slices outside the range);
+* ``source-startup``: what the source's server does before that pipeline on every request: start a
+  new Python process that imports torch and sam2, builds the video predictor and loads the
+  checkpoint (here a random one, written beforehand; the model's cost to load is the same);
 * ``source-32-correction`` and ``plugin-32-correction``: after a first propagation (not timed),
   the correction loop, one object: a mask for slice 24 is added and propagated forward from it.
   The source side adds it to its kept inference state, as its "improve" step does (upstream keeps
@@ -55,6 +58,16 @@ import time
 import warnings
 
 warnings.filterwarnings("ignore")
+
+CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+# what the source's server runs in the new process it starts per request, before any slice
+SERVER_START = """
+import sys
+import torch
+from sam2.build_sam import build_sam2_video_predictor
+config, checkpoint, device, size = sys.argv[1:]
+build_sam2_video_predictor(config, checkpoint, device=device, hydra_overrides_extra=[f"++model.image_size={size}"])
+"""
 
 
 def _rss_sampler():
@@ -100,7 +113,7 @@ def one(case: str, image_size: int, device: str, objects: int = 1, profile: bool
 
     name = f"sam2.1_hiera_tiny_{image_size}"
     rwth_sam.register_model(
-        sam2_spec(name, name, "configs/sam2.1/sam2.1_hiera_t.yaml", None, image_size=image_size), replace=True
+        sam2_spec(name, name, CONFIG, None, image_size=image_size), replace=True
     )
     torch.manual_seed(0)
     predictor = rwth_sam.load_model(name, pretrained=False, device=device)
@@ -111,6 +124,8 @@ def one(case: str, image_size: int, device: str, objects: int = 1, profile: bool
     segmenter = rwth_sam.Segmenter(predictor, image)
     masks = {k: labels[middle] == cls for k, cls in enumerate((VOID, CAN, CATHODE)[:objects], start=1)}
     video = video_predictor(predictor)  # built once per predictor: model building is not timed
+    if case == "source-startup":
+        return _server_start(video, image_size, device)
     parts = None
     if profile:  # timers on the CPU side (on CUDA they see launches, not kernels)
         parts = _time_parts({
@@ -197,6 +212,19 @@ def one(case: str, image_size: int, device: str, objects: int = 1, profile: bool
     return out
 
 
+def _server_start(video, image_size: int, device: str) -> dict:
+    """Wall time of a new process that loads the model as the source's server does per request."""
+    import torch
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = os.path.join(folder, "sam2.1_hiera_tiny.pt")
+        torch.save({"model": video.state_dict()}, checkpoint)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", SERVER_START, CONFIG, checkpoint, device, str(image_size)], check=True)
+        wall = time.perf_counter() - t0
+    return {"case": "source-startup", "objects": 0, "image_size": image_size, "device": device, "wall_s": round(wall, 3)}
+
+
 def _source_masks(video, state, from_frame: int, directions) -> dict:
     """Upstream ``propagate_in_video`` from ``from_frame`` in each direction; masks by frame."""
     masks = {}
@@ -236,7 +264,7 @@ def main():
     for _ in range(args.repeats):
         for objects in object_counts:
             rows += [run(case, objects) for case in speed_cases]
-        rows += [run(case) for case in ("plugin-128", "source-32-correction", "plugin-32-correction")]
+        rows += [run(case) for case in ("plugin-128", "source-32-correction", "plugin-32-correction", "source-startup")]
     # glibc raises its mmap threshold after large frees (making the 128-slice phantom frees larger
     # temporaries), after which the heap keeps more: a fixed threshold compares the runs themselves
     fixed = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
@@ -247,10 +275,12 @@ def main():
         if key not in best or row["wall_s"] < best[key]["wall_s"]:
             best[key] = row
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, device {args.device}")
+    startup = best["source-startup"]["wall_s"]
     for objects in object_counts:
         source, cold, warm = (best[case if objects == 1 else f"{case} x{objects}"]["wall_s"] for case in speed_cases)
         print(f"speed-up source/plugin (32 slices, {objects} object{'s' * (objects > 1)}), cold: {source / cold:.2f}x, "
-              f"range embedded ahead: {source / warm:.2f}x")
+              f"range embedded ahead: {source / warm:.2f}x; with the source server's start per request "
+              f"({startup:.1f} s): {(startup + source) / cold:.2f}x and {(startup + source) / warm:.2f}x")
     correction = best["source-32-correction"]["wall_s"] / best["plugin-32-correction"]["wall_s"]
     print(f"speed-up source/plugin, a correction re-propagated forward from slice 24: {correction:.2f}x")
     for k in ("peak_rss_mb", "peak_gpu_mb"):

@@ -262,6 +262,7 @@ def propagate(
         order += [(i, False) for i in range(from_index, end + 1)]
     if direction in ("both", "backward"):
         order += [(i, True) for i in range(from_index, start - 1, -1)]
+
     def passed(index: int) -> None:
         segmenter.cache.demote(segmenter.key(segmenter.plane(axis, index)))
 
