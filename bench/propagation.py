@@ -258,26 +258,37 @@ def main():
         print(json.dumps(row), flush=True)
         return row
 
-    speed_cases = ("source-32", "plugin-32", "plugin-32-warm")
     object_counts = sorted({1, *args.objects})  # the memory and correction cases track one object
     rows = []
     for _ in range(args.repeats):
         for objects in object_counts:
-            rows += [run(case, objects) for case in speed_cases]
+            rows += [run(case, objects) for case in SPEED_CASES]
         rows += [run(case) for case in ("plugin-128", "source-32-correction", "plugin-32-correction", "source-startup")]
     # glibc raises its mmap threshold after large frees (making the 128-slice phantom frees larger
     # temporaries), after which the heap keeps more: a fixed threshold compares the runs themselves
     fixed = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     neutral = {case: run(case, env=fixed)["peak_rss_mb"] for case in ("plugin-32", "plugin-128")}
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, device {args.device}")
+    report(rows, neutral, object_counts)
+
+
+SPEED_CASES = ("source-32", "plugin-32", "plugin-32-warm")
+
+
+def _key(case: str, objects: int) -> str:
+    return f"{case} x{objects}" if objects > 1 else case
+
+
+def report(rows: list[dict], neutral: dict[str, float], object_counts: list[int]) -> None:
+    """Print the speed-ups and memory ratios from the fastest row of each case."""
     best = {}
     for row in rows:
-        key = row["case"] if row["objects"] == 1 else f"{row['case']} x{row['objects']}"
+        key = _key(row["case"], row["objects"])
         if key not in best or row["wall_s"] < best[key]["wall_s"]:
             best[key] = row
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, device {args.device}")
     startup = best["source-startup"]["wall_s"]
     for objects in object_counts:
-        source, cold, warm = (best[case if objects == 1 else f"{case} x{objects}"]["wall_s"] for case in speed_cases)
+        source, cold, warm = (best[_key(case, objects)]["wall_s"] for case in SPEED_CASES)
         print(f"speed-up source/plugin (32 slices, {objects} object{'s' * (objects > 1)}), cold: {source / cold:.2f}x, "
               f"range embedded ahead: {source / warm:.2f}x; with the source server's start per request "
               f"({startup:.1f} s): {(startup + source) / cold:.2f}x and {(startup + source) / warm:.2f}x")
