@@ -406,19 +406,19 @@ def test_generate_volume_cancel_keeps_finished_slices(volume_segmenter):
 def test_generate_volume_cancel_mid_slice_drops_that_slice(volume_segmenter):
     """A cancel during a slice stops it between decoder batches instead of finishing it."""
     settings = replace(LOOSE, points_per_batch=1)  # four batches per slice
-    finished = []
+    progress = []
     asked_after_first_slice = []
 
     def stop_at_second_batch_of_second_slice():
-        if finished:
+        if progress:
             asked_after_first_slice.append(1)
         return len(asked_after_first_slice) == 3  # before the slice, its first batch, its second
 
     result = generate_volume(
-        volume_segmenter, 0, settings, on_slice=lambda done, total: finished.append(done),
+        volume_segmenter, 0, settings, on_slice=lambda done, total: progress.append(done),
         should_stop=stop_at_second_batch_of_second_slice,
     )  # fmt: skip
-    assert result.cancelled and result.finished == [0] and finished == [1]
+    assert result.cancelled and result.finished == [0] and progress == [1]
     assert (result.labels[0] > 0).any() and not result.labels[1:].any()
     generator = cached_generator(volume_segmenter.predictor, settings)
     assert "_process_batch" not in vars(generator), "the stop check must not outlive the run"
