@@ -257,16 +257,13 @@ def propagate(
     if not start <= from_index <= end:
         raise InputError(f"Slice {from_index} to propagate from is outside the range {start}..{end}.")
 
-    order: list[tuple[int, bool]] = []  # (slice, reverse)
-    if direction in ("both", "forward"):
-        order += [(i, False) for i in range(from_index, end + 1)]
-    if direction in ("both", "backward"):
-        order += [(i, True) for i in range(from_index, start - 1, -1)]
+    first = start if direction in ("both", "backward") else from_index
+    last = end if direction in ("both", "forward") else from_index
 
     def passed(index: int) -> None:
         segmenter.cache.demote(segmenter.key(segmenter.plane(axis, index)))
 
-    run = _Run(cond, order, on_slice, should_stop, passed)
+    run = _Run(cond, last - first + 1, on_slice, should_stop, passed)
 
     from .predictors.sam2 import Sam2Predictor
 
@@ -282,10 +279,9 @@ class _Run:
     ``passed(index)`` is told of every finished slice, whose embedding this run will not read again
     (for a range larger than the cache, those go first, not the slices embedded ahead)."""
 
-    def __init__(self, cond, order, on_slice, should_stop, passed: Callable[[int], None]):
+    def __init__(self, cond, total: int, on_slice, should_stop, passed: Callable[[int], None]):
         self.cond = cond
-        self.order = order
-        self.total = len({i for i, _ in order})
+        self.total = total  # slices this run visits
         self.done: set[int] = set()
         self.on_slice, self.should_stop, self.passed = on_slice, should_stop, passed
         self.result = PropagationResult()
