@@ -174,8 +174,6 @@ def main(argv=None) -> int:
         results.append(row)
         print(f"| {name} | {row['objects']} | {row['plugin_median_s']:.2f} s | {row['upstream_median_s']:.2f} s | "
               f"{row['ratio']:.3f} | <= {GOAL} {'met' if row['met'] else 'MISSED'} |", flush=True)
-    if hasattr(os, "getloadavg"):
-        info["load_average_at_end"] = os.getloadavg()
     if args.json:
         write_report(args.json, {
             "settings": {f.name: getattr(args.settings, f.name) for f in fields(AutomaticSettings)},

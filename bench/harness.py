@@ -94,8 +94,11 @@ def utc_now() -> str:
 
 
 def write_report(path: str, report: dict) -> None:
-    """Write a benchmark's JSON report, with the time it finished and the command that ran it."""
+    """Write a benchmark's JSON report, with the time it finished, the command that ran it and,
+    beside ``machine_info``'s load average at the start, the one at the end."""
     report = {"finished": utc_now(), "command": " ".join([os.path.basename(sys.executable), *sys.argv]), **report}
+    if hasattr(os, "getloadavg"):
+        report["machine"] = {**report["machine"], "load_average_at_end": os.getloadavg()}
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
     print(f"wrote {path}")

@@ -327,8 +327,6 @@ def main(argv=None) -> int:
               "compete for the CPU, timings will be noisy" + (" (try --threads 1)" if torch.get_num_threads() > 1 else ""))
     results = [bench_model(name, rgb, device, args) for name in args.model_names]
     print_table(results)
-    if hasattr(os, "getloadavg"):
-        info["load_average_at_end"] = os.getloadavg()
     if args.json:
         write_report(args.json, {
             "date": started,
