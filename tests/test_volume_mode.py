@@ -21,6 +21,7 @@ import rwth_sam
 from rwth_sam.core.phantom import VOID, battery_phantom
 from rwth_sam.core.predictors.base import Embedding, Prediction, Predictor
 from rwth_sam.ui.profile_store import PROFILES
+from rwth_sam.ui.volume_panel import _describe_flags
 from rwth_sam.ui.widget import VOLUME_MODE
 
 pytestmark = pytest.mark.gui
@@ -306,3 +307,11 @@ def test_flagged_slices_are_listed_and_shown_in_turn(viewer, qtbot, oracle_check
     panel.next_flag.clicked.emit()  # after the last flagged slice: back to the first
     assert round(viewer.dims.point[0] / 3.0) == 9
     assert widget.status.value.startswith("Slice 9: object 1: area")
+
+
+def test_the_flag_list_stays_short():
+    """Many flags: slices once each, the first six and a count (the reasons come with the button)."""
+    flags = [(index, obj, "a long reason " * 5) for index in range(20, 10, -1) for obj in (1, 2)]
+    assert _describe_flags(flags) == "To check: slices 11, 12, 13, 14, 15, 16 and 4 more"
+    assert _describe_flags([(9, 1, "area")]) == "To check: slice 9"
+    assert _describe_flags([]) == ""

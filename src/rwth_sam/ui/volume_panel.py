@@ -433,9 +433,12 @@ class VolumePanel(Container):
         self.objects_label.value = f"Objects: {names or 'none'}"
 
 
-def _describe_flags(flags) -> str:
-    if not flags:
+def _describe_flags(flags, shown: int = 6) -> str:
+    """The flagged slices in a line or two; *Go to the next slice to check* tells each one's reasons
+    (listing them all here made the label too long for the dock: it widened and was cut off)."""
+    slices = sorted({index for index, _, _ in flags})
+    if not slices:
         return ""
-    shown = ", ".join(f"slice {index} (object {obj}: {reason})" for index, obj, reason in flags[:8])
-    more = f" and {len(flags) - 8} more" if len(flags) > 8 else ""
-    return f"Check: {shown}{more}"
+    listed = ", ".join(str(index) for index in slices[:shown])
+    more = f" and {len(slices) - shown} more" if len(slices) > shown else ""
+    return f"To check: slice{'s' * (len(slices) > 1)} {listed}{more}"
