@@ -41,6 +41,7 @@ import rwth_sam  # noqa: E402
 from rwth_sam.core.automatic import AutomaticSettings, generate_slice  # noqa: E402
 from rwth_sam.core.device import resolve_device  # noqa: E402
 from rwth_sam.core.phantom import battery_phantom  # noqa: E402
+
 from harness import interleaved, machine_info, make_timer, write_report  # noqa: E402  (bench/harness.py, beside this script)
 
 GOAL = 1.05

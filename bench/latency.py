@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 import rwth_sam  # noqa: E402
 from rwth_sam.core.device import resolve_device  # noqa: E402
+
 from harness import interleaved, machine_info, make_timer, utc_now, write_report  # noqa: E402  (bench/harness.py, beside this script)
 
 DEFAULT_MODELS = ["mobile_sam_vit_t", "sam2.1_hiera_tiny"]

@@ -20,4 +20,4 @@ python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 # sam2 ships as an sdist; without its optional CUDA extension it builds in seconds.
 SAM2_BUILD_CUDA=0 python -m pip install -q --no-build-isolation "sam2>=1.1"
-python -m pip install -q -e ".[pyqt5,testing]"
+python -m pip install -q -e ".[pyqt6,testing]"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import rwth_sam  # imports torch before napari creates its GL context (see rwth_sam._triton_guard)
-import torch
 from rwth_sam.core.models import sam2_spec
 
 # With one thread, torch upsamples 3 channels with another kernel than 1 channel (ulp differences),
@@ -55,11 +55,37 @@ def sam2_tiny():
     return random_model(SAM2_TINY_256)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that use the real data skip before any fixture is set up when it is absent.
+
+    Skipping inside the ``shared_data`` fixture came too late for GUI tests: napari's viewer fixture,
+    set up first, then errored at teardown ("no attribute 'rep_call'"), so a user's clone failed.
+    """
+    if SHARED_DATA.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"real data not found at {SHARED_DATA} (../shared/data is absent in a user's checkout)")
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA} (../shared/data is absent in a user's checkout)")
+    """``../shared/data`` (or $RWTH_SAM_SHARED_DATA): tests asking for it skip when it is absent."""
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """The seeded random SAM 2 test model, saved as a checkpoint the widget loads."""
+    path = tmp_path_factory.mktemp("weights") / "sam2_tiny_256.pt"
+    torch.save({"model": random_model(SAM2_TINY_256).model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer(show=True)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from conftest import SAM2_TINY_256, random_model
 from rwth_sam.core.automatic import (
     SETTING_HELP,
     AutomaticSettings,
@@ -25,6 +24,8 @@ from rwth_sam.core.automatic import (
 )
 from rwth_sam.core.errors import InputError
 from rwth_sam.core.segmenter import Segmenter
+
+from conftest import SAM2_TINY_256, random_model
 
 # Random weights predict low IoU and unstable masks: with the filters off and NMS at 1 every
 # grid point's masks come out, so there is something to compare.

@@ -6,12 +6,12 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import SAM2_TINY_256
-from test_widget import checkpoint, dock, left_click, middle_click, viewer, wait_idle  # noqa: F401
 
 from rwth_sam.core import automatic
 from rwth_sam.ui.profile_store import PROFILES
 from rwth_sam.ui.widget import AUTOMATIC_MODE
+
+from napari_helpers import dock, left_click, middle_click, wait_idle
 
 pytestmark = pytest.mark.gui
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 
 import numpy as np
-import pytest
 import torch
 
 import rwth_sam

@@ -12,11 +12,12 @@ import inspect
 
 import numpy as np
 import pytest
-from conftest import LARGE_MODELS, SAM2_TINY_256, SMALL_MODELS, random_model
 
 import rwth_sam
 from rwth_sam.core.coordinates import plane_at
 from rwth_sam.core.predictors.sam2 import backbone_feature_sizes
+
+from conftest import LARGE_MODELS, SAM2_TINY_256, SMALL_MODELS, random_model
 
 SHAPE = (6, 70, 90)  # anisotropic: the slices along axis 1 are only 6 rows high
 GEOMETRY = rwth_sam.LayerGeometry(scale=(2.0, 0.5, 0.7), translate=(10.0, -5.0, 3.0))

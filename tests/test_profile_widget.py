@@ -14,7 +14,7 @@ from rwth_sam.core.phantom import CLASS_NAMES, battery_phantom
 from rwth_sam.core.profiles import Profile, SegmentationClass
 from rwth_sam.ui import reader
 from rwth_sam.ui.profile_store import PROFILES, ProfileStore
-from rwth_sam.ui.profile_widget import NAME, UNKNOWN_LABEL_COLOR, VALUE, DESCRIPTION, ProfileWidget, apply_profile
+from rwth_sam.ui.profile_widget import DESCRIPTION, NAME, UNKNOWN_LABEL_COLOR, VALUE, ProfileWidget, apply_profile
 
 pytestmark = pytest.mark.gui
 
@@ -27,11 +27,6 @@ def fresh_store():
     PROFILES.reset()
     yield
     PROFILES.reset()
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
 
 
 @pytest.fixture

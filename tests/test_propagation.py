@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from scipy import ndimage
-from unittest import mock
 
-from conftest import SAM2_TINY_256, random_model
-from test_cache import count_embeds
 from rwth_sam import Embedding, InputError, Prediction, Predictor, Segmenter
 from rwth_sam.core import propagation
 from rwth_sam.core.cache import EmbeddingCache
 from rwth_sam.core.phantom import CAN, VOID, battery_phantom
 from rwth_sam.core.propagation import PropagationResult, VideoFrames, propagate
+from test_cache import count_embeds
 
+from conftest import SAM2_TINY_256, random_model
 
 # ---------------------------------------------------------------------------------------------
 # SAM 2: equal to upstream's own video predictor

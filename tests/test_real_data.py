@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SAM2_TINY_256, random_model
 from numpy.lib.stride_tricks import sliding_window_view
-from test_equality import upstream_predict, upstream_predictor
 
 import rwth_sam
 from rwth_sam.core.coordinates import plane_at
+from test_equality import upstream_predict, upstream_predictor
+
+from conftest import SAM2_TINY_256, random_model
 
 MODELS = ["mobile_sam_vit_t", SAM2_TINY_256]
 LIVER = 5  # TotalSegmentator label id (totalsegmentator_total_labels.json)

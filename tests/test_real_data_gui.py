@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_automatic_mode import PERMISSIVE
-from test_widget import SCREENSHOTS, checkpoint, dock, left_click, middle_click, viewer, wait_idle  # noqa: F401
 
 from rwth_sam.ui.profile_store import PROFILES
 from rwth_sam.ui.widget import AUTOMATIC_MODE
+from test_automatic_mode import PERMISSIVE
+
+from napari_helpers import SCREENSHOTS, dock, middle_click, wait_idle
 
 pytestmark = pytest.mark.gui
 

@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from test_cache import count_embeds
-from test_widget import SCREENSHOTS, checkpoint, dock, middle_click, middle_drag, viewer, wait_idle  # noqa: F401
 from vispy.util import keys
 
 import rwth_sam
@@ -23,6 +21,9 @@ from rwth_sam.core.predictors.base import Embedding, Prediction, Predictor
 from rwth_sam.ui.profile_store import PROFILES
 from rwth_sam.ui.volume_panel import _describe_flags
 from rwth_sam.ui.widget import VOLUME_MODE
+from test_cache import count_embeds
+
+from napari_helpers import SCREENSHOTS, dock, middle_click, middle_drag, wait_idle
 
 pytestmark = pytest.mark.gui
 
@@ -241,18 +242,27 @@ def test_brush_edits_set_an_object_on_a_slice_and_replace_its_earlier_result(vie
     ct = (truth.astype(np.int16) * 40 - 100 + (z * 3).astype(np.int16))  # every slice looks different
     scale = (4.0, 0.7, 0.9)  # anisotropic voxels: slices 4 mm apart
     widget, labels, panel = run_3d(viewer, qtbot, oracle_checkpoint, ct, truth, (0, 1, 2), 2, 17, ["liver"], scale)
-    preview = widget.preview()
+
+    def shown(index):
+        """The preview on slice ``index``: the one slice it holds must be that one."""
+        plane = rwth_sam.SlicePlane.of(ct.shape, 0, index)
+        preview = widget._preview_layer
+        assert preview.data.shape == (1, 48, 56), "the preview holds one slice, not the volume"
+        assert np.allclose(preview.translate, (index * scale[0], 0, 0)), "the preview sits on another slice"
+        return widget.preview_mask(plane)
 
     def erase_right_half(index):
         """napari's eraser in the preview: every pixel right of the object's centre column on ``index``."""
-        rows, cols = np.nonzero(preview.data[index])
+        preview = widget._preview_layer
+        rows, cols = np.nonzero(preview.data[0])
         right = cols >= int(cols.mean())
-        preview.data_setitem((np.full(right.sum(), index), rows[right], cols[right]), 0)
-        return preview.data[index] != 0
+        preview.data_setitem((np.zeros(right.sum(), int), rows[right], cols[right]), 0)
+        return shown(index)
 
     panel.edit.clicked.emit()  # on the middle slice, before any propagation
-    assert viewer.layers.selection.active.name == preview.name and preview.mode == "paint"
-    assert np.array_equal(preview.data[9] != 0, truth[9] == liver)
+    preview = widget._preview_layer
+    assert viewer.layers.selection.active is preview and preview.mode == "paint"
+    assert np.array_equal(shown(9), truth[9] == liver)
     edited_middle = erase_right_half(9)
     panel.correct.clicked.emit()
     wait_idle(qtbot, widget)
@@ -272,7 +282,7 @@ def test_brush_edits_set_an_object_on_a_slice_and_replace_its_earlier_result(vie
 
     viewer.dims.set_point(0, 14 * scale[0])
     panel.edit.clicked.emit()
-    assert np.array_equal(preview.data[14] != 0, truth[14] == liver)  # the object as the labels hold it
+    assert np.array_equal(shown(14), truth[14] == liver)  # the object as the labels hold it
     edited = erase_right_half(14)
     panel.correct.clicked.emit()
     wait_idle(qtbot, widget)

@@ -30,7 +30,7 @@ FILENAME = "loopback_mobile_sam.pt"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def mobile_checkpoint(tmp_path_factory):
     """A real MobileSAM checkpoint (seeded random weights): its path, bytes, sha256 and state dict."""
     torch.manual_seed(1234)
     module = rwth_sam.get_model_spec(BASE_MODEL).build()
@@ -107,13 +107,13 @@ class LoopbackServer:
 
 
 @pytest.fixture
-def server(checkpoint, monkeypatch):
+def server(mobile_checkpoint, monkeypatch):
     # requests honours proxy variables: make sure loopback traffic never goes to a proxy.
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    srv = LoopbackServer(checkpoint["data"])
+    srv = LoopbackServer(mobile_checkpoint["data"])
     yield srv
     srv.stop()
 
@@ -145,8 +145,8 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/ckpt.pt"
 
 
-def make_weights(checkpoint, url: str, sha256: str | None = None) -> Weights:
-    return Weights(url, sha256 or checkpoint["sha256"], checkpoint["size"], FILENAME)
+def make_weights(mobile_checkpoint, url: str, sha256: str | None = None) -> Weights:
+    return Weights(url, sha256 or mobile_checkpoint["sha256"], mobile_checkpoint["size"], FILENAME)
 
 
 def cache_contents(cache: Path) -> list[str]:
@@ -222,8 +222,8 @@ class FakeProgress:
 
 
 
-def test_download_verifies_caches_and_then_works_offline(checkpoint, server, cache, register):
-    weights = make_weights(checkpoint, server.url("ckpt.pt"))
+def test_download_verifies_caches_and_then_works_offline(mobile_checkpoint, server, cache, register):
+    weights = make_weights(mobile_checkpoint, server.url("ckpt.pt"))
     name = register(weights)
     assert not is_cached(weights)
     progress = FakeProgress()
@@ -232,27 +232,27 @@ def test_download_verifies_caches_and_then_works_offline(checkpoint, server, cac
 
     assert server.requests == ["/ckpt.pt"]
     # the tqdm-like progress bar got the byte total, streamed updates, and was filled and closed
-    assert progress.total == checkpoint["size"]
+    assert progress.total == mobile_checkpoint["size"]
     assert len(progress.updates) > 1
-    assert progress.n == checkpoint["size"]
+    assert progress.n == mobile_checkpoint["size"]
     assert progress.closed
     assert cache_contents(cache) == [FILENAME]  # no temporary files left next to it
     cached = cache / FILENAME
-    assert cached.read_bytes() == checkpoint["data"]
+    assert cached.read_bytes() == mobile_checkpoint["data"]
     assert is_cached(weights)
     assert predictor.name == name
-    assert_weights_equal(predictor, checkpoint["state"])
+    assert_weights_equal(predictor, mobile_checkpoint["state"])
 
     server.stop()
     torch.manual_seed(999)  # a different random init: only loading from the cache gives equal weights
     offline = rwth_sam.load_model(name, device="cpu", progressbar=False)
-    assert_weights_equal(offline, checkpoint["state"])
+    assert_weights_equal(offline, mobile_checkpoint["state"])
     assert server.requests == ["/ckpt.pt"]
 
 
-def test_wrong_checksum_is_refused_and_not_kept(checkpoint, server, cache, register):
+def test_wrong_checksum_is_refused_and_not_kept(mobile_checkpoint, server, cache, register):
     wrong = hashlib.sha256(b"something else").hexdigest()
-    name = register(make_weights(checkpoint, server.url("ckpt.pt"), sha256=wrong))
+    name = register(make_weights(mobile_checkpoint, server.url("ckpt.pt"), sha256=wrong))
     with pytest.raises(rwth_sam.WeightsError, match="corrupt or incomplete") as info:
         rwth_sam.load_model(name, device="cpu", progressbar=False)
     message = str(info.value)
@@ -261,8 +261,8 @@ def test_wrong_checksum_is_refused_and_not_kept(checkpoint, server, cache, regis
     assert cache_contents(cache) == []
 
 
-def test_connection_cut_short_is_refused_and_not_kept(checkpoint, server, cache):
-    weights = make_weights(checkpoint, server.url("cut.pt"))
+def test_connection_cut_short_is_refused_and_not_kept(mobile_checkpoint, server, cache):
+    weights = make_weights(mobile_checkpoint, server.url("cut.pt"))
     with pytest.raises(rwth_sam.WeightsError, match="Could not download") as info:
         fetch(weights, progressbar=False)
     assert server.url("cut.pt") in str(info.value)
@@ -271,27 +271,27 @@ def test_connection_cut_short_is_refused_and_not_kept(checkpoint, server, cache)
     assert not is_cached(weights)
 
 
-def test_half_a_file_is_refused_and_not_kept(checkpoint, server, cache, register):
-    name = register(make_weights(checkpoint, server.url("half.pt")))
+def test_half_a_file_is_refused_and_not_kept(mobile_checkpoint, server, cache, register):
+    name = register(make_weights(mobile_checkpoint, server.url("half.pt")))
     with pytest.raises(rwth_sam.WeightsError, match="corrupt or incomplete"):
         rwth_sam.load_model(name, device="cpu", progressbar=False)
     assert server.requests == ["/half.pt"]
     assert cache_contents(cache) == []
 
 
-def test_http_error_is_a_weights_error(checkpoint, server, cache):
-    weights = make_weights(checkpoint, server.url("missing.pt"))
+def test_http_error_is_a_weights_error(mobile_checkpoint, server, cache):
+    weights = make_weights(mobile_checkpoint, server.url("missing.pt"))
     with pytest.raises(rwth_sam.WeightsError, match="404") as info:
         fetch(weights, progressbar=False)
     assert server.url("missing.pt") in str(info.value)
     assert cache_contents(cache) == []
 
 
-def test_server_down_names_the_url(checkpoint, cache, register, monkeypatch):
+def test_server_down_names_the_url(mobile_checkpoint, cache, register, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     url = closed_port_url()
-    name = register(make_weights(checkpoint, url))
+    name = register(make_weights(mobile_checkpoint, url))
     with pytest.raises(rwth_sam.WeightsError) as info:
         rwth_sam.load_model(name, device="cpu", progressbar=False)
     message = str(info.value)
@@ -300,40 +300,40 @@ def test_server_down_names_the_url(checkpoint, cache, register, monkeypatch):
     assert cache_contents(cache) == []
 
 
-def test_a_stale_partial_file_in_the_cache_is_replaced(checkpoint, server, cache):
-    weights = make_weights(checkpoint, server.url("ckpt.pt"))
+def test_a_stale_partial_file_in_the_cache_is_replaced(mobile_checkpoint, server, cache):
+    weights = make_weights(mobile_checkpoint, server.url("ckpt.pt"))
     cache.mkdir()
-    (cache / FILENAME).write_bytes(checkpoint["data"][:1000])
+    (cache / FILENAME).write_bytes(mobile_checkpoint["data"][:1000])
     assert not is_cached(weights)
     path = fetch(weights, progressbar=False)
     assert path == cache / FILENAME
-    assert path.read_bytes() == checkpoint["data"]
+    assert path.read_bytes() == mobile_checkpoint["data"]
     assert cache_contents(cache) == [FILENAME]
 
 
 # --------------------------------------------------------------------------- local checkpoints
 
 
-def test_local_checkpoint_needs_no_download(checkpoint, cache, register):
-    name = register(make_weights(checkpoint, closed_port_url()))
+def test_local_checkpoint_needs_no_download(mobile_checkpoint, cache, register):
+    name = register(make_weights(mobile_checkpoint, closed_port_url()))
     torch.manual_seed(4321)
-    predictor = rwth_sam.load_model(name, checkpoint=checkpoint["path"], device="cpu")
-    assert_weights_equal(predictor, checkpoint["state"])
+    predictor = rwth_sam.load_model(name, checkpoint=mobile_checkpoint["path"], device="cpu")
+    assert_weights_equal(predictor, mobile_checkpoint["state"])
     assert cache_contents(cache) == []
 
 
-def test_model_without_official_weights_needs_a_local_file(checkpoint, cache, register):
+def test_model_without_official_weights_needs_a_local_file(mobile_checkpoint, cache, register):
     name = register(None)
     with pytest.raises(rwth_sam.WeightsError, match="no official download"):
         rwth_sam.load_model(name, device="cpu")
     assert cache_contents(cache) == []
 
 
-def test_truncated_local_checkpoint(checkpoint, tmp_path):
+def test_truncated_local_checkpoint(mobile_checkpoint, tmp_path):
     path = tmp_path / "cut.pt"
-    path.write_bytes(checkpoint["data"][: len(checkpoint["data"]) // 2])
+    path.write_bytes(mobile_checkpoint["data"][: len(mobile_checkpoint["data"]) // 2])
     with pytest.raises(rwth_sam.WeightsError, match="truncated, corrupt") as info:
-        load_weights(checkpoint["module"], rwth_sam.get_model_spec(BASE_MODEL), path)
+        load_weights(mobile_checkpoint["module"], rwth_sam.get_model_spec(BASE_MODEL), path)
     assert str(path) in str(info.value)
 
 
@@ -350,26 +350,26 @@ def test_garbage_and_missing_local_checkpoints(tmp_path):
         load_state_dict(empty)
 
 
-def test_checkpoint_of_another_model_does_not_fit(checkpoint):
+def test_checkpoint_of_another_model_does_not_fit(mobile_checkpoint):
     # SAM-HQ ViT-Tiny shares MobileSAM's encoder but has extra HQ decoder weights: they are missing.
     with pytest.raises(rwth_sam.WeightsError, match="does not fit") as info:
-        rwth_sam.load_model("sam_hq_vit_tiny", checkpoint=checkpoint["path"], device="cpu")
+        rwth_sam.load_model("sam_hq_vit_tiny", checkpoint=mobile_checkpoint["path"], device="cpu")
     assert "SAM-HQ ViT-Tiny" in str(info.value)
 
 
-def test_checkpoint_with_wrong_shapes_does_not_fit(checkpoint, tmp_path):
-    key, value = next((k, v) for k, v in checkpoint["state"].items() if v.ndim >= 2)
+def test_checkpoint_with_wrong_shapes_does_not_fit(mobile_checkpoint, tmp_path):
+    key, value = next((k, v) for k, v in mobile_checkpoint["state"].items() if v.ndim >= 2)
     path = tmp_path / "wrong_shape.pt"
     torch.save({key: torch.zeros(value.shape[0] + 1, *value.shape[1:])}, path)
     with pytest.raises(rwth_sam.WeightsError, match="does not fit MobileSAM ViT-T"):
-        load_weights(checkpoint["module"], rwth_sam.get_model_spec(BASE_MODEL), path)
+        load_weights(mobile_checkpoint["module"], rwth_sam.get_model_spec(BASE_MODEL), path)
 
 
-def test_checkpoint_with_extra_weights_does_not_fit_a_strict_model(checkpoint, tmp_path):
+def test_checkpoint_with_extra_weights_does_not_fit_a_strict_model(mobile_checkpoint, tmp_path):
     path = tmp_path / "extra.pt"
-    torch.save({**checkpoint["state"], "extra.head.weight": torch.zeros(2)}, path)
+    torch.save({**mobile_checkpoint["state"], "extra.head.weight": torch.zeros(2)}, path)
     with pytest.raises(rwth_sam.WeightsError, match="does not fit MobileSAM ViT-T: 0 missing and 1 unexpected"):
-        load_weights(checkpoint["module"], rwth_sam.get_model_spec(BASE_MODEL), path)
+        load_weights(mobile_checkpoint["module"], rwth_sam.get_model_spec(BASE_MODEL), path)
 
 
 @pytest.mark.parametrize("wrapper", ["model", "state_dict"])

@@ -1,80 +1,25 @@
-"""The main widget in a real napari viewer, driven through napari's own mouse machinery.
-
-Mouse events are sent to the vispy canvas at pixel positions, so napari maps them to world
-coordinates and calls the widget's mouse callbacks exactly as for a user's click.
-"""
+"""The main widget in a real napari viewer, driven through napari's own mouse machinery."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
-from conftest import SAM2_TINY_256, random_model
 from vispy.util import keys
 
 import rwth_sam
 
+from conftest import SAM2_TINY_256, random_model
+from napari_helpers import (
+    SCREENSHOTS,
+    dock,
+    left_click,
+    middle_click,
+    middle_drag,
+    press_key,
+    wait_idle,
+)
+
 pytestmark = pytest.mark.gui
-
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
-
-
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory):
-    """The seeded random SAM 2 test model, saved as a checkpoint the widget loads."""
-    path = tmp_path_factory.mktemp("weights") / "sam2_tiny_256.pt"
-    torch.save({"model": random_model(SAM2_TINY_256).model.state_dict()}, path)
-    return path
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer(show=True)
-
-
-def dock(viewer, checkpoint):
-    _, widget = viewer.window.add_plugin_dock_widget("rwth-sam", "Segment Anything (SAM)")
-    widget.model.value = SAM2_TINY_256
-    widget.checkpoint.value = checkpoint
-    widget.device.value = "cpu"
-    return widget
-
-
-def canvas_position(viewer, world_point):
-    """Canvas pixel (x, y) showing a world point, through the canvas's own transform (checked both ways)."""
-    canvas = viewer.window._qt_viewer.canvas
-    view = canvas.view
-    row_axis, col_axis = viewer.dims.displayed
-    transform = view.transform * view.scene.transform
-    position = tuple(transform.map([world_point[col_axis], world_point[row_axis]])[:2])
-    mapped = np.asarray(canvas._map_canvas2world(position, view))
-    np.testing.assert_allclose(mapped[[row_axis, col_axis]], np.asarray(world_point)[[row_axis, col_axis]], atol=1e-3)
-    return position
-
-
-def middle_click(viewer, world_point, *modifiers):
-    events = viewer.window._qt_viewer.canvas._scene_canvas.events
-    position = canvas_position(viewer, world_point)
-    press = events.mouse_press(pos=position, button=3, modifiers=modifiers)
-    events.mouse_release(pos=position, button=3, modifiers=modifiers, press_event=press)
-
-
-def middle_drag(viewer, start, end, *modifiers, during=None):
-    events = viewer.window._qt_viewer.canvas._scene_canvas.events
-    begin, finish = canvas_position(viewer, start), canvas_position(viewer, end)
-    press = events.mouse_press(pos=begin, button=3, modifiers=modifiers)
-    for t in (0.5, 1.0):
-        position = tuple(b + t * (f - b) for b, f in zip(begin, finish))
-        events.mouse_move(pos=position, button=3, buttons=[3], modifiers=modifiers, press_event=press)
-    if during is not None:
-        during()
-    events.mouse_release(pos=finish, button=3, modifiers=modifiers, press_event=press)
-
-
-def wait_idle(qtbot, widget, timeout=60_000):
-    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=timeout)
 
 
 def expected_mask(image_data, plane, window, **prompts):
@@ -107,7 +52,8 @@ def test_click_box_and_submit_on_a_3d_volume(viewer, checkpoint, qtbot, rng):
     x, y = widget.prompts.points[0]
     assert abs(x - 40) < 0.05 and abs(y - 30) < 0.05
     first = expected_mask(volume, plane, window, points=[(x, y)], labels=[1])
-    np.testing.assert_array_equal(plane.take(widget._preview_layer.data) == 1, first.mask)
+    np.testing.assert_array_equal(widget.preview_mask(plane), first.mask)
+    assert widget._preview_layer.data.shape == (1, 60, 80), "the preview holds one slice, not the volume"
     assert widget._points_layer.data.shape == (1, 3)
 
     # Ctrl+middle click: negative point, refined from the previous logits
@@ -115,7 +61,7 @@ def test_click_box_and_submit_on_a_3d_volume(viewer, checkpoint, qtbot, rng):
     wait_idle(qtbot, widget)
     assert widget.prompts.labels == [1, 0]
     second = expected_mask(volume, plane, window, points=widget.prompts.points, labels=[1, 0], mask_logits=first.best_logits)
-    np.testing.assert_array_equal(plane.take(widget._preview_layer.data) == 1, second.mask)
+    np.testing.assert_array_equal(widget.preview_mask(plane), second.mask)
 
     # Shift+middle drag: a rectangle is visible while dragging, then becomes the box prompt
     seen_while_dragging = []
@@ -127,7 +73,7 @@ def test_click_box_and_submit_on_a_3d_volume(viewer, checkpoint, qtbot, rng):
     assert seen_while_dragging == [1]
     np.testing.assert_allclose(widget.prompts.box, (6, 5, 70, 50), atol=0.05)
     assert widget.prompts.labels == [1, 0]
-    preview = plane.take(widget._preview_layer.data) == 1
+    preview = widget.preview_mask(plane)
     assert preview.any()
     SCREENSHOTS.mkdir(exist_ok=True)
     viewer.screenshot(SCREENSHOTS / "widget_3d.png", canvas_only=False)
@@ -215,7 +161,7 @@ def test_an_all_nan_slice_is_refused(viewer, checkpoint, qtbot):
     wait_idle(qtbot, widget)
     assert "only NaN" in widget.status.value
     assert widget.prompts.prediction is None
-    assert not widget._preview_layer.data.any()
+    assert not widget.preview_mask(rwth_sam.SlicePlane.of(volume.shape, 0, 1)).any()
 
 
 def test_a_click_outside_the_image_is_refused(viewer, checkpoint, qtbot):
@@ -281,22 +227,6 @@ def test_prompts_made_while_busy_coalesce_and_stale_results_are_dropped(viewer, 
     assert shown.count(True) == 1, "a stale preview was shown"
     expected = expected_mask(volume, rwth_sam.SlicePlane.of(volume.shape), None, points=widget.prompts.points, labels=[1, 1, 1])
     np.testing.assert_array_equal(widget._preview_layer.data == 1, expected.mask)
-
-
-def press_key(viewer, key):
-    """A key press through napari's own key-map handler, which the canvas feeds with Qt key events."""
-    from app_model.types import KeyBinding
-
-    handler = viewer.window._qt_viewer._key_map_handler
-    handler.press_key(KeyBinding.from_str(key))
-    handler.release_key(KeyBinding.from_str(key))
-
-
-def left_click(viewer, world_point):
-    events = viewer.window._qt_viewer.canvas._scene_canvas.events
-    position = canvas_position(viewer, world_point)
-    press = events.mouse_press(pos=position, button=1, modifiers=())
-    events.mouse_release(pos=position, button=1, modifiers=(), press_event=press)
 
 
 def test_select_and_delete_prompt_points_with_keys(viewer, checkpoint, qtbot, rng):

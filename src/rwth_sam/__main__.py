@@ -6,22 +6,50 @@ Without IMAGE, the synthetic battery cell volume (sample data) is opened.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from .core.weights import CHECKPOINT_ENV_VAR, MODEL_ENV_VAR
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rwth_sam", description=__doc__.splitlines()[0])
-    parser.add_argument("image", nargs="?", help="an image file napari can open (default: the battery sample)")
+    parser.add_argument("image", nargs="?", help="an image file or folder napari can open (default: the battery sample)")
+    parser.add_argument("--model", help=f"the model to start with (a registry name; default: ${MODEL_ENV_VAR})")
+    parser.add_argument(
+        "--checkpoint", type=Path, help=f"a local checkpoint file for it, used offline (default: ${CHECKPOINT_ENV_VAR})"
+    )
+    parser.add_argument("--device", help="cuda, mps or cpu (default: the best this machine has)")
     args = parser.parse_args(argv)
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        parser.error(f"checkpoint file not found: {args.checkpoint}")
 
-    import torch  # noqa: F401  (torch before napari's GL context: see rwth_sam._triton_guard)
+    from .core.device import available_devices
+    from .core.errors import RwthSamError
+    from .core.models import import_upstream_packages
+    from .core.registry import get_model_spec
+
+    if args.model is not None:
+        try:
+            get_model_spec(args.model)
+        except RwthSamError as error:
+            parser.error(str(error))
+    if args.device is not None and args.device not in available_devices():
+        parser.error(f"device '{args.device}' is not available here; choose one of: {', '.join(available_devices())}")
+    import_upstream_packages()  # before napari starts: not in the worker at the first click
     import napari
 
     viewer = napari.Viewer()
     if args.image:
-        viewer.open(args.image)
+        viewer.open(args.image, plugin=None)
     else:
         viewer.open_sample("rwth-sam", "battery_volume")
-    viewer.window.add_plugin_dock_widget("rwth-sam", "Segment Anything (SAM)")
+    _, widget = viewer.window.add_plugin_dock_widget("rwth-sam", "Segment Anything (SAM)")
+    if args.model is not None:
+        widget.model.value = args.model
+    if args.checkpoint is not None:
+        widget.checkpoint.value = args.checkpoint
+    if args.device is not None:
+        widget.device.value = args.device
     napari.run()
 
 

@@ -1,13 +1,19 @@
-"""Keep triton out when torch is first imported inside a running napari.
+"""Keep triton out of the process: importing it after napari's OpenGL context exists kills the process.
 
-Importing torchvision after napari has created its OpenGL context crashed the process on machines
-with software OpenGL (triton's LLVM clashes with Mesa's llvmpipe, which napari's GL context has
-loaded). rwth-sam never needs triton, so when napari is already loaded and neither torch nor triton
-is, triton is hidden: torch then treats it as absent. Scripts that import rwth-sam without napari,
-or import torch themselves first, are left alone.
+With software OpenGL (Mesa llvmpipe, as on VMs, remote desktops and Xvfb), triton's LLVM clashes
+with the one llvmpipe has loaded: the first ``import triton`` after napari has drawn its canvas
+ends in SIGSEGV. torch pulls triton in lazily (``torchvision.ops`` imports ``torch._dynamo``), so
+a first click that loads a model did it in a worker thread. rwth-sam never needs triton (nothing
+here is compiled), so unless triton is loaded already it is hidden, whatever the entry point and
+whether torch or napari came first: torch then treats it as absent. A triton loaded before rwth-sam
+is left alone; that is safe when it came before the GL context, which is the only way it can have
+survived. A script that wants triton (``torch.compile`` on a GPU) imports it before rwth-sam.
+
+This module is imported first by ``rwth_sam/__init__.py``, so every entry point passes here before
+anything imports torch.
 """
 
 import sys
 
-if ("napari" in sys.modules or "vispy" in sys.modules) and "torch" not in sys.modules and "triton" not in sys.modules:
-    sys.modules["triton"] = None  # makes `import triton` raise ImportError
+if "triton" not in sys.modules:
+    sys.modules["triton"] = None  # makes `import triton` raise ImportError, find_spec return None

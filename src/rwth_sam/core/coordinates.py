@@ -43,6 +43,15 @@ class LayerGeometry:
     def data_to_world(self, data_point: Sequence[float]) -> np.ndarray:
         return np.asarray(data_point, dtype=np.float64) * np.asarray(self.scale) + np.asarray(self.translate)
 
+    def at_slice(self, plane: SlicePlane) -> LayerGeometry:
+        """Where a layer holding only ``plane`` (see ``SlicePlane.alone``) sits: this geometry moved
+        along the sliced axis, so that napari shows it on that slice and on no other."""
+        if plane.axis is None:
+            return self
+        translate = list(self.translate)
+        translate[plane.axis] += plane.index * self.scale[plane.axis]
+        return LayerGeometry(self.scale, tuple(translate))
+
 
 @dataclass(frozen=True)
 class SlicePlane:
@@ -74,6 +83,16 @@ class SlicePlane:
         if len(rest) < 2:
             raise InputError(f"Cannot slice {len(shape)}D data of shape {shape} along axis {axis}.")
         return cls(shape, rest[0], rest[1], axis, index)
+
+    @property
+    def alone(self) -> SlicePlane:
+        """This plane in an array that holds only this slice (length 1 along the sliced axis): the
+        preview layer's data, which costs one slice whatever the volume's size."""
+        if self.axis is None:
+            return self
+        shape = list(self.shape)
+        shape[self.axis] = 1
+        return SlicePlane(tuple(shape), self.row_axis, self.col_axis, self.axis, 0)
 
     @property
     def size(self) -> tuple[int, int]:

@@ -6,12 +6,40 @@ Hugging Face copies and published registries agree on them).
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from functools import partial
 
 from .predictors.sam1 import SamPredictor
 from .predictors.sam2 import Sam2Predictor
 from .registry import ModelSpec, register_model
 from .weights import Weights
+
+# Everything the built-in families import when a model is built, predicts or generates masks.
+UPSTREAM_MODULES = (
+    "torchvision.ops",
+    "timm",
+    "segment_anything", "segment_anything.automatic_mask_generator",
+    "segment_anything_hq", "segment_anything_hq.automatic_mask_generator",
+    "mobile_sam", "mobile_sam.automatic_mask_generator",
+    "sam2.build_sam", "sam2.sam2_image_predictor", "sam2.sam2_video_predictor", "sam2.automatic_mask_generator",
+)  # fmt: skip
+
+
+def import_upstream_packages() -> None:
+    """Import the model packages now, on the calling thread, rather than at the first click.
+
+    An import in a worker thread holds the GIL for up to 160 ms at a time (2 s in all): done there,
+    the GUI froze again and again while the first model loaded. ``python -m rwth_sam`` calls this
+    before napari starts, the widget when it opens (a no-op once imported). Their own deprecation
+    notices (timm's layout, MobileSAM re-registering timm models) are nothing a user can act on.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message="Overwriting tiny_vit", category=UserWarning)
+        for name in UPSTREAM_MODULES:
+            importlib.import_module(name)
+
 
 _FB = "https://dl.fbaipublicfiles.com"
 _HQ = "https://huggingface.co/lkeab/hq-sam/resolve/main"

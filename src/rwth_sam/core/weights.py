@@ -17,6 +17,8 @@ import platformdirs
 from .errors import WeightsError
 
 CACHE_ENV_VAR = "RWTH_SAM_CACHE_DIR"
+MODEL_ENV_VAR = "RWTH_SAM_MODEL"
+CHECKPOINT_ENV_VAR = "RWTH_SAM_CHECKPOINT"
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,16 @@ def cache_dir() -> Path:
     if override:
         return Path(override).expanduser()
     return Path(platformdirs.user_cache_dir("rwth-sam")) / "weights"
+
+
+def startup_choice() -> tuple[str | None, Path | None]:
+    """The model and local checkpoint the widget starts with: $RWTH_SAM_MODEL and $RWTH_SAM_CHECKPOINT.
+
+    They let a user (or a test) work offline with a checkpoint of their own from any entry point,
+    plain ``napari`` included; ``python -m rwth_sam --model --checkpoint`` sets the same two.
+    """
+    checkpoint = os.environ.get(CHECKPOINT_ENV_VAR)
+    return os.environ.get(MODEL_ENV_VAR) or None, Path(checkpoint).expanduser() if checkpoint else None
 
 
 def cached_path(weights: Weights) -> Path:

@@ -304,8 +304,7 @@ class VolumePanel(Container):
         if mask is None:  # a propagated slice: the object's label there, as it is now
             mask = np.asarray(plane.take(labels.data)) == obj.value
         owner.clear_prompts()
-        owner.show_preview(plane, mask)
-        preview = owner.preview()
+        preview = owner.show_preview(plane, mask)
         self.viewer.layers.selection.active = preview
         preview.selected_label = 1
         preview.mode = "paint"
@@ -398,7 +397,7 @@ class VolumePanel(Container):
             obj = self._selected_object()
         except RwthSamError as error:
             return owner.report_error(error)
-        mask = np.asarray(plane.take(owner.preview().data)) != 0
+        mask = owner.preview_mask(plane)
         if not mask.any():
             return owner.report_error(InputError("The preview is empty on this slice: click the object or paint it first."))
         self.conditioning.setdefault(plane.index, {})[obj.object_id] = mask

@@ -15,8 +15,8 @@ import napari
 import numpy as np
 import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox, create_widget
-from napari.utils.colormaps import DirectLabelColormap
 from napari.utils import progress
+from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QComboBox
@@ -26,11 +26,12 @@ from ..core.coordinates import LayerGeometry, SlicePlane, plane_at
 from ..core.device import available_devices
 from ..core.errors import InputError, RwthSamError
 from ..core.labelling import next_instance_id
+from ..core.models import import_upstream_packages
 from ..core.predictors.base import Prediction
 from ..core.preprocessing import WINDOW_CHOICES
 from ..core.registry import get_model_spec, model_specs
 from ..core.segmenter import spatial_shape
-from ..core.weights import is_cached
+from ..core.weights import CHECKPOINT_ENV_VAR, MODEL_ENV_VAR, is_cached, startup_choice
 from ..core.workspace import Workspace
 from .automatic_panel import AutomaticPanel
 from .labels_io import commit_mask
@@ -109,17 +110,19 @@ class SamWidget(Container):
 
     The automatic and 3D panels work through its public methods: ``model_request`` (GUI thread)
     and ``segmenter_for`` (worker), ``plane_under``, ``image_shape``, ``target_labels``,
-    ``preview``/``show_preview``, ``record_class``, ``report_error``, and its ``runner``.
+    ``show_preview``/``preview_mask``, ``record_class``, ``report_error``, and its ``runner``.
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
+        import_upstream_packages()  # here rather than in the worker at the first click
         self.viewer = napari_viewer
         self.workspace = Workspace()
         self.runner = LatestJobRunner(on_error=self.report_error)
         self.prompts = PromptState()
         self._version = 0  # bumped by every prompt change; older results are dropped
         self._preview_layer = self._points_layer = self._box_layer = None
+        self._preview_plane: SlicePlane | None = None  # the slice the preview layer holds
         self._watched_image = None
         # contrast sliders fire many events per drag: re-segment once the user pauses
         self._window_timer = QTimer(singleShot=True, interval=300)
@@ -176,12 +179,27 @@ class SamWidget(Container):
         self.image_picker.changed.connect(self._on_image_changed)
         self.window.changed.connect(self._on_window_changed)
         self._on_image_changed()
+        self._apply_startup_choice()
         napari_viewer.mouse_drag_callbacks.append(self._on_mouse)
         for key, action in KEY_BINDINGS.items():
             napari_viewer.bind_key(key, self._key_handler(action), overwrite=True)
         napari_viewer.dims.events.current_step.connect(self._embed_ahead)
         self.native.destroyed.connect(self._disconnect)
         _compact_layout(self)
+
+    def _apply_startup_choice(self) -> None:
+        """Start with the model and checkpoint named by $RWTH_SAM_MODEL and $RWTH_SAM_CHECKPOINT."""
+        name, checkpoint = startup_choice()
+        if name is not None:
+            if name in [value for _, value in model_choices()]:
+                self.model.value = name
+            else:
+                self.report_error(InputError(f"${MODEL_ENV_VAR} names no known model: '{name}'."))
+        if checkpoint is not None:
+            if checkpoint.is_file():
+                self.checkpoint.value = checkpoint
+            else:
+                self.report_error(InputError(f"${CHECKPOINT_ENV_VAR} names no file: {checkpoint}."))
 
     # ----------------------------------------------------------------- layers
     @property
@@ -225,52 +243,44 @@ class SamWidget(Container):
             )
         return labels
 
-    def _helper_layer(self, attribute: str, make):
-        """A preview or prompt layer on the image's grid, (re)made when missing or off-grid."""
+    def _helper_layer(self, attribute: str, make, geometry: LayerGeometry):
+        """A preview or prompt layer placed at ``geometry``, (re)made when missing or not on the
+        image's grid (another scale or number of axes), moved when only its place changed."""
         layer = getattr(self, attribute)
         image = self.image_layer
-        if layer is None or layer not in self.viewer.layers or tuple(layer.scale) != tuple(image.scale) or tuple(
-            layer.translate
-        ) != tuple(image.translate) or layer.ndim != len(self.image_shape()):
+        if layer is None or layer not in self.viewer.layers or tuple(layer.scale) != geometry.scale or (
+            layer.ndim != geometry.ndim
+        ):
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
-            layer = make(image)
+            layer = make(geometry)
             setattr(self, attribute, layer)
             self.viewer.layers.selection.active = image
+        elif tuple(layer.translate) != geometry.translate:
+            layer.translate = geometry.translate
         return layer
 
     def _marker_size(self) -> float:
         """Prompt markers scale with the image, so they look alike on 64 and 4096 pixel slices."""
         return max(2.0, max(self.image_shape()) / 60)
 
-    def preview(self) -> napari.layers.Labels:
-        """The green preview layer on the image's grid (value 1 is the mask; the brush may edit it)."""
-        def make(image):
-            return self.viewer.add_labels(
-                np.zeros(self.image_shape(), dtype=np.uint8), name="SAM preview", scale=image.scale,
-                translate=image.translate, opacity=0.5,
-                colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: PREVIEW_COLOR}),
-            )  # fmt: skip
-
-        return self._helper_layer("_preview_layer", make)
-
     def _points(self) -> napari.layers.Points:
-        def make(image):
+        def make(geometry):
             return self.viewer.add_points(
-                np.zeros((0, len(self.image_shape()))), name="SAM prompts", scale=image.scale,
-                translate=image.translate, size=self._marker_size(), border_color="white",
+                np.zeros((0, geometry.ndim)), name="SAM prompts", scale=geometry.scale,
+                translate=geometry.translate, size=self._marker_size(), border_color="white",
             )  # fmt: skip
 
-        return self._helper_layer("_points_layer", make)
+        return self._helper_layer("_points_layer", make, self._geometry(self.image_layer))
 
     def _box(self) -> napari.layers.Shapes:
-        def make(image):
+        def make(geometry):
             return self.viewer.add_shapes(
-                ndim=len(self.image_shape()), name="SAM box", scale=image.scale, translate=image.translate,
+                ndim=geometry.ndim, name="SAM box", scale=geometry.scale, translate=geometry.translate,
                 edge_color="yellow", face_color="transparent", edge_width=self._marker_size() / 4,
             )  # fmt: skip
 
-        return self._helper_layer("_box_layer", make)
+        return self._helper_layer("_box_layer", make, self._geometry(self.image_layer))
 
     def _draw_prompts(self, box=None) -> None:
         """Show the prompts (and a box being dragged) on the canvas."""
@@ -288,13 +298,40 @@ class SamWidget(Container):
         if box is not None and plane is not None:
             shapes.add_rectangles(plane.box_corners(box))
 
-    def show_preview(self, plane: SlicePlane | None, mask: np.ndarray | None) -> None:
-        """Show ``mask`` on ``plane`` as the only thing in the preview (nothing: clear it)."""
-        preview = self.preview()
-        preview.data[...] = 0
-        if plane is not None and mask is not None:
-            plane.write(preview.data, mask, 1)
-        preview.refresh()
+    def show_preview(self, plane: SlicePlane | None, mask: np.ndarray | None) -> napari.layers.Labels | None:
+        """Show ``mask`` on ``plane`` as the only thing in the green preview (nothing: clear it).
+
+        The preview layer holds that one slice, placed on it (value 1 is the mask; the brush may
+        edit it): showing or clearing a mask costs one slice, whatever the volume's size.
+        """
+        if plane is None:
+            if self._preview_plane is not None and self._preview_layer in self.viewer.layers:
+                self._preview_layer.data[...] = 0
+                self._preview_layer.refresh()
+            return None
+        alone = plane.alone
+        data = np.zeros(alone.shape, dtype=np.uint8)
+        if mask is not None:
+            alone.write(data, mask, 1)
+
+        def make(geometry):
+            return self.viewer.add_labels(
+                data, name="SAM preview", scale=geometry.scale, translate=geometry.translate, opacity=0.5,
+                colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: PREVIEW_COLOR}),
+            )  # fmt: skip
+
+        preview = self._helper_layer("_preview_layer", make, self._geometry(self.image_layer).at_slice(plane))
+        if preview.data is not data:
+            preview.data = data
+        self._preview_plane = plane
+        return preview
+
+    def preview_mask(self, plane: SlicePlane) -> np.ndarray:
+        """The preview's (H, W) mask on ``plane`` as it is now, brush edits included (empty when the
+        preview holds another slice)."""
+        if plane != self._preview_plane or self._preview_layer not in self.viewer.layers:
+            return np.zeros(plane.size, dtype=bool)
+        return np.asarray(plane.alone.take(self._preview_layer.data)) != 0
 
     # ----------------------------------------------------------------- mouse
     def plane_under(self, world_position) -> tuple[SlicePlane, float, float]:

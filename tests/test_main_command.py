@@ -1,0 +1,163 @@
+"""The README's main command as a user runs it: ``python -m rwth_sam`` on an X server of its own,
+a real X middle click on the canvas (xdotool), and the green preview seen in a screenshot.
+
+On software OpenGL (Xvfb's Mesa llvmpipe) this first click used to kill the process: the model load
+imported triton after napari's GL context existed (SIGSEGV, exit 139).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_model
+from napari_helpers import SCREENSHOTS
+from PIL import Image
+from scipy import ndimage
+
+pytestmark = [pytest.mark.gui, pytest.mark.skipif(sys.platform != "linux", reason="drives an X server (Xvfb)")]
+
+TOOLS = ("Xvfb", "xdotool", "xwd", "convert")
+SCREEN = (1600, 1000)
+
+
+@pytest.fixture
+def x_display():
+    """A fresh Xvfb of our own (24-bit, laptop-sized), its display number chosen by the server."""
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: run scripts/setup.sh, which installs them")
+    read, write = os.pipe()
+    server = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"],
+        pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        display = f":{pipe.readline().strip()}"
+    yield display
+    server.terminate()
+    server.wait(10)
+
+
+def screenshot(display: str) -> np.ndarray:
+    """The whole screen as (H, W, 3) uint8, as the X server shows it."""
+    xwd = subprocess.run(["xwd", "-root", "-silent", "-display", display], capture_output=True, check=True).stdout
+    png = subprocess.run(["convert", "xwd:-", "png:-"], input=xwd, capture_output=True, check=True).stdout
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def image_region(shot: np.ndarray) -> tuple[slice, slice] | None:
+    """Where the grey image shows on the screen: the largest area of exactly grey pixels (napari's
+    theme and text are tinted, a grey colormap is not)."""
+    red, green, blue = (shot[..., c].astype(int) for c in range(3))
+    grey = (red == green) & (green == blue) & (red > 60)
+    components, count = ndimage.label(ndimage.binary_closing(grey, iterations=3))
+    if count == 0:
+        return None
+    largest = 1 + int(np.argmax(ndimage.sum(grey, components, range(1, count + 1))))
+    rows, cols = ndimage.find_objects((components == largest).astype(int))[0]
+    return (rows, cols) if (rows.stop - rows.start) * (cols.stop - cols.start) > 100 * 100 else None
+
+
+def preview_pixels(shot: np.ndarray, region) -> int:
+    """Pixels tinted by the half-transparent lime preview (the opaque lime point marker excluded)."""
+    part = shot[region].astype(int)
+    tint = part[..., 1] - np.maximum(part[..., 0], part[..., 2])
+    return int(((tint > 40) & (part[..., 1] < 240)).sum())
+
+
+def wait_for(condition, timeout: float, process, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return None
+        result = condition()
+        if result is not None:
+            return result
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_main_command_survives_a_real_middle_click_and_shows_the_preview(x_display, tmp_path):
+    checkpoint = tmp_path / "mobile_sam_random.pt"
+    torch.save(random_model("mobile_sam_vit_t").model.state_dict(), checkpoint)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("QT_QPA", "RWTH_SAM_"))}
+    env.update(DISPLAY=x_display, RWTH_SAM_CACHE_DIR=str(tmp_path / "no-downloads"))
+    log = tmp_path / "app.log"
+    command = [sys.executable, "-X", "faulthandler", "-m", "rwth_sam",
+               "--model", "mobile_sam_vit_t", "--checkpoint", str(checkpoint), "--device", "cpu"]  # fmt: skip
+    with open(log, "w") as output:
+        app = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, cwd=tmp_path)
+    SCREENSHOTS.mkdir(exist_ok=True)
+    try:
+        region = wait_for(lambda: image_region(screenshot(x_display)), 180, app, "napari to show the sample volume")
+        assert app.poll() is None, f"python -m rwth_sam exited with {app.returncode} at start:\n{log.read_text()[-3000:]}"
+        before = screenshot(x_display)
+        assert preview_pixels(before, region) < 50, "a preview was shown before any click"
+        rows, cols = region
+        x = cols.start + int(0.8 * (cols.stop - cols.start))  # on the jelly roll, right of the central void
+        y = (rows.start + rows.stop) // 2
+        subprocess.run(["xdotool", "mousemove", str(x), str(y), "click", "2"], env=env, check=True)
+        area = (rows.stop - rows.start) * (cols.stop - cols.start)
+
+        def preview_shown():
+            shot = screenshot(x_display)
+            return shot if preview_pixels(shot, region) > 0.05 * area else None
+
+        shot = wait_for(preview_shown, 180, app, "the green preview after the middle click")
+        assert app.poll() is None, f"python -m rwth_sam died after the click (exit {app.returncode}):\n{log.read_text()[-3000:]}"
+        Image.fromarray(shot).save(SCREENSHOTS / "main_command_first_click.png")
+    finally:
+        app.terminate()
+        try:
+            app.wait(20)
+        except subprocess.TimeoutExpired:
+            app.kill()
+            app.wait()
+
+
+# Each script draws napari's canvas (its GL context then exists) before anything loads a model
+# package, in the orders a script, a notebook or plain napari's Plugins menu take.
+ENTRY_ORDERS = {
+    "torch first, then napari, then the widget": ("import torch", "dock()"),
+    "napari first, then the widget (Plugins menu)": ("", "dock()"),
+    "rwth_sam first, then torchvision after the canvas": ("import rwth_sam", "import torchvision.ops"),
+}
+SCRIPT = """
+{before}
+import sys
+import napari
+import numpy as np
+viewer = napari.Viewer()
+viewer.add_image(np.random.default_rng(0).random((8, 64, 64)))
+viewer.screenshot(canvas_only=True)  # drawn: the GL context exists
+
+def dock():
+    viewer.window.add_plugin_dock_widget("rwth-sam", "Segment Anything (SAM)")  # imports the model packages
+    import rwth_sam
+    rwth_sam.load_model("mobile_sam_vit_t", pretrained=False, device="cpu")
+
+{after}
+print("alive; triton hidden:", sys.modules.get("triton", "absent") is None, flush=True)
+viewer.close()
+"""
+
+
+@pytest.mark.parametrize("order", list(ENTRY_ORDERS))
+def test_no_crash_whatever_is_imported_first(x_display, tmp_path, order):
+    before, after = ENTRY_ORDERS[order]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("QT_QPA")}
+    env["DISPLAY"] = x_display
+    script = SCRIPT.format(before=before, after=after)
+    result = subprocess.run([sys.executable, "-X", "faulthandler", "-c", script], env=env, capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, f"exit {result.returncode}:\n{result.stderr[-3000:]}"
+    assert "alive; triton hidden: True" in result.stdout
