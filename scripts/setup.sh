@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Set up a fresh machine for rwth-sam: a virtual environment in .venv with the plugin, napari (PyQt5)
-# and the test tools, plus Xvfb for headless napari tests. Safe to run again.
+# Set up a fresh machine for rwth-sam: a virtual environment in .venv with the plugin, napari (PyQt6)
+# and the test tools, plus the X tools the headless tests use (Xvfb, xdotool for real X input, xwd and
+# ImageMagick for screenshots). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v Xvfb >/dev/null 2>&1; then
-    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image0 \
-        libxcb-render-util0 libxcb-randr0 libxcb-shape0 libxcb-xfixes0 libxcb-cursor0 libxkbcommon-x11-0 \
-        libgl1 libegl1 libfontconfig1 libdbus-1-3 >/dev/null
+if command -v apt-get >/dev/null 2>&1; then
+    packages=(xvfb xauth xdotool x11-apps imagemagick libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image0
+        libxcb-render-util0 libxcb-randr0 libxcb-shape0 libxcb-xfixes0 libxcb-cursor0 libxkbcommon-x11-0
+        libgl1 libegl1 libfontconfig1 libdbus-1-3)
+    missing=()
+    for package in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -55,18 +55,20 @@ def sam2_tiny():
     return random_model(SAM2_TINY_256)
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: `-m real_data` picks these tests
 def pytest_collection_modifyitems(config, items):
-    """Tests that use the real data skip before any fixture is set up when it is absent.
+    """Tests that use the real data are marked ``real_data``, and skip before any fixture is set up
+    when it is absent.
 
     Skipping inside the ``shared_data`` fixture came too late for GUI tests: napari's viewer fixture,
     set up first, then errored at teardown ("no attribute 'rep_call'"), so a user's clone failed.
     """
-    if SHARED_DATA.is_dir():
-        return
     skip = pytest.mark.skip(reason=f"real data not found at {SHARED_DATA} (../shared/data is absent in a user's checkout)")
     for item in items:
         if "shared_data" in getattr(item, "fixturenames", ()):
-            item.add_marker(skip)
+            item.add_marker(pytest.mark.real_data)
+            if not SHARED_DATA.is_dir():
+                item.add_marker(skip)
 
 
 @pytest.fixture

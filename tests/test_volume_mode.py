@@ -261,7 +261,7 @@ def test_brush_edits_set_an_object_on_a_slice_and_replace_its_earlier_result(vie
 
     panel.edit.clicked.emit()  # on the middle slice, before any propagation
     preview = widget._preview_layer
-    assert viewer.layers.selection.active is preview and preview.mode == "paint"
+    assert viewer.layers.selection.active.name == preview.name and preview.mode == "paint"
     assert np.array_equal(shown(9), truth[9] == liver)
     edited_middle = erase_right_half(9)
     panel.correct.clicked.emit()

@@ -201,7 +201,7 @@ def test_layer_pickers_follow_the_layer_list(viewer, checkpoint):
     viewer.add_image(np.zeros((16, 16), np.uint8), name="second")
     viewer.add_labels(np.zeros((16, 16), np.uint8), name="seg")
     assert [layer.name for layer in widget.image_picker.choices] == ["first", "second"]
-    assert [layer.name for layer in widget.labels_picker.choices] == ["seg"]
+    assert [layer.name for layer in widget.labels_picker.choices] == ["seg"], "the widget's preview is no target"
     viewer.layers.remove("first")
     assert [layer.name for layer in widget.image_picker.choices] == ["second"]
 

@@ -133,7 +133,7 @@ class SamWidget(Container):
         self.checkpoint.tooltip = "Optional: a local checkpoint file instead of the official download"
         self.device = ComboBox(label="Device", choices=available_devices())
         self.image_picker = create_widget(annotation=napari.layers.Image, label="Image")
-        self.labels_picker = create_widget(annotation=napari.layers.Labels, label="Labels")
+        self.labels_picker = ComboBox(label="Labels", choices=self._labels_choices)
         self.new_labels = PushButton(text="New labels layer for image")
         self.window = ComboBox(label="Intensity", choices=list(WINDOW_CHOICES))
         self.window.tooltip = "How intensities become the 8-bit image SAM sees (one window for the whole volume)"
@@ -205,6 +205,16 @@ class SamWidget(Container):
     @property
     def image_layer(self) -> napari.layers.Image | None:
         return self.image_picker.value
+
+    def _labels_choices(self, _widget=None) -> list[tuple[str, napari.layers.Labels]]:
+        """The labels layers results can go to: the widget's own preview is not one of them.
+
+        (``!=``, not ``is not``: napari hands plugins proxies of its layers, a new one each time.)
+        """
+        return [
+            (layer.name, layer) for layer in self.viewer.layers
+            if isinstance(layer, napari.layers.Labels) and layer != self._preview_layer
+        ]  # fmt: skip
 
     def _geometry(self, layer) -> LayerGeometry:
         return LayerGeometry(tuple(layer.scale), tuple(layer.translate))
@@ -617,6 +627,19 @@ class SamWidget(Container):
         self._watched_image = self.image_picker.value
         if self._watched_image is not None:
             self._watched_image.events.contrast_limits.connect(self._restart_window_timer)
+            self._make_helper_layers()
+
+    def _make_helper_layers(self) -> None:
+        """Make the preview, prompt and box layers now, while nothing waits: napari takes 0.4 s or
+        more to make a layer (its GL visuals), which at the first click froze the window."""
+        try:
+            plane = self.plane_under(self.viewer.dims.point)[0]
+        except RwthSamError:
+            return  # an image rwth-sam cannot segment: the click will say why
+        self._points()
+        self._box()
+        if self._preview_layer is None or self._preview_layer not in self.viewer.layers:
+            self.show_preview(plane, None)
 
     def _restart_window_timer(self, *_) -> None:
         self._window_timer.start()
