@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--volumes", nargs="+", default=["real", "synthetic"], choices=["real", "synthetic"])
     parser.add_argument("--models", nargs="+", default=["mobile_sam_vit_t", "sam2.1_hiera_tiny"])
     parser.add_argument("--json", default=str(HERE / "results" / "responsiveness.json"))
+    parser.add_argument("--profile", action="store_true", help="print what the GUI thread spent each phase on (cProfile)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # a child: "volume:model:checkpoint"
     args = parser.parse_args()
     if args.case:
@@ -91,6 +92,8 @@ def main() -> None:
                     print(f"\n== {volume} volume, {model}", flush=True)
                     out = Path(folder) / "case.json"
                     env = {**os.environ, "DISPLAY": display, "RWTH_SAM_BENCH_OUT": str(out)}
+                    if args.profile:
+                        env["RWTH_SAM_BENCH_PROFILE"] = "1"
                     env.pop("QT_QPA_PLATFORM", None)
                     subprocess.run([sys.executable, __file__, "--case", f"{volume}:{model}:{checkpoint}"], env=env, check=True)
                     cases.append(json.loads(out.read_text()))
@@ -135,6 +138,7 @@ def run_case(volume_name: str, model: str, checkpoint: Path) -> None:
     viewer.window._qt_window.setGeometry(0, 0, 1600, 1000)
     image = viewer.add_image(data, name=volume_name, contrast_limits=(0, 255))
     ticks: list[float] = []
+    collections = track_garbage_collections()
     heartbeat = QTimer(timerType=Qt.TimerType.PreciseTimer, interval=HEARTBEAT_MS)
     heartbeat.timeout.connect(lambda: ticks.append(time.perf_counter()))
 
@@ -172,17 +176,36 @@ def run_case(volume_name: str, model: str, checkpoint: Path) -> None:
     times = np.asarray(ticks[1:])
     for name, (start, end) in phases.items():
         late = lateness[(times >= start) & (times <= end)]
+        pauses = [ms for at, ms in collections if start <= at <= end]
         report["phases"][name] = {
             "seconds": end - start, "ticks": int(late.size),
             "p99_ms": float(np.percentile(late, 99)) if late.size else float("nan"),
             "max_ms": float(late.max()) if late.size else float("nan"),
+            "longest_gc_ms": max(pauses, default=0.0),
         }  # fmt: skip
         print(f"{name:32s} {end - start:6.1f} s  p99 {report['phases'][name]['p99_ms']:6.1f} ms  "
-              f"max {report['phases'][name]['max_ms']:6.1f} ms", flush=True)  # fmt: skip
+              f"max {report['phases'][name]['max_ms']:6.1f} ms  longest gc {max(pauses, default=0):5.1f} ms", flush=True)  # fmt: skip
     if driver.error is not None:
         report["error"] = driver.error
         print("driver failed:", driver.error)
     Path(os.environ["RWTH_SAM_BENCH_OUT"]).write_text(json.dumps(report))
+
+
+def track_garbage_collections() -> list[tuple[float, float]]:
+    """(start, milliseconds) of every garbage collection, in whichever thread: a full one stops all."""
+    import gc
+
+    pauses, started = [], {}
+
+    def callback(phase, info):
+        now = time.perf_counter()
+        if phase == "start":
+            started["at"] = now
+        elif "at" in started:
+            pauses.append((started["at"], (now - started.pop("at")) * 1000))
+
+    gc.callbacks.append(callback)
+    return pauses
 
 
 class Driver:
@@ -257,11 +280,22 @@ class Driver:
         self.wait_until(lambda: not self.widget.runner.busy, "the model work to end")
 
     def phase(self, name, action, settle=0.5) -> None:
+        profiler = None
+        if os.environ.get("RWTH_SAM_BENCH_PROFILE"):
+            import cProfile
+
+            profiler = cProfile.Profile()
+            self.on_gui(profiler.enable)  # profiles the GUI thread only
         start = time.perf_counter()
         action()
         time.sleep(settle)  # the GUI's answer to the last result (layer refresh, redraw)
         self.phases[name] = (start, time.perf_counter())
         print(f"  {name}: {self.phases[name][1] - start:.1f} s", flush=True)
+        if profiler is not None:
+            import pstats
+
+            self.on_gui(profiler.disable)
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
 
     # -- the phases
     def run(self) -> None:
@@ -282,6 +316,17 @@ class Driver:
         time.sleep(1.0)  # a quiet stretch first
         image, depth, height, width = self.image, *self.image.data.shape
         middle = depth // 2
+
+        def scroll():
+            for _ in range(20):
+                self.xdotool("key", "Right")
+                time.sleep(0.15)
+
+        self.on_gui(lambda: self.viewer.dims.set_point(0, middle - 10))
+        self.focus_canvas((middle, height * 0.05, width * 0.05))
+        self.phase("napari alone: scroll 20 slices", scroll)  # the floor: napari's own slicing and drawing
+
+        self.on_gui(lambda: self.viewer.dims.set_point(0, middle))
 
         def open_widget():
             _, self.widget = self.viewer.window.add_plugin_dock_widget("rwth-sam", "Segment Anything (SAM)")
@@ -325,13 +370,12 @@ class Driver:
         if widget.status.value == submitted or "Submitted" not in widget.status.value:
             raise RuntimeError(f"Ctrl+Enter did not submit: {widget.status.value}")
 
-        def scroll():
-            for _ in range(20):
-                self.xdotool("key", "Right")
-                time.sleep(0.15)
+        def scroll_and_prefetch():
+            scroll()
             self.wait_idle()
 
-        self.phase("scroll 20 slices (prefetch)", scroll)
+        self.on_gui(lambda: self.viewer.dims.set_point(0, middle - 10))
+        self.phase("scroll 20 slices (prefetch)", scroll_and_prefetch)
 
         def automatic():
             panel = widget.automatic

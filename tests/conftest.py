@@ -87,7 +87,10 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture
 def viewer(make_napari_viewer):
-    return make_napari_viewer(show=True)
+    """A shown napari viewer; torch's thread count (the widget leaves a core free) is restored after."""
+    threads = torch.get_num_threads()
+    yield make_napari_viewer(show=True)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

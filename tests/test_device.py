@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import rwth_sam
-from rwth_sam.core.device import available_devices, default_device, resolve_device
+from rwth_sam.core.device import available_devices, default_device, leave_a_core_free, resolve_device
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
 needs_no_mps = pytest.mark.skipif(
@@ -181,3 +181,21 @@ def test_embed_checks_its_input_before_running():
         predictor.embed(np.zeros((1, 8, 3), np.uint8))
     assert predictor.calls == []
 
+
+
+@pytest.fixture
+def four_cores(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_model_leaves_one_core_to_the_gui(four_cores):
+    torch.set_num_threads(4)
+    assert leave_a_core_free() == 3 == torch.get_num_threads()
+
+
+def test_a_thread_count_the_user_chose_is_kept(four_cores):
+    torch.set_num_threads(2)
+    assert leave_a_core_free() == 2 == torch.get_num_threads()

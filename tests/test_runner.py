@@ -49,3 +49,18 @@ def test_errors_reach_the_handler_and_the_next_job_still_runs(qtbot):
     qtbot.waitUntil(lambda: not runner.busy, timeout=10_000)
     assert [str(e) for e in errors] == ["bad slice"]
     assert results == ["ok"]
+
+
+def test_one_progress_bar_per_burst_of_work_closed_when_idle(qtbot):
+    """Making a napari progress bar costs the GUI thread 50 ms: jobs in a row share one."""
+    bars = []
+    runner = LatestJobRunner(on_error=pytest.fail)
+    for name in ("click", "click again", "embed ahead"):
+        runner.submit(PREDICT, lambda: name, lambda _: bars.append(runner._bar), name)
+        qtbot.waitUntil(lambda: not runner.busy, timeout=10_000)
+    assert len(bars) == 3 and bars[0] is not None and all(bar is bars[0] for bar in bars)
+    assert bars[0].desc.startswith("embed ahead")
+    qtbot.waitUntil(lambda: runner._bar is None, timeout=5_000)
+    runner.submit(PREDICT, lambda: None, lambda _: bars.append(runner._bar), "later")
+    qtbot.waitUntil(lambda: not runner.busy, timeout=10_000)
+    assert bars[-1] is not None and bars[-1] is not bars[0], "a later burst gets a bar of its own"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -47,3 +48,17 @@ def warn_mps_fallback(error: Exception) -> None:
         RuntimeWarning,
         stacklevel=3,
     )
+
+
+def leave_a_core_free() -> int:
+    """Let the model's CPU threads use all cores but one; returns the thread count now in force.
+
+    In napari the GUI thread renders (with software OpenGL, on the CPU too) while a model runs:
+    with torch on every core it got a core only now and then, and froze for 100 ms and more many
+    times a second. A thread count the user chose below that (``torch.set_num_threads``,
+    ``OMP_NUM_THREADS``) is kept.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores > 1 and torch.get_num_threads() >= cores:
+        torch.set_num_threads(cores - 1)
+    return torch.get_num_threads()

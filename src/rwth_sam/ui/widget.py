@@ -9,6 +9,7 @@ through ``LatestJobRunner``; this module only turns events into prompts and resu
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field, replace
 
 import napari
@@ -23,7 +24,7 @@ from qtpy.QtWidgets import QComboBox
 
 from ..core.cache import DiskEmbeddingCache, default_disk_cache_dir
 from ..core.coordinates import LayerGeometry, SlicePlane, plane_at
-from ..core.device import available_devices
+from ..core.device import available_devices, leave_a_core_free
 from ..core.errors import InputError, RwthSamError
 from ..core.labelling import next_instance_id
 from ..core.models import import_upstream_packages
@@ -116,6 +117,8 @@ class SamWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         import_upstream_packages()  # here rather than in the worker at the first click
+        leave_a_core_free()  # for napari's drawing while a model runs
+        gc.freeze()  # napari's and torch's objects out of the collector's full passes (300 ms, all threads stopped)
         self.viewer = napari_viewer
         self.workspace = Workspace()
         self.runner = LatestJobRunner(on_error=self.report_error)
@@ -123,6 +126,7 @@ class SamWidget(Container):
         self._version = 0  # bumped by every prompt change; older results are dropped
         self._preview_layer = self._points_layer = self._box_layer = None
         self._preview_plane: SlicePlane | None = None  # the slice the preview layer holds
+        self._drawn_box = None  # (layer, plane, box) the box layer shows
         self._watched_image = None
         # contrast sliders fire many events per drag: re-segment once the user pauses
         self._window_timer = QTimer(singleShot=True, interval=300)
@@ -304,9 +308,13 @@ class SamWidget(Container):
         points.border_width = [0.3 if i in state.selected else 0.1 for i in range(len(data))] or 0.1
         box = box if box is not None else state.box
         shapes = self._box()
+        drawn = (shapes, plane, box)
+        if drawn == self._drawn_box:
+            return  # a click leaves the box as it is: redrawing it cost the GUI 15 ms
         shapes.data = []
         if box is not None and plane is not None:
             shapes.add_rectangles(plane.box_corners(box))
+        self._drawn_box = drawn
 
     def show_preview(self, plane: SlicePlane | None, mask: np.ndarray | None) -> napari.layers.Labels | None:
         """Show ``mask`` on ``plane`` as the only thing in the green preview (nothing: clear it).
@@ -459,7 +467,10 @@ class SamWidget(Container):
     def segmenter_for(self, request):
         """Runs in the worker: loads the model on first use (downloading it into the bar made for it)."""
         name, checkpoint, device = request["model"]
+        loaded = self.workspace.loaded
         predictor = self.workspace.predictor(name, checkpoint, device, progressbar=request["download_bar"])
+        if predictor is not loaded:
+            gc.freeze()  # the new model's objects too
         image, rgb, window_choice, contrast_limits = request["image"]
         return self.workspace.segmenter(predictor, image, rgb, window_choice, contrast_limits)
 
