@@ -7,7 +7,7 @@ import pytest
 
 import rwth_sam
 from rwth_sam import LayerGeometry, SlicePlane
-from rwth_sam.core.coordinates import plane_at
+from rwth_sam.core.coordinates import plane_at, range_block
 
 SHAPE = (5, 20, 30)
 GEOMETRY = LayerGeometry(scale=(2.0, 0.5, 3.0), translate=(10.0, -4.0, 1.5))
@@ -268,3 +268,24 @@ def test_indices_address_the_same_voxels_as_write(row, col, axis, index):
     assert np.array_equal(target, labels) and np.count_nonzero(target) == 2
     with pytest.raises(rwth_sam.InputError, match="does not match"):
         plane.indices(np.zeros(plane.size[::-1] + (1,), bool))
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_slice_alone_and_as_a_block_of_the_array(axis):
+    """The one-slice preview holds ``plane.alone``; ``array[plane.block]`` is the same slice of the volume."""
+    volume = np.arange(4 * 5 * 6).reshape(4, 5, 6)
+    plane = SlicePlane.of(volume.shape, axis, 2)
+    block = volume[plane.block]
+    assert block.shape == plane.alone.shape and block.shape[axis] == 1
+    np.testing.assert_array_equal(plane.alone.take(block), plane.take(volume))
+    np.testing.assert_array_equal(volume[range_block(3, axis, 1, 2)], np.take(volume, [1, 2], axis=axis))
+    moved = LayerGeometry((2.0, 3.0, 4.0), (10.0, 20.0, 30.0)).at_slice(plane)
+    expected = [10.0, 20.0, 30.0]
+    expected[axis] += 2 * (2.0, 3.0, 4.0)[axis]
+    assert moved.translate == tuple(expected) and moved.scale == (2.0, 3.0, 4.0)
+
+
+def test_a_2d_image_is_its_own_slice():
+    plane = SlicePlane.of((5, 6))
+    assert plane.alone == plane and np.zeros((5, 6))[plane.block].shape == (5, 6)
+    assert LayerGeometry((2.0, 3.0), (1.0, 1.0)).at_slice(plane).translate == (1.0, 1.0)

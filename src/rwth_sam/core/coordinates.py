@@ -106,6 +106,14 @@ class SlicePlane:
     def _index(self) -> tuple:
         return tuple(self.index if a == self.axis else slice(None) for a in range(len(self.shape)))
 
+    @property
+    def block(self) -> tuple[slice, ...]:
+        """This slice as a block of the array (length 1 along the sliced axis; a 2D image whole):
+        ``array[plane.block]`` has the shape of ``plane.alone``."""
+        if self.axis is None:
+            return (slice(None),) * len(self.shape)
+        return range_block(len(self.shape), self.axis, self.index, self.index)
+
     def take(self, array: np.ndarray) -> np.ndarray:
         """This slice of ``array`` (spatial axes first, optional trailing channel axis), as displayed.
 
@@ -153,6 +161,11 @@ class SlicePlane:
         """The four data-space corners of an (x0, y0, x1, y1) box, for drawing it as a rectangle."""
         x0, y0, x1, y1 = box
         return np.array([self.slice_to_data(x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))])
+
+
+def range_block(ndim: int, axis: int, first: int, last: int) -> tuple[slice, ...]:
+    """The block of an ``ndim``-D array holding slices ``first`` to ``last`` (both in) along ``axis``."""
+    return tuple(slice(first, last + 1) if a == axis else slice(None) for a in range(ndim))
 
 
 def compact_indices(indices, shape: Sequence[int]) -> tuple[np.ndarray, ...]:

@@ -18,7 +18,7 @@ from superqt import QCollapsible
 from ..core.automatic import SETTING_HELP, AutomaticSettings, generate_slice, generate_volume, setting_label
 from ..core.coordinates import compact_indices
 from ..core.errors import InputError, RwthSamError
-from .labels_io import commit_region, commit_voxels
+from .labels_io import commit_block, commit_voxels
 from .runner import AUTOMATIC, SliceProgress
 
 _FLOAT_STEPS = {"stability_score_offset": 0.1}
@@ -55,6 +55,7 @@ class AutomaticPanel(Container):
         self.assign.changed.connect(self.assign_selected)
         self.progress = SliceProgress(self.cancel, owner.status)
         self.result_layer: napari.layers.Labels | None = None
+        self._highest_id = 0  # the highest object id written into it (its max over the volume cost 0.1 s a run)
         self.selected_object: int | None = None
 
     def settings(self) -> AutomaticSettings:
@@ -80,12 +81,11 @@ class AutomaticPanel(Container):
     def _on_slice_result(self, result) -> None:
         plane, objects = result
         layer = self._result()
-        region = np.zeros(layer.data.shape, dtype=bool)
-        plane.take(region)[...] = True
-        new = np.zeros(layer.data.shape, dtype=layer.data.dtype)
-        offset = int(layer.data.max(initial=0))  # ids after those of earlier runs, so none merge
-        plane.take(new)[...] = np.where(objects > 0, objects + offset, 0)
-        commit_region(layer, new, region)
+        new = np.zeros(plane.alone.shape, dtype=layer.data.dtype)
+        offset = self._highest_id  # ids after those of earlier runs, so none merge
+        plane.alone.take(new)[...] = np.where(objects > 0, objects + offset, 0)
+        commit_block(layer, plane.block, new)
+        self._highest_id = offset + int(objects.max(initial=0))
         self.owner.status.value = f"Automatic: {int(objects.max(initial=0))} objects on this slice."
 
     def segment_volume(self) -> None:
@@ -117,7 +117,8 @@ class AutomaticPanel(Container):
         region = np.zeros(layer.data.shape, dtype=bool)
         for index in result.finished:
             np.moveaxis(region, axis, 0)[index] = True
-        commit_region(layer, result.labels.astype(layer.data.dtype), region)
+        commit_block(layer, (), result.labels.astype(layer.data.dtype), region)
+        self._highest_id = max(self._highest_id, int(result.labels.max(initial=0)))
         state = "cancelled, kept" if result.cancelled else "done:"
         self.owner.status.value = f"Automatic {state} {len(result.finished)} slices, {int(result.labels.max())} objects."
 
@@ -132,6 +133,7 @@ class AutomaticPanel(Container):
                 translate=image.translate, opacity=0.5,
             )  # fmt: skip
             self.result_layer = layer
+            self._highest_id = 0
             self.viewer.layers.selection.active = image
         return layer
 

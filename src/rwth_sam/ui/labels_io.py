@@ -29,12 +29,21 @@ def commit_mask(
     return commit_voxels(labels, plane.indices(mask), value, overwrite)
 
 
-def commit_region(labels: napari.layers.Labels, values: np.ndarray, region: np.ndarray) -> int:
-    """Replace ``labels`` inside the boolean ``region`` by ``values`` (full-size arrays), undoably.
+def commit_block(
+    labels: napari.layers.Labels, block: tuple[slice, ...], values: np.ndarray, region: np.ndarray | None = None
+) -> int:
+    """Replace the ``block`` of ``labels`` (a slice per axis, from ``SlicePlane.block`` or
+    ``range_block``) by ``values`` (block-shaped), inside the boolean ``region`` if given, undoably.
 
-    Only voxels that change are indexed and stored, so memory follows the change, not the volume.
+    Only the block is read and only voxels that change are indexed and stored, so time and memory
+    follow the slices written, not the volume (a whole-volume pass on the GUI thread took 0.2 s at
+    100×728×728).
     """
-    changed = region & (labels.data != values)
-    indices = compact_indices(np.nonzero(changed), changed.shape)
-    labels.data_setitem(indices, values[indices])
-    return len(indices[0])
+    changed = labels.data[block] != values
+    if region is not None:
+        changed &= region
+    local = np.nonzero(changed)
+    starts = [axis.start or 0 for axis in block] + [0] * (len(local) - len(block))
+    indices = compact_indices([axis + start for axis, start in zip(local, starts)], labels.data.shape)
+    labels.data_setitem(indices, values[local])
+    return len(local[0])

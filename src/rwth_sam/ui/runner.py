@@ -65,11 +65,10 @@ class LatestJobRunner:
             return
         job, on_result, description, on_finished = self._pending.pop(kind)
         self._close_bar.stop()
-        if self._bar is None:
-            self._bar = progress(total=0, desc=description)
-        else:
-            self._bar.set_description(description)
         worker = create_worker(job, _ignore_errors=True)
+        # shown from the event loop: napari's bar processes events, which must not happen inside a
+        # mouse callback (its drag generator would be re-entered)
+        worker.started.connect(lambda: self._show(description))
         worker.returned.connect(on_result)
         worker.errored.connect(self._on_error)
         if on_finished is not None:
@@ -83,6 +82,12 @@ class LatestJobRunner:
         self._start_next()
         if self._worker is None:
             self._close_bar.start()
+
+    def _show(self, description: str) -> None:
+        if self._bar is None:
+            self._bar = progress(total=0, desc=description)
+        else:
+            self._bar.set_description(description)
 
     def _on_idle(self) -> None:
         if self._worker is None and self._bar is not None:

@@ -19,11 +19,11 @@ import napari
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 
-from ..core.coordinates import SlicePlane
+from ..core.coordinates import SlicePlane, range_block
 from ..core.errors import InputError, RwthSamError
 from ..core.labelling import writable
 from ..core.propagation import propagate
-from .labels_io import commit_region
+from .labels_io import commit_block
 from .runner import AUTOMATIC, EMBED_RANGE, PREDICT, SliceProgress
 
 
@@ -346,12 +346,12 @@ class VolumePanel(Container):
         owner = self.owner
         labels = owner.target_labels()
         values = {obj.object_id: obj.value for obj in self.objects}
-        new = np.array(labels.data, copy=True)
+        block = range_block(labels.data.ndim, self.axis, self.start, self.end)  # the range only, not the volume
+        new = np.array(labels.data[block], copy=True)
         if self._written_into is not labels:
             self._written, self._written_into = {}, labels
         for index in result.finished:
-            plane = SlicePlane.of(new.shape, self.axis, index)
-            section = plane.take(new)
+            section = SlicePlane.of(new.shape, self.axis, index - self.start).take(new)
             earlier = self._written.pop(index, None)
             if earlier is not None:
                 earlier.take_back(section)  # this run's result replaces the earlier one
@@ -362,7 +362,7 @@ class VolumePanel(Container):
             changes = _WrittenSlice.between(before, section)
             if changes.by_value:
                 self._written[index] = changes
-        written = commit_region(labels, new, new != labels.data)
+        written = commit_block(labels, block, new)
         self.propagated = True
         owner.show_preview(None, None)  # the result is in the labels layer now
         for obj in self.objects:
