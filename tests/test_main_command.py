@@ -17,10 +17,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import random_model
-from napari_helpers import SCREENSHOTS
 from PIL import Image
 from scipy import ndimage
+
+from conftest import random_model
+from napari_helpers import SCREENSHOTS
 
 pytestmark = [pytest.mark.gui, pytest.mark.skipif(sys.platform != "linux", reason="drives an X server (Xvfb)")]
 
@@ -161,3 +162,14 @@ def test_no_crash_whatever_is_imported_first(x_display, tmp_path, order):
                             text=True, timeout=300, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, f"exit {result.returncode}:\n{result.stderr[-3000:]}"
     assert "alive; triton hidden: True" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [(["--model", "no_such_model"], "Unknown model 'no_such_model'"),
+     (["--checkpoint", "/no/such/file.pt"], "checkpoint file not found"),
+     (["--device", "tpu"], "device 'tpu' is not available here")],
+)  # fmt: skip
+def test_bad_start_options_are_refused_before_napari_starts(arguments, message):
+    result = subprocess.run([sys.executable, "-m", "rwth_sam", *arguments], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and message in result.stderr

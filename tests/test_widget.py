@@ -7,6 +7,7 @@ import pytest
 from vispy.util import keys
 
 import rwth_sam
+from rwth_sam.ui.widget import SamWidget
 
 from conftest import SAM2_TINY_256, random_model
 from napari_helpers import (
@@ -361,3 +362,17 @@ def test_embeddings_kept_on_disk_serve_a_later_session(viewer, checkpoint, qtbot
     middle_click(viewer, image.data_to_world((24, 30)))
     wait_idle(qtbot, widget)
     assert encoder_runs == [] and np.array_equal(widget.prompts.prediction.mask, first)
+
+
+def test_model_and_checkpoint_from_the_environment(viewer, checkpoint, monkeypatch):
+    """$RWTH_SAM_MODEL and $RWTH_SAM_CHECKPOINT: offline with one's own checkpoint, plain napari too."""
+    viewer.add_image(np.zeros((32, 32), np.uint8))
+    monkeypatch.setenv("RWTH_SAM_MODEL", SAM2_TINY_256)
+    monkeypatch.setenv("RWTH_SAM_CHECKPOINT", str(checkpoint))
+    _, widget = viewer.window.add_plugin_dock_widget("rwth-sam", "Segment Anything (SAM)")
+    assert widget.model.value == SAM2_TINY_256 and str(widget.checkpoint.value) == str(checkpoint)
+    monkeypatch.setenv("RWTH_SAM_MODEL", "no_such_model")
+    monkeypatch.setenv("RWTH_SAM_CHECKPOINT", str(checkpoint) + ".missing")
+    other = SamWidget(viewer)
+    assert "names no file" in other.status.value and other.model.value != "no_such_model"
+    other.native.close()
