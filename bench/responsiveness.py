@@ -41,17 +41,6 @@ GOAL_P99_MS, GOAL_MAX_MS = 50, 200
 
 
 # ----------------------------------------------------------------------------- the parent
-def start_xvfb(size=(1600, 1000)) -> tuple[subprocess.Popen, str]:
-    read, write = os.pipe()
-    server = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write), "-screen", "0", f"{size[0]}x{size[1]}x24", "-nolisten", "tcp"],
-        pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        return server, f":{pipe.readline().strip()}"
-
-
 def write_checkpoint(name: str, folder: Path) -> Path:
     import torch
 
@@ -76,15 +65,19 @@ def main() -> None:
         volume, model, checkpoint = args.case.split(":", 2)
         return run_case(volume, model, Path(checkpoint))
 
-    from harness import machine_info, write_report
-
     import torch
+
+    from harness import machine_info, write_report
 
     volumes = [v for v in args.volumes if v != "real" or REAL_VOLUME.is_file()]
     if len(volumes) < len(args.volumes):
         print(f"skipping the real volume: {REAL_VOLUME} not found")
     machine = machine_info(torch.device("cpu"), ["napari", "PyQt6", "vispy", "torch"])
-    server, display = start_xvfb()
+    from pyvirtualdisplay import Display
+
+    server = Display(visible=False, size=(1600, 1000), color_depth=24, extra_args=["-nolisten", "tcp"])
+    server.start()
+    display = server.new_display_var
     cases = []
     try:
         with tempfile.TemporaryDirectory() as folder:
@@ -102,7 +95,7 @@ def main() -> None:
                     subprocess.run([sys.executable, __file__, "--case", f"{volume}:{model}:{checkpoint}"], env=env, check=True)
                     cases.append(json.loads(out.read_text()))
     finally:
-        server.terminate()
+        server.stop()
     print_table(cases)
     Path(args.json).parent.mkdir(exist_ok=True)
     write_report(args.json, {"machine": machine, "heartbeat_ms": HEARTBEAT_MS, "cases": cases})

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pyvirtualdisplay import Display
 from scipy import ndimage
 
 from conftest import random_model
@@ -31,21 +32,14 @@ SCREEN = (1600, 1000)
 
 @pytest.fixture
 def x_display():
-    """A fresh Xvfb of our own (24-bit, laptop-sized), its display number chosen by the server."""
+    """A fresh Xvfb of our own (24-bit, laptop-sized), on a display number that is free."""
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"{', '.join(missing)} not found: run scripts/setup.sh, which installs them")
-    read, write = os.pipe()
-    server = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"],
-        pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        display = f":{pipe.readline().strip()}"
-    yield display
-    server.terminate()
-    server.wait(10)
+    server = Display(visible=False, size=SCREEN, color_depth=24, extra_args=["-nolisten", "tcp"])
+    server.start()
+    yield server.new_display_var
+    server.stop()
 
 
 def screenshot(display: str) -> np.ndarray:
