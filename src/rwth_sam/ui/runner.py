@@ -65,12 +65,11 @@ class LatestJobRunner:
             return
         job, on_result, description, on_finished = self._pending.pop(kind)
         self._close_bar.stop()
-        worker = create_worker(job, _ignore_errors=True)
+        worker = create_worker(_outcome_of(job), _ignore_errors=True)
         # shown from the event loop: napari's bar processes events, which must not happen inside a
         # mouse callback (its drag generator would be re-entered)
         worker.started.connect(lambda: self._show(description))
-        worker.returned.connect(on_result)
-        worker.errored.connect(self._on_error)
+        worker.returned.connect(lambda outcome: on_result(outcome[1]) if outcome[0] else self._on_error(outcome[1]))
         if on_finished is not None:
             worker.finished.connect(on_finished)
         worker.finished.connect(self._on_finished)
@@ -93,6 +92,22 @@ class LatestJobRunner:
         if self._worker is None and self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _outcome_of(job: Callable[[], Any]) -> Callable[[], tuple[bool, Any]]:
+    """``job`` returning (True, its result) or (False, the exception it raised).
+
+    A worker whose job raised emits ``errored``, and napari's own handler of that signal fails
+    under PySide6 (a TypeError in the event loop at every error): jobs here never raise.
+    """
+
+    def run():
+        try:
+            return True, job()
+        except Exception as error:  # noqa: BLE001  (handed to the runner's on_error)
+            return False, error
+
+    return run
 
 
 class SliceProgress(QObject):
