@@ -236,18 +236,18 @@ class Driver:
 
         return self.on_gui(find)
 
-    def button_position(self, button) -> tuple[int, int]:
+    def screen_rect(self, native) -> tuple[int, int, int, int]:
+        """(x, y, width, height) of a Qt widget on the screen."""
+
         def find():
-            native = button.native
-            native.ensurePolished()
-            center = native.mapToGlobal(native.rect().center())
-            return center.x(), center.y()
+            corner = native.mapToGlobal(native.rect().topLeft())
+            return corner.x(), corner.y(), native.width(), native.height()
 
         return self.on_gui(find)
 
     def click_button(self, button) -> None:
-        x, y = self.button_position(button)
-        self.xdotool("mousemove", x, y, "click", 1)
+        x, y, width, height = self.screen_rect(button.native)
+        self.xdotool("mousemove", x + width // 2, y + height // 2, "click", 1)
 
     def middle_click(self, data_point, *keys) -> None:
         """A middle click on a voxel; returns once its preview is shown."""
@@ -351,9 +351,8 @@ class Driver:
             slider = self.on_gui(
                 lambda: self.viewer.window._qt_viewer.controls.widgets[image]._contrast_limits_control.contrast_limits_slider
             )
-            x0, y = self.on_gui(lambda: (lambda p: (p.x(), p.y()))(slider.mapToGlobal(slider.rect().topLeft())))
-            w, h = self.on_gui(lambda: (slider.width(), slider.height()))
-            x, y = x0 + w - 4, y + h // 2  # the upper handle
+            x0, y0, w, h = self.screen_rect(slider)
+            x, y = x0 + w - 4, y0 + h // 2  # the upper handle
             self.xdotool("mousemove", x, y, "mousedown", 1)
             for step in range(1, 11):
                 self.xdotool("mousemove", x - step * w // 30, y)

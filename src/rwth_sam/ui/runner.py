@@ -23,8 +23,6 @@ AUTOMATIC = "automatic"
 EMBED_AHEAD = "embed ahead"
 EMBED_RANGE = "embed range"
 _PRIORITY = (PREDICT, AUTOMATIC, EMBED_AHEAD, EMBED_RANGE)
-
-
 IDLE_BEFORE_CLOSING_MS = 1500
 
 
@@ -88,8 +86,8 @@ class LatestJobRunner:
         else:
             self._bar.set_description(description)
 
-    def _on_idle(self) -> None:
-        if self._worker is None and self._bar is not None:
+    def _on_idle(self) -> None:  # the timer only runs while no worker does (_start_next stops it)
+        if self._bar is not None:
             self._bar.close()
             self._bar = None
 
