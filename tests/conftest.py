@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 import rwth_sam  # imports torch before napari creates its GL context (see rwth_sam._triton_guard)
 from rwth_sam.core.models import sam2_spec
+from rwth_sam.core.predictors.base import Embedding, Prediction, Predictor
 
 # With one thread, torch upsamples 3 channels with another kernel than 1 channel (ulp differences),
 # so upstream (3 candidates) and rwth-sam (the best one) could differ where a logit is within an ulp
@@ -93,6 +96,73 @@ def viewer(make_napari_viewer):
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def no_traceback_dialogs(monkeypatch):
+    """No test may end with an exception in napari's exception hook (in the app: its traceback
+    dialog). pytest-qt already fails a test whose Qt slot raised; this also catches what reaches
+    napari's notification manager as an exception."""
+    from napari.utils.notifications import ErrorNotification, notification_manager
+
+    received = []
+    monkeypatch.setattr(notification_manager, "receive_error", lambda *error, **_: received.append(error))
+    before = len(notification_manager.records)
+    yield
+    errors = [record for record in notification_manager.records[before:] if isinstance(record, ErrorNotification)]
+    assert not received and not errors, f"napari's exception hook got {received or errors}"
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# ----------------------------------------------------------------------------- the oracle model
+ORACLE = "oracle (tests)"
+
+
+class OraclePredictor(Predictor):
+    """Answers a box with the true region under it: the truth slice is found from the embedded pixels."""
+
+    truth_by_slice: dict[bytes, np.ndarray] = {}
+
+    @property
+    def input_size(self) -> int:
+        return 1024
+
+    def _embed(self, rgb):
+        return Embedding(hashlib.blake2b(rgb.tobytes()).digest(), rgb.shape[:2], self.name)
+
+    def _predict(self, embedding, prompts, multimask, all_masks):
+        truth = self.truth_by_slice[embedding.features]
+        if prompts.box is None:  # a click: the true region under the first point
+            x, y = np.round(prompts.points[0]).astype(int)
+            x0, y0, x1, y1 = x, y, x, y
+        else:
+            x0, y0, x1, y1 = np.round(prompts.box).astype(int)
+        inside = truth[y0 : y1 + 1, x0 : x1 + 1]
+        values, counts = np.unique(inside[inside > 0], return_counts=True)
+        mask = np.zeros(truth.shape, bool)
+        if len(values):
+            components, _ = ndimage.label(truth == values[np.argmax(counts)])
+            touched = np.unique(components[y0 : y1 + 1, x0 : x1 + 1])
+            mask = np.isin(components, touched[touched > 0])
+        return Prediction(mask[None], np.array([1.0], np.float32), np.zeros((1, 256, 256), np.float32))
+
+
+@pytest.fixture(scope="module")
+def oracle_checkpoint(tmp_path_factory):
+    rwth_sam.register_model(
+        rwth_sam.ModelSpec(
+            name=ORACLE, family="test", title="Oracle", build=lambda: torch.nn.Linear(1, 1),
+            make_predictor=lambda module, name, device: OraclePredictor(module, name, device),
+        ),
+        replace=True,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("oracle") / "oracle.pt"
+    torch.save(torch.nn.Linear(1, 1).state_dict(), path)
+    yield path
+    rwth_sam.unregister_model(ORACLE)
+
+
+def dice(a, b):
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())

@@ -6,11 +6,17 @@ coordinates and calls the widget's mouse callbacks exactly as for a user's click
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
+from vispy.util import keys
 
-from conftest import SAM2_TINY_256
+import rwth_sam
+from rwth_sam.ui.profile_store import PROFILES
+from rwth_sam.ui.widget import VOLUME_MODE
+
+from conftest import ORACLE, SAM2_TINY_256, OraclePredictor
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
 
@@ -72,3 +78,47 @@ def left_click(viewer, world_point):
     position = canvas_position(viewer, world_point)
     press = events.mouse_press(pos=position, button=1, modifiers=())
     events.mouse_release(pos=position, button=1, modifiers=(), press_event=press)
+
+
+def run_3d(viewer, qtbot, checkpoint, ct, truth, order, start, end, organs, scale=(3.0, 3.0, 3.0)):
+    """Drive the 3D buttons in order, as a user would; returns the widget and the labels layer."""
+    viewer.window.resize(1500, 950)
+    image = viewer.add_image(ct, name="ct", scale=scale, contrast_limits=(-160, 240))
+    _, widget = viewer.window.add_plugin_dock_widget("rwth-sam", "Segment Anything (SAM)")
+    widget.model.value, widget.checkpoint.value, widget.device.value = ORACLE, checkpoint, "cpu"
+    labels = widget.create_labels_layer()
+    widget.profile.value = "Abdominal CT"
+    widget.mode.value = VOLUME_MODE
+    viewer.dims.order = order
+    axis = order[0]
+    window = rwth_sam.IntensityWindow(*image.contrast_limits)
+    OraclePredictor.truth_by_slice = {}
+    for index in range(ct.shape[axis]):
+        plane = rwth_sam.SlicePlane.of(ct.shape, axis, index)
+        rgb = rwth_sam.to_rgb(np.asarray(plane.take(ct)), window)
+        OraclePredictor.truth_by_slice[hashlib.blake2b(rgb.tobytes()).digest()] = np.asarray(plane.take(truth))
+
+    panel = widget.volume
+    for index, button in ((end, panel.set_end), (start, panel.set_start)):  # either order
+        viewer.dims.set_point(axis, index * scale[axis])
+        button.clicked.emit()
+    middle = (start + end) // 2
+    assert panel.range_label.value == f"Slices {start}–{end} (axis {axis}), middle {middle}"
+    assert round(viewer.dims.point[axis] / scale[axis]) == middle, "the view did not move to the middle slice"
+
+    middle_plane = rwth_sam.SlicePlane.of(ct.shape, axis, middle)
+    for name in organs:
+        cls = PROFILES.get("Abdominal CT").class_by_name(name)
+        widget.classes.value = cls
+        rows, cols = np.nonzero(np.asarray(middle_plane.take(truth)) == cls.value)
+        corner0, corner1 = np.zeros(3), np.zeros(3)
+        corner0[axis] = corner1[axis] = middle
+        corner0[[middle_plane.row_axis, middle_plane.col_axis]] = rows.min() - 1, cols.min() - 1
+        corner1[[middle_plane.row_axis, middle_plane.col_axis]] = rows.max() + 1, cols.max() + 1
+        middle_drag(viewer, image.data_to_world(corner0), image.data_to_world(corner1), keys.SHIFT)
+        panel.add_box.clicked.emit()
+    assert len(panel.objects) == len(organs)
+    panel.segment_middle.clicked.emit()
+    wait_idle(qtbot, widget)
+    assert set(panel.conditioning[middle]) == set(range(1, len(organs) + 1))
+    return widget, labels, panel

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from rwth_sam.core.errors import InputError
 from rwth_sam.ui.runner import EMBED_AHEAD, PREDICT, LatestJobRunner
 
 pytestmark = pytest.mark.gui
@@ -41,14 +42,48 @@ def test_errors_reach_the_handler_and_the_next_job_still_runs(qtbot):
     runner = LatestJobRunner(on_error=errors.append)
 
     def failing():
-        raise ValueError("bad slice")
+        raise InputError("bad slice")
 
-    runner.submit(PREDICT, failing, results.append, "test")
+    def unexpected():
+        raise ValueError("a bug")
+
+    runner.submit(PREDICT, failing, results.append, "Segmenting")
     qtbot.waitUntil(lambda: not runner.busy, timeout=10_000)
-    runner.submit(PREDICT, lambda: "ok", results.append, "test")
+    runner.submit(PREDICT, unexpected, results.append, "Segmenting")
     qtbot.waitUntil(lambda: not runner.busy, timeout=10_000)
-    assert [str(e) for e in errors] == ["bad slice"]
+    runner.submit(PREDICT, lambda: "ok", results.append, "Segmenting")
+    qtbot.waitUntil(lambda: not runner.busy, timeout=10_000)
+    assert [str(e) for e in errors] == ["bad slice", "Segmenting failed (ValueError: a bug). Nothing was changed."]
     assert results == ["ok"]
+
+
+def test_a_failing_result_handler_becomes_a_message_not_a_traceback(qtbot):
+    """What a result handler raises on the GUI thread would reach napari's traceback dialog."""
+    errors, finished = [], []
+
+    def handler(_):
+        raise KeyError("layer")
+
+    runner = LatestJobRunner(on_error=errors.append)
+    runner.submit(PREDICT, lambda: 1, handler, "Showing the preview", on_finished=lambda: finished.append(1))
+    qtbot.waitUntil(lambda: not runner.busy, timeout=10_000)
+    assert [str(e) for e in errors] == ["Showing the preview failed (KeyError: 'layer'). Nothing was changed."]
+    assert finished == [1]
+
+
+def test_a_dropped_job_is_finished_and_a_shut_down_runner_hands_nothing_back(qtbot):
+    finished, results = [], []
+    runner = LatestJobRunner(on_error=pytest.fail)
+    gate = threading.Event()
+    runner.submit(PREDICT, gate.wait, results.append, "first")
+    runner.submit(PREDICT, lambda: "second", results.append, "second", on_finished=lambda: finished.append("second"))
+    runner.submit(PREDICT, lambda: "third", results.append, "third", on_finished=lambda: finished.append("third"))
+    assert finished == ["second"], "a job dropped unrun must still be finished (its progress bar closed)"
+    runner.shut_down()
+    assert finished == ["second", "third"]
+    gate.set()
+    qtbot.waitUntil(lambda: not runner.busy, timeout=10_000)
+    assert results == [], "results after the widget was closed must be dropped"
 
 
 def test_one_progress_bar_per_burst_of_work_closed_when_idle(qtbot):

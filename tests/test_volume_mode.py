@@ -2,125 +2,27 @@
 
 The oracle test runs the whole pipeline (buttons in order, propagation, writing into the labels
 layer) on the real whole-body CT with a stand-in model that answers a box with the true organ
-region under it: the pipeline must then reproduce the reference labels between start and end.
+region under it (``conftest.OraclePredictor``): the pipeline must then reproduce the reference
+labels between start and end.
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
-import torch
-from scipy import ndimage
 from vispy.util import keys
 
 import rwth_sam
 from rwth_sam.core.phantom import VOID, battery_phantom
-from rwth_sam.core.predictors.base import Embedding, Prediction, Predictor
 from rwth_sam.ui.profile_store import PROFILES
 from rwth_sam.ui.volume_panel import _describe_flags
 from rwth_sam.ui.widget import VOLUME_MODE
 from test_cache import count_embeds
 
-from napari_helpers import SCREENSHOTS, dock, middle_click, middle_drag, wait_idle
+from conftest import dice
+from napari_helpers import SCREENSHOTS, dock, middle_click, middle_drag, run_3d, wait_idle
 
 pytestmark = pytest.mark.gui
-
-ORACLE = "oracle (tests)"
-
-
-class OraclePredictor(Predictor):
-    """Answers a box with the true region under it: the truth slice is found from the embedded pixels."""
-
-    truth_by_slice: dict[bytes, np.ndarray] = {}
-
-    @property
-    def input_size(self) -> int:
-        return 1024
-
-    def _embed(self, rgb):
-        return Embedding(hashlib.blake2b(rgb.tobytes()).digest(), rgb.shape[:2], self.name)
-
-    def _predict(self, embedding, prompts, multimask, all_masks):
-        truth = self.truth_by_slice[embedding.features]
-        if prompts.box is None:  # a click: the true region under the first point
-            x, y = np.round(prompts.points[0]).astype(int)
-            x0, y0, x1, y1 = x, y, x, y
-        else:
-            x0, y0, x1, y1 = np.round(prompts.box).astype(int)
-        inside = truth[y0 : y1 + 1, x0 : x1 + 1]
-        values, counts = np.unique(inside[inside > 0], return_counts=True)
-        mask = np.zeros(truth.shape, bool)
-        if len(values):
-            components, _ = ndimage.label(truth == values[np.argmax(counts)])
-            touched = np.unique(components[y0 : y1 + 1, x0 : x1 + 1])
-            mask = np.isin(components, touched[touched > 0])
-        return Prediction(mask[None], np.array([1.0], np.float32), np.zeros((1, 256, 256), np.float32))
-
-
-@pytest.fixture(scope="module")
-def oracle_checkpoint(tmp_path_factory):
-    rwth_sam.register_model(
-        rwth_sam.ModelSpec(
-            name=ORACLE, family="test", title="Oracle", build=lambda: torch.nn.Linear(1, 1),
-            make_predictor=lambda module, name, device: OraclePredictor(module, name, device),
-        ),
-        replace=True,
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("oracle") / "oracle.pt"
-    torch.save(torch.nn.Linear(1, 1).state_dict(), path)
-    yield path
-    rwth_sam.unregister_model(ORACLE)
-
-
-def dice(a, b):
-    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
-
-
-def run_3d(viewer, qtbot, checkpoint, ct, truth, order, start, end, organs, scale=(3.0, 3.0, 3.0)):
-    """Drive the 3D buttons in order, as a user would; returns the widget and the labels layer."""
-    viewer.window.resize(1500, 950)
-    image = viewer.add_image(ct, name="ct", scale=scale, contrast_limits=(-160, 240))
-    _, widget = viewer.window.add_plugin_dock_widget("rwth-sam", "Segment Anything (SAM)")
-    widget.model.value, widget.checkpoint.value, widget.device.value = ORACLE, checkpoint, "cpu"
-    labels = widget.create_labels_layer()
-    widget.profile.value = "Abdominal CT"
-    widget.mode.value = VOLUME_MODE
-    viewer.dims.order = order
-    axis = order[0]
-    window = rwth_sam.IntensityWindow(*image.contrast_limits)
-    OraclePredictor.truth_by_slice = {}
-    for index in range(ct.shape[axis]):
-        plane = rwth_sam.SlicePlane.of(ct.shape, axis, index)
-        rgb = rwth_sam.to_rgb(np.asarray(plane.take(ct)), window)
-        OraclePredictor.truth_by_slice[hashlib.blake2b(rgb.tobytes()).digest()] = np.asarray(plane.take(truth))
-
-    panel = widget.volume
-    for index, button in ((end, panel.set_end), (start, panel.set_start)):  # either order
-        viewer.dims.set_point(axis, index * scale[axis])
-        button.clicked.emit()
-    middle = (start + end) // 2
-    assert panel.range_label.value == f"Slices {start}–{end} (axis {axis}), middle {middle}"
-    assert round(viewer.dims.point[axis] / scale[axis]) == middle, "the view did not move to the middle slice"
-
-    middle_plane = rwth_sam.SlicePlane.of(ct.shape, axis, middle)
-    for name in organs:
-        cls = PROFILES.get("Abdominal CT").class_by_name(name)
-        widget.classes.value = cls
-        rows, cols = np.nonzero(np.asarray(middle_plane.take(truth)) == cls.value)
-        corner0, corner1 = np.zeros(3), np.zeros(3)
-        corner0[axis] = corner1[axis] = middle
-        corner0[[middle_plane.row_axis, middle_plane.col_axis]] = rows.min() - 1, cols.min() - 1
-        corner1[[middle_plane.row_axis, middle_plane.col_axis]] = rows.max() + 1, cols.max() + 1
-        middle_drag(viewer, image.data_to_world(corner0), image.data_to_world(corner1), keys.SHIFT)
-        panel.add_box.clicked.emit()
-    assert len(panel.objects) == len(organs)
-    panel.segment_middle.clicked.emit()
-    wait_idle(qtbot, widget)
-    assert set(panel.conditioning[middle]) == set(range(1, len(organs) + 1))
-    return widget, labels, panel
-
 
 @pytest.mark.parametrize(
     "order, start, end",

@@ -18,6 +18,8 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from qtpy.QtCore import QObject, QTimer, Signal
 
+from .reporting import as_user_error
+
 PREDICT = "predict"
 AUTOMATIC = "automatic"
 EMBED_AHEAD = "embed ahead"
@@ -27,10 +29,18 @@ IDLE_BEFORE_CLOSING_MS = 1500
 
 
 class LatestJobRunner:
+    """Runs jobs in napari thread workers; their results and errors come back on the GUI thread.
+
+    Whatever a job or its result handler raises reaches ``on_error`` as a short message (see
+    ``reporting``), never napari's traceback dialog. After ``shut_down`` nothing more runs or is
+    handed back (the job in progress finishes on its own; its result is dropped).
+    """
+
     def __init__(self, on_error: Callable[[Exception], None]):
         self._on_error = on_error
         self._worker = None
         self._pending: dict[str, tuple] = {}
+        self._shut_down = False
         self._bar = None
         self._close_bar = QTimer(singleShot=True, interval=IDLE_BEFORE_CLOSING_MS)
         self._close_bar.timeout.connect(self._on_idle)
@@ -52,10 +62,43 @@ class LatestJobRunner:
         description: str,
         on_finished: Callable[[], None] | None = None,
     ) -> None:
-        """Run ``job`` in a worker when the current one ends; ``on_finished`` follows success or error."""
+        """Run ``job`` in a worker when the current one ends; ``on_finished`` follows success or error,
+        or the job being dropped unrun (a newer one of its kind came first)."""
+        if self._shut_down:
+            return
+        dropped = self._pending.get(kind)
         self._pending[kind] = (job, on_result, description, on_finished)
+        if dropped is not None and dropped[3] is not None:
+            self._handle(dropped[3], description)
         if self._worker is None:
             self._start_next()
+
+    def shut_down(self) -> None:
+        """The widget was closed: drop waiting jobs (running their ``on_finished``) and every later result."""
+        dropped = list(self._pending.values())
+        self._pending.clear()
+        for _, _, description, on_finished in dropped:
+            if on_finished is not None:
+                self._handle(on_finished, description)
+        self._shut_down = True
+        self._close_bar.stop()
+        self._on_idle()
+
+    def _handle(self, callback: Callable, description: str, *args) -> None:
+        """Run a result handler on the GUI thread; what it raises becomes a message."""
+        try:
+            callback(*args)
+        except Exception as error:  # noqa: BLE001  (nothing may escape into Qt's event loop)
+            self._on_error(as_user_error(error, description))
+
+    def _returned(self, outcome: tuple[bool, Any], on_result: Callable, description: str) -> None:
+        if self._shut_down:
+            return
+        ok, value = outcome
+        if ok:
+            self._handle(on_result, description, value)
+        else:
+            self._on_error(as_user_error(value, description))
 
     def _start_next(self) -> None:
         kind = next((k for k in _PRIORITY if k in self._pending), None)
@@ -67,9 +110,9 @@ class LatestJobRunner:
         # shown from the event loop: napari's bar processes events, which must not happen inside a
         # mouse callback (its drag generator would be re-entered)
         worker.started.connect(lambda: self._show(description))
-        worker.returned.connect(lambda outcome: on_result(outcome[1]) if outcome[0] else self._on_error(outcome[1]))
+        worker.returned.connect(lambda outcome: self._returned(outcome, on_result, description))
         if on_finished is not None:
-            worker.finished.connect(on_finished)
+            worker.finished.connect(lambda: self._handle(on_finished, description))
         worker.finished.connect(self._on_finished)
         self._worker = worker
         worker.start()
@@ -77,10 +120,12 @@ class LatestJobRunner:
     def _on_finished(self) -> None:
         self._worker = None
         self._start_next()
-        if self._worker is None:
+        if self._worker is None and not self._shut_down:
             self._close_bar.start()
 
     def _show(self, description: str) -> None:
+        if self._shut_down:
+            return
         if self._bar is None:
             self._bar = progress(total=0, desc=description)
         else:
@@ -124,16 +169,24 @@ class SliceProgress(QObject):
         self.cancel_requested = threading.Event()
         self._bar = None
         self.advanced.connect(self._on_advanced)
-        cancel_button.changed.connect(self.request_cancel)
+        cancel_button.changed.connect(lambda: self.request_cancel())
+
+    @property
+    def running(self) -> bool:
+        return self._bar is not None
 
     def start(self, total: int, description: str) -> None:
         self.cancel_requested.clear()
         self._bar = progress(total=total, desc=description)
         self._cancel_button.enabled = True
 
-    def request_cancel(self) -> None:
+    def request_cancel(self, quietly: bool = False) -> None:
+        """Ask the run to stop at its next slice (``quietly``: without saying so in the status)."""
+        if self._bar is None:
+            return
         self.cancel_requested.set()
-        self._status.value = "Cancelling after the current slice…"
+        if not quietly:
+            self._status.value = "Cancelling after the current slice…"
 
     def finish(self) -> None:
         self._cancel_button.enabled = False

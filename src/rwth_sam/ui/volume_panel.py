@@ -21,45 +21,10 @@ from magicgui.widgets import ComboBox, Container, Label, PushButton
 
 from ..core.coordinates import SlicePlane, range_block
 from ..core.errors import InputError, RwthSamError
-from ..core.labelling import writable
+from ..core.labelling import WriteRecord
 from ..core.propagation import propagate
 from .labels_io import commit_block
 from .runner import AUTOMATIC, EMBED_RANGE, PREDICT, SliceProgress
-
-
-@dataclass
-class _WrittenSlice:
-    """What a propagation changed on one slice, so that a later one can take it back.
-
-    ``by_value``: packed bits of the voxels it set, per label value; ``overwritten``: packed bits of
-    the voxels that held another label before ("Overwrite other labels"), and ``previous`` those
-    labels, in the mask's row-major order. Bits keep this small for long ranges.
-    """
-
-    by_value: dict[int, np.ndarray]
-    overwritten: np.ndarray
-    previous: np.ndarray
-
-    @classmethod
-    def between(cls, before: np.ndarray, after: np.ndarray) -> _WrittenSlice:
-        changed = after != before
-        overwritten = changed & (before != 0)
-        by_value = {int(value): np.packbits(changed & (after == value)) for value in np.unique(after[changed])}
-        return cls(by_value, np.packbits(overwritten), before[overwritten])
-
-    def take_back(self, section: np.ndarray) -> None:
-        """Undo these changes in ``section`` where it still holds what was written (voxels the user
-        changed since are left alone)."""
-        unchanged = np.zeros(section.shape, dtype=bool)
-        for value, bits in self.by_value.items():
-            unchanged |= _unpack(bits, section.shape) & (section == value)
-        overwritten = _unpack(self.overwritten, section.shape)
-        section[unchanged] = 0
-        section[overwritten & unchanged] = self.previous[unchanged[overwritten]]
-
-
-def _unpack(bits: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
 
 
 @dataclass
@@ -84,10 +49,11 @@ class VolumePanel(Container):
         self.logits: dict[int, np.ndarray] = {}
         self.propagated = False
         self.flags: list[tuple[int, int, str]] = []  # (slice, object id, reason): what to look at
-        # what the propagations wrote, per slice, into which layer: a re-propagated slice replaces
-        # it, and leaves the user's own labels alone
-        self._written: dict[int, _WrittenSlice] = {}
-        self._written_into = None
+        # what the propagations wrote, per slice: a re-propagated slice replaces it, and leaves
+        # the user's own labels alone
+        self._written = WriteRecord()
+        self._session = 0  # bumped when the session is reset: a run of an older one writes nothing
+        self._stale_reason: str | None = None
         self.set_start = PushButton(text="Set start slice")
         self.set_end = PushButton(text="Set end slice")
         self.range_label = Label(value="Range: not set")
@@ -109,15 +75,19 @@ class VolumePanel(Container):
                 self.cancel, self.flags_label, self.next_flag,
             ]
         )  # fmt: skip
-        self.set_start.changed.connect(lambda: self._set_bound("start"))
-        self.set_end.changed.connect(lambda: self._set_bound("end"))
-        self.add_box.changed.connect(self.add_object)
-        self.segment_middle.changed.connect(self.segment_middle_slice)
-        self.refine.changed.connect(self.refine_object)
-        self.edit.changed.connect(self.edit_with_brush)
-        self.full.changed.connect(lambda: self.run_propagation())
-        self.correct.changed.connect(self.correct_and_repropagate)
-        self.next_flag.changed.connect(self.go_to_next_flag)
+        actions = [
+            (self.set_start, "Setting the start slice", lambda: self._set_bound("start")),
+            (self.set_end, "Setting the end slice", lambda: self._set_bound("end")),
+            (self.add_box, "Adding the box", self.add_object),
+            (self.segment_middle, "Segmenting the middle slice", self.segment_middle_slice),
+            (self.refine, "Refining", self.refine_object),
+            (self.edit, "Editing with the brush", self.edit_with_brush),
+            (self.full, "The full segmentation", lambda: self.run_propagation()),
+            (self.correct, "The correction", self.correct_and_repropagate),
+            (self.next_flag, "Going to the next slice to check", self.go_to_next_flag),
+        ]
+        for button, what, action in actions:
+            button.changed.connect(owner.guard(what, action))
         self.progress = SliceProgress(self.cancel, owner.status)
 
     # ----------------------------------------------------------------- range
@@ -223,10 +193,10 @@ class VolumePanel(Container):
             if box is None or owner.prompts.plane != plane:
                 raise InputError("Draw a box on the middle slice first (Shift+middle drag).")
             labels = owner.target_labels()
+            value = owner.submit_value(labels, taken=[obj.value for obj in self.objects])
         except RwthSamError as error:
             return owner.report_error(error)
         segment_class = owner.classes.value
-        value = owner.submit_value(labels)
         name = segment_class.name if segment_class is not None else f"label {value}"
         self.objects.append(VolumeObject(len(self.objects) + 1, box, value, name))
         self.object_choice.reset_choices()
@@ -324,16 +294,19 @@ class VolumePanel(Container):
             if not self.conditioning:
                 raise InputError("Segment the middle slice first.")
             request = owner.model_request()
-            owner.target_labels()
+            labels = owner.target_labels()
         except RwthSamError as error:
             return owner.report_error(error)
+        if self.progress.running:
+            return owner.report_error(InputError("A propagation is running: wait for it, or cancel it first."))
         axis, start, end = self.axis, self.start, self.end
         conditioning = {index: dict(masks) for index, masks in self.conditioning.items()}
+        run = _Run(self._session, labels, axis, start, end)
         self.progress.start(end - start + 1, "Propagating")
 
         def job():
             segmenter = owner.segmenter_for(request)
-            return propagate(
+            return run, propagate(
                 segmenter, axis, start, end, conditioning, direction=direction, from_index=from_index,
                 on_slice=self.progress.advanced.emit, should_stop=self.progress.cancel_requested.is_set,
             )  # fmt: skip
@@ -341,27 +314,27 @@ class VolumePanel(Container):
         owner.status.value = "Propagating…"
         owner.runner.submit(AUTOMATIC, job, self._on_propagated, "Propagating", on_finished=self.progress.finish)
 
-    def _on_propagated(self, result) -> None:
-        """Write every finished slice's objects into the labels layer as one undoable step."""
+    def _on_propagated(self, run_and_result) -> None:
+        """Write every finished slice's objects into the run's labels layer as one undoable step."""
+        run, result = run_and_result
         owner = self.owner
-        labels = owner.target_labels()
+        if run.session != self._session:
+            return owner.report_error(InputError(self._stale_reason or "The 3D session changed: nothing was written."))
+        labels = run.labels
+        if labels not in self.viewer.layers:
+            return owner.report_error(
+                InputError(f"The labels layer '{labels.name}' was removed during the propagation: nothing was written.")
+            )
+        shape = owner.image_shape()
+        if tuple(labels.data.shape) != shape:
+            return owner.report_error(
+                InputError(f"The labels layer '{labels.name}' changed shape during the propagation: nothing was written.")
+            )
         values = {obj.object_id: obj.value for obj in self.objects}
-        block = range_block(labels.data.ndim, self.axis, self.start, self.end)  # the range only, not the volume
+        block = range_block(labels.data.ndim, run.axis, run.start, run.end)  # the range only, not the volume
         new = np.array(labels.data[block], copy=True)
-        if self._written_into is not labels:
-            self._written, self._written_into = {}, labels
-        for index in result.finished:
-            section = SlicePlane.of(new.shape, self.axis, index - self.start).take(new)
-            earlier = self._written.pop(index, None)
-            if earlier is not None:
-                earlier.take_back(section)  # this run's result replaces the earlier one
-            before = np.array(section)
-            for object_id, mask in result.masks.get(index, {}).items():
-                value = values[object_id]
-                section[mask & writable(section, value, owner.overwrite.value)] = value
-            changes = _WrittenSlice.between(before, section)
-            if changes.by_value:
-                self._written[index] = changes
+        masks = {index: result.masks.get(index, {}) for index in result.finished}
+        edited = self._written.merge(new, run.axis, run.start, masks, values, owner.overwrite.value, id(labels.data))
         written = commit_block(labels, block, new)
         self.propagated = True
         owner.show_preview(None, None)  # the result is in the labels layer now
@@ -371,7 +344,8 @@ class VolumePanel(Container):
         self.flags_label.value = _describe_flags(self.flags)
         self.next_flag.enabled = bool(self.flags)
         state = "cancelled, kept" if result.cancelled else "done:"
-        owner.status.value = f"Propagation {state} {len(result.finished)} slices ({written} voxels)."
+        kept = f" Slices edited since the last run keep their labels: {_listed(edited)}." if edited else ""
+        owner.status.value = f"Propagation {state} {len(result.finished)} slices ({written} voxels).{kept}"
 
     def go_to_next_flag(self) -> None:
         """Show the next flagged slice after the current one (wrapping around), with its reasons."""
@@ -412,11 +386,16 @@ class VolumePanel(Container):
         self.run_propagation(direction=direction, from_index=plane.index)
 
     # ----------------------------------------------------------------- state
-    def reset(self, keep_axis: bool = True) -> None:
+    def reset(self, keep_axis: bool = True, reason: str | None = None) -> None:
+        """Start a new 3D session; a run of the old one still going is cancelled and writes nothing
+        (``reason`` says why, when it ends)."""
         if not keep_axis:
             self.axis = None
+        self.progress.request_cancel(quietly=True)
+        self._session += 1
+        self._stale_reason = reason
         self.bounds, self.objects, self.conditioning, self.logits = {}, [], {}, {}
-        self.propagated, self._written, self._written_into, self.flags = False, {}, None, []
+        self.propagated, self._written, self.flags = False, WriteRecord(), []
         self.flags_label.value, self.next_flag.enabled = "", False
         self.object_choice.reset_choices()
         self._show_state()
@@ -432,12 +411,26 @@ class VolumePanel(Container):
         self.objects_label.value = f"Objects: {names or 'none'}"
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What a propagation was started on: its session, target layer and range."""
+
+    session: int
+    labels: napari.layers.Labels
+    axis: int
+    start: int
+    end: int
+
+
+def _listed(indices, shown: int = 6) -> str:
+    more = f" and {len(indices) - shown} more" if len(indices) > shown else ""
+    return ", ".join(str(index) for index in indices[:shown]) + more
+
+
 def _describe_flags(flags, shown: int = 6) -> str:
     """The flagged slices in a line or two; *Go to the next slice to check* tells each one's reasons
     (listing them all here made the label too long for the dock: it widened and was cut off)."""
     slices = sorted({index for index, _, _ in flags})
     if not slices:
         return ""
-    listed = ", ".join(str(index) for index in slices[:shown])
-    more = f" and {len(slices) - shown} more" if len(slices) > shown else ""
-    return f"To check: slice{'s' * (len(slices) > 1)} {listed}{more}"
+    return f"To check: slice{'s' * (len(slices) > 1)} {_listed(slices, shown)}"

@@ -19,14 +19,15 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pus
 from napari.utils import progress
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QComboBox
+from superqt.utils import ensure_main_thread
 
 from ..core.cache import DiskEmbeddingCache, default_disk_cache_dir
 from ..core.coordinates import LayerGeometry, SlicePlane, plane_at
 from ..core.device import available_devices, leave_a_core_free
 from ..core.errors import InputError, RwthSamError
-from ..core.labelling import next_instance_id
+from ..core.labelling import check_label_value, check_writable, next_instance_id
 from ..core.models import import_upstream_packages
 from ..core.predictors.base import Prediction
 from ..core.preprocessing import WINDOW_CHOICES
@@ -38,6 +39,7 @@ from .automatic_panel import AutomaticPanel
 from .labels_io import commit_mask
 from .profile_store import PROFILES
 from .profile_widget import apply_profile
+from .reporting import as_user_error, guarded
 from .runner import EMBED_AHEAD, PREDICT, LatestJobRunner
 from .volume_panel import VolumePanel
 
@@ -52,6 +54,7 @@ HELP = (
     "Middle click: + point · Ctrl+middle: − point · Shift+middle drag: box\n"
     "Left click: select point · Ctrl+K: delete selected · Ctrl+Shift+K: delete all · Ctrl+Enter: submit"
 )
+HELPER_LAYER = "rwth_sam_helper"  # metadata key of the layers the widget makes for itself (never targets)
 KEY_BINDINGS = {
     "Control-K": "delete_selected_points",
     "Control-Shift-K": "clear_prompts",
@@ -120,6 +123,7 @@ class SamWidget(Container):
         leave_a_core_free()  # for napari's drawing while a model runs
         gc.freeze()  # napari's and torch's objects out of the collector's full passes (300 ms, all threads stopped)
         self.viewer = napari_viewer
+        self.closed = False
         self.workspace = Workspace()
         self.runner = LatestJobRunner(on_error=self.report_error)
         self.prompts = PromptState()
@@ -170,26 +174,48 @@ class SamWidget(Container):
             ]
         )  # fmt: skip
 
-        self.new_labels.changed.connect(self.create_labels_layer)
-        self.mode.changed.connect(self._on_mode_changed)
-        self.profile.changed.connect(self.classes.reset_choices)
-        self.classes.changed.connect(self._on_class_changed)
-        PROFILES.changed.connect(self._on_profiles_changed)
-        self.submit_button.changed.connect(self.submit)
-        self.clear_button.changed.connect(self.clear_prompts)
+        self.new_labels.changed.connect(self.guard("Making a labels layer", self.create_labels_layer))
+        self.mode.changed.connect(self.guard("Switching the mode", self._on_mode_changed))
+        self.profile.changed.connect(self.guard("Choosing a profile", self.classes.reset_choices))
+        self.classes.changed.connect(self.guard("Choosing a class", self._on_class_changed))
+        self.submit_button.changed.connect(self.guard("Submitting", self.submit))
+        self.clear_button.changed.connect(self.guard("Clearing the prompts", self.clear_prompts))
         for control in (self.model, self.checkpoint, self.device):
-            control.changed.connect(self._on_model_changed)
-        self.keep_on_disk.changed.connect(self._on_keep_on_disk_changed)
-        self.image_picker.changed.connect(self._on_image_changed)
-        self.window.changed.connect(self._on_window_changed)
+            control.changed.connect(self.guard("Switching the model", self._on_model_changed))
+        self.keep_on_disk.changed.connect(self.guard("Switching the disk cache", self._on_keep_on_disk_changed))
+        self.image_picker.changed.connect(self.guard("Switching the image", self._on_image_changed))
+        self.window.changed.connect(self.guard("Changing the intensity window", self._on_window_changed))
         self._on_image_changed()
         self._apply_startup_choice()
+        # connections to objects that outlive the widget, undone at once when it is closed
+        self._on_profiles_changed = self.guard("Updating the profiles", self._on_profiles_changed)
+        self._on_mouse = self.guard_mouse(self._on_mouse)
+        self._embed_ahead = self.guard("Embedding ahead", self._embed_ahead)
+        self._on_layer_removed = self.guard("Removing a layer", self._on_layer_removed)
+        PROFILES.changed.connect(self._on_profiles_changed)
+        napari_viewer.layers.events.removed.connect(self._on_layer_removed)
         napari_viewer.mouse_drag_callbacks.append(self._on_mouse)
-        for key, action in KEY_BINDINGS.items():
-            napari_viewer.bind_key(key, self._key_handler(action), overwrite=True)
+        self._key_handlers = {key: self._key_handler(action) for key, action in KEY_BINDINGS.items()}
+        for key, handler in self._key_handlers.items():
+            napari_viewer.bind_key(key, handler, overwrite=True)
         napari_viewer.dims.events.current_step.connect(self._embed_ahead)
-        self.native.destroyed.connect(self._disconnect)
+        self._close_watch = _CloseWatch(self.native, self.close_session)
         _compact_layout(self)
+
+    def guard(self, what: str, handler):
+        """``handler`` for a GUI signal: whatever it raises becomes a message in the status line."""
+        return guarded(what, self.report_error)(handler)
+
+    def guard_mouse(self, callback):
+        """A napari mouse callback (a generator, for drags) whose exceptions become messages."""
+
+        def run(viewer, event):
+            try:
+                yield from callback(viewer, event)
+            except Exception as error:  # noqa: BLE001  (nothing may escape into napari's event loop)
+                self.report_error(as_user_error(error, "The mouse action"))
+
+        return run
 
     def _apply_startup_choice(self) -> None:
         """Start with the model and checkpoint named by $RWTH_SAM_MODEL and $RWTH_SAM_CHECKPOINT."""
@@ -211,13 +237,11 @@ class SamWidget(Container):
         return self.image_picker.value
 
     def _labels_choices(self, _widget=None) -> list[tuple[str, napari.layers.Labels]]:
-        """The labels layers results can go to: the widget's own preview is not one of them.
-
-        (``!=``, not ``is not``: napari hands plugins proxies of its layers, a new one each time.)
-        """
+        """The labels layers results can go to: none of the layers rwth-sam makes for itself (the
+        preview, the automatic result), which it clears and rewrites."""
         return [
             (layer.name, layer) for layer in self.viewer.layers
-            if isinstance(layer, napari.layers.Labels) and layer != self._preview_layer
+            if isinstance(layer, napari.layers.Labels) and HELPER_LAYER not in layer.metadata
         ]  # fmt: skip
 
     def _geometry(self, layer) -> LayerGeometry:
@@ -247,8 +271,9 @@ class SamWidget(Container):
     def target_labels(self) -> napari.layers.Labels:
         """The labels layer results go to, checked against the image's shape."""
         labels = self.labels_picker.value
-        if labels is None:
+        if labels is None or labels not in self.viewer.layers:
             raise InputError("Pick a labels layer, or create one with 'New labels layer for image'.")
+        check_writable(labels.data, labels.name)
         shape = self.image_shape()
         if tuple(labels.data.shape) != shape:
             raise InputError(
@@ -283,6 +308,7 @@ class SamWidget(Container):
             return self.viewer.add_points(
                 np.zeros((0, geometry.ndim)), name="SAM prompts", scale=geometry.scale,
                 translate=geometry.translate, size=self._marker_size(), border_color="white",
+                metadata={HELPER_LAYER: "prompts"},
             )  # fmt: skip
 
         return self._helper_layer("_points_layer", make, self._geometry(self.image_layer))
@@ -292,6 +318,7 @@ class SamWidget(Container):
             return self.viewer.add_shapes(
                 ndim=geometry.ndim, name="SAM box", scale=geometry.scale, translate=geometry.translate,
                 edge_color="yellow", face_color="transparent", edge_width=self._marker_size() / 4,
+                metadata={HELPER_LAYER: "box"},
             )  # fmt: skip
 
         return self._helper_layer("_box_layer", make, self._geometry(self.image_layer))
@@ -336,6 +363,7 @@ class SamWidget(Container):
             return self.viewer.add_labels(
                 data, name="SAM preview", scale=geometry.scale, translate=geometry.translate, opacity=0.5,
                 colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: PREVIEW_COLOR}),
+                metadata={HELPER_LAYER: "preview"},
             )  # fmt: skip
 
         preview = self._helper_layer("_preview_layer", make, self._geometry(self.image_layer).at_slice(plane))
@@ -454,21 +482,24 @@ class SamWidget(Container):
             raise InputError("Pick an image layer first.")
         checkpoint = self.checkpoint.value
         checkpoint = checkpoint if checkpoint and str(checkpoint) not in ("", ".") else None
-        weights = get_model_spec(self.model.value).weights
-        needs_download = self.workspace.loaded is None and checkpoint is None and weights is not None
-        needs_download = needs_download and not is_cached(weights)
         return dict(
             model=(self.model.value, checkpoint, self.device.value),
-            # made here: Qt objects must be created on the GUI thread; pooch updates it from the worker
-            download_bar=progress(desc=f"Downloading {weights.filename}") if needs_download else False,
             image=(layer.data, layer.rgb, self.window.value, tuple(layer.contrast_limits)),
         )
 
     def segmenter_for(self, request):
-        """Runs in the worker: loads the model on first use (downloading it into the bar made for it)."""
+        """Runs in the worker: loads the model on first use, downloading it into a progress bar that
+        is closed when the download ends, however it ends."""
         name, checkpoint, device = request["model"]
         loaded = self.workspace.loaded
-        predictor = self.workspace.predictor(name, checkpoint, device, progressbar=request["download_bar"])
+        weights = get_model_spec(name).weights
+        needs_download = loaded is None and checkpoint is None and weights is not None and not is_cached(weights)
+        bar = _open_bar(f"Downloading {weights.filename}") if needs_download else None
+        try:
+            predictor = self.workspace.predictor(name, checkpoint, device, progressbar=False if bar is None else bar)
+        finally:
+            if bar is not None:  # (not `if bar`: a bar of unknown length has no truth value)
+                _close_bar(bar)
         if predictor is not loaded:
             gc.freeze()  # the new model's objects too
         image, rgb, window_choice, contrast_limits = request["image"]
@@ -536,14 +567,22 @@ class SamWidget(Container):
             labels = self.target_labels()
         except RwthSamError as error:
             return self.report_error(error)
-        value = self.submit_value(labels)
+        try:
+            value = self.submit_value(labels)
+        except RwthSamError as error:
+            return self.report_error(error)
         written, kept = commit_mask(labels, state.plane, state.prediction.mask, value, self.overwrite.value)
         self.clear_prompts()
         self.record_submission(labels, value, written, kept)
 
-    def submit_value(self, labels: napari.layers.Labels) -> int:
-        """The label value of the next submit: a new id in instance mode, else the class's value."""
-        return next_instance_id(labels.data) if self.instance_mode.value else self.label_value.value
+    def submit_value(self, labels: napari.layers.Labels, taken=()) -> int:
+        """The label value of the next submit: a new id in instance mode (above ``taken`` too), else
+        the class's value; refused when the layer's dtype cannot hold it."""
+        if self.instance_mode.value:
+            value = max([next_instance_id(labels.data), *(value + 1 for value in taken)])
+        else:
+            value = self.label_value.value
+        return check_label_value(value, labels.data.dtype, labels.name, instance=self.instance_mode.value)
 
     def record_submission(self, labels: napari.layers.Labels, value: int, written: int, kept: int) -> None:
         """After a write: name it by its class, and tell the user what happened."""
@@ -616,8 +655,10 @@ class SamWidget(Container):
             self.labels_picker.value.redo()
 
     def _key_handler(self, action: str):
+        run = self.guard(action.replace("_", " ").capitalize(), lambda: getattr(self, action)())
+
         def handler(viewer):
-            getattr(self, action)()
+            run()
 
         handler.__name__ = action
         return handler
@@ -625,6 +666,7 @@ class SamWidget(Container):
     def _on_model_changed(self, *_) -> None:
         self.workspace.reset()
         self.clear_prompts()
+        self.volume.reset(reason="The model changed during the propagation: it was stopped and nothing was written.")
 
     def _on_keep_on_disk_changed(self, keep: bool) -> None:
         self.workspace.disk_cache = DiskEmbeddingCache(default_disk_cache_dir()) if keep else None
@@ -633,12 +675,38 @@ class SamWidget(Container):
     def _on_image_changed(self, *_) -> None:
         self.clear_prompts()
         self.prompts = PromptState()
+        self.volume.reset(reason="The image changed during the propagation: it was stopped and nothing was written.")
+        self._watch_image(self.image_picker.value)
+        if self._watched_image is not None:
+            self._make_helper_layers()
+
+    def _on_layer_removed(self, *_) -> None:
+        """The picked image removed: magicgui says nothing when its picker is left empty, so the
+        widget looks itself (its prompts, previews and 3D session were about that image)."""
+        self.image_picker.reset_choices()
+        if self._watched_image is not None and self._watched_image not in self.viewer.layers:
+            self._on_image_changed()
+
+    def _watch_image(self, layer) -> None:
+        """Follow the picked image's contrast limits and data (only that image's)."""
         if self._watched_image is not None:
             self._watched_image.events.contrast_limits.disconnect(self._restart_window_timer)
-        self._watched_image = self.image_picker.value
-        if self._watched_image is not None:
-            self._watched_image.events.contrast_limits.connect(self._restart_window_timer)
-            self._make_helper_layers()
+            self._watched_image.events.data.disconnect(self._on_image_data_changed)
+        self._watched_image = layer
+        if layer is not None:
+            layer.events.contrast_limits.connect(self._restart_window_timer)
+            layer.events.data.connect(self._on_image_data_changed)
+
+    def _on_image_data_changed(self, *_) -> None:
+        """The image's data was replaced: prompts, previews and the 3D session were about the old data
+        (a prediction still on its way is dropped, as its version is older)."""
+        self.clear_prompts()
+        self.prompts = PromptState()
+        self.volume.reset(
+            reason="The image's data changed during the propagation: it was stopped and nothing was written."
+        )
+        self._preview_plane = None
+        self._make_helper_layers()
 
     def _make_helper_layers(self) -> None:
         """Make the preview, prompt and box layers now, while nothing waits: napari takes 0.4 s or
@@ -649,7 +717,7 @@ class SamWidget(Container):
             return  # an image rwth-sam cannot segment: the click will say why
         self._points()
         self._box()
-        if self._preview_layer is None or self._preview_layer not in self.viewer.layers:
+        if self._preview_layer is None or self._preview_layer not in self.viewer.layers or self._preview_plane is None:
             self.show_preview(plane, None)
 
     def _restart_window_timer(self, *_) -> None:
@@ -663,17 +731,80 @@ class SamWidget(Container):
         self._embed_ahead()
 
     def report_error(self, error: Exception) -> None:
-        """Tell the user in the status line and a notification; nothing else changes."""
-        message = str(error) if isinstance(error, RwthSamError) else f"{type(error).__name__}: {error}"
+        """Tell the user in the status line and a notification; nothing else changes. (An unexpected
+        exception is logged with its traceback and told in one sentence.)"""
+        message = str(as_user_error(error, "rwth-sam"))
+        if self.closed:
+            return
         self.status.value = message
         show_error(message)
 
-    def _disconnect(self, *_) -> None:
-        if self._on_mouse in self.viewer.mouse_drag_callbacks:
-            self.viewer.mouse_drag_callbacks.remove(self._on_mouse)
-        for key in KEY_BINDINGS:
-            self.viewer.bind_key(key, None)
+    def close_session(self) -> None:
+        """The widget was closed (the dock's close button, or the viewer): stop its runs and undo,
+        at once, everything it connected to the viewer, so that a closed widget does nothing and a
+        reopened one is the only one listening. Its own helper layers go with it."""
+        if self.closed:
+            return
+        self.closed = True
+        self.runner.shut_down()
+        self.volume.progress.request_cancel(quietly=True)
+        self.automatic.progress.request_cancel(quietly=True)
+        self._window_timer.stop()
+        viewer = self.viewer
+        if self._on_mouse in viewer.mouse_drag_callbacks:
+            viewer.mouse_drag_callbacks.remove(self._on_mouse)
+        for key, handler in self._key_handlers.items():
+            unbound = viewer.bind_key(key, None)
+            if unbound is not None and unbound is not handler:  # another widget's binding: keep it
+                viewer.bind_key(key, unbound, overwrite=True)
         PROFILES.changed.disconnect(self._on_profiles_changed)
-        self.viewer.dims.events.current_step.disconnect(self._embed_ahead)
-        if self._watched_image is not None:
-            self._watched_image.events.contrast_limits.disconnect(self._restart_window_timer)
+        viewer.dims.events.current_step.disconnect(self._embed_ahead)
+        viewer.layers.events.removed.disconnect(self._on_layer_removed)
+        for event in ("inserted", "removed", "reordered", "renamed"):  # napari's dock connected these
+            getattr(viewer.layers.events, event).disconnect(self.reset_choices)
+        self._watch_image(None)
+        for layer in (self._preview_layer, self._points_layer, self._box_layer):
+            if layer is not None and layer in viewer.layers:
+                viewer.layers.remove(layer)
+        self._preview_layer = self._points_layer = self._box_layer = None
+
+
+@ensure_main_thread(await_return=True)
+def _open_bar(description: str) -> progress:
+    """A napari progress bar, made on the GUI thread (Qt objects must be) for a worker to update."""
+    return progress(desc=description)
+
+
+@ensure_main_thread
+def _close_bar(bar: progress) -> None:
+    bar.close()
+
+
+def _close_when_destroyed(on_close) -> None:
+    try:
+        on_close()
+    except RuntimeError:  # at exit Qt may have deleted the widget's timers already: nothing is left to stop
+        pass
+
+
+class _CloseWatch(QObject):
+    """Calls ``on_close`` when the docked widget is taken out of its dock, or destroyed.
+
+    napari's dock close button (``remove_dock_widget``) only unparents the widget; it is not
+    destroyed while Python holds it, so waiting for ``destroyed`` left a closed widget working.
+    """
+
+    def __init__(self, widget, on_close):
+        super().__init__(widget)
+        self._on_close = on_close
+        self._docked = widget.parent() is not None
+        widget.installEventFilter(self)
+        widget.destroyed.connect(lambda *_: _close_when_destroyed(on_close))
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.Type.ParentChange:
+            if watched.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self._on_close()
+        return False
