@@ -11,13 +11,20 @@ Everything is validated when a profile is made (from Python or from JSON); a pro
 ``ProfileError`` whose message names the JSON path of the offending field, e.g.
 ``classes[2].color: 'red' is not a colour of the form #rrggbb``. The file format is described in
 ``profiles/README.md``. Nothing here imports Qt or napari.
+
+A profile holds at most ``MAX_CLASSES`` classes and its file at most ``MAX_PROFILE_BYTES``: a
+dataset's classes (battery phases, organs; TotalSegmentator has 117) fit many times over, and a
+file beyond that is refused before it is parsed, so that no widget or colormap is ever asked to
+show half a million classes.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
+import reprlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,12 +35,18 @@ from .errors import InputError
 PROFILE_FORMAT = "rwth-sam-profile"
 PROFILE_VERSION = 1
 MAX_LABEL_VALUE = 2**31 - 1
+MAX_CLASSES = 5_000
+MAX_PROFILE_BYTES = 4 * 2**20  # 4 MiB: 5000 classes with descriptions of some 700 characters each
+_SIZE_LIMIT = f"{MAX_PROFILE_BYTES} bytes ({MAX_PROFILE_BYTES // 2**20} MiB)"
 BACKGROUND_NAME = "background"
 _HEX_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
 _SNIFF_BYTES = 64 * 1024
 _FORMAT_KEY = re.compile(rb'"format"\s*:\s*"' + re.escape(PROFILE_FORMAT.encode()) + rb'"')
 _PROFILE_KEYS = ("format", "version", "name", "description", "classes")
 _CLASS_KEYS = ("name", "value", "color", "description")
+_MAX_DIGITS = 20  # a JSON number longer than this cannot be a label value (at most 10 digits)
+_SHORT = reprlib.Repr()  # values quoted in messages: a huge or deeply nested one is shortened
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 60, 60
 
 
 class ProfileError(InputError):
@@ -55,10 +68,25 @@ class ProfileError(InputError):
 def _text(value: Any, path: str, *, required: bool) -> str:
     if not isinstance(value, str):
         raise ProfileError(f"must be a string, not {_json_type(value)}", path)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:  # JSON's "\ud800" escape: a string no file can hold
+        raise ProfileError(
+            f"holds {value[error.start]!r}, half of a surrogate pair, which is no character", path
+        ) from None
     value = value.strip()
     if required and not value:
         raise ProfileError("must not be empty", path)
     return value
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, short enough for a message whatever the file held."""
+    return _SHORT.repr(value)
+
+
+def _size(size: int) -> str:
+    return f"{size} bytes ({size / 2**20:.1f} MiB)"
 
 
 def _json_type(value: Any) -> str:
@@ -81,12 +109,14 @@ class SegmentationClass:
             raise ProfileError(f"'{name}' is reserved for label value 0 (unlabelled pixels)", "name")
         value = self.value
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ProfileError(f"must be a whole number from 1 to {MAX_LABEL_VALUE}, not {value!r}", "value")
+            raise ProfileError(f"must be a whole number from 1 to {MAX_LABEL_VALUE}, not {_shown(value)}", "value")
         if not 1 <= value <= MAX_LABEL_VALUE:
-            raise ProfileError(f"must be from 1 to {MAX_LABEL_VALUE} (0 is the background), not {value}", "value")
+            raise ProfileError(
+                f"must be from 1 to {MAX_LABEL_VALUE} (0 is the background), not {_shown(value)}", "value"
+            )
         color = self.color
         if not isinstance(color, str) or not _HEX_COLOR.fullmatch(color.strip()):
-            raise ProfileError(f"{color!r} is not a colour of the form #rrggbb (e.g. #ff8800)", "color")
+            raise ProfileError(f"{_shown(color)} is not a colour of the form #rrggbb (e.g. #ff8800)", "color")
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "value", int(value))
         object.__setattr__(self, "color", color.strip().lower())
@@ -106,7 +136,7 @@ class SegmentationClass:
 def _check_keys(data: dict, allowed: tuple[str, ...], required: tuple[str, ...], where: str | None = None) -> None:
     for key in data:
         if key not in allowed:
-            raise ProfileError(f"unknown key '{key}' (allowed: {', '.join(allowed)})", where)
+            raise ProfileError(f"unknown key {_shown(key)} (allowed: {', '.join(allowed)})", where)
     for key in required:
         if key not in data:
             raise ProfileError("is missing", f"{where}.{key}" if where else key)
@@ -127,6 +157,7 @@ class Profile:
         if isinstance(classes, (str, bytes, dict)) or not hasattr(classes, "__iter__"):
             raise ProfileError(f"must be a list of classes, not {_json_type(classes)}", "classes")
         classes = tuple(classes)
+        _check_count(len(classes))
         names: dict[str, int] = {}
         values: dict[int, int] = {}
         for index, item in enumerate(classes):
@@ -162,12 +193,14 @@ class Profile:
         if not isinstance(data, dict):
             raise ProfileError(f"a profile must be a JSON object, not {_json_type(data)}")
         if data.get("format") != PROFILE_FORMAT:
-            found = f"'format' is {data['format']!r}" if "format" in data else "'format' is missing"
-            raise ProfileError(f"not an rwth-sam profile: {found}, expected \"{PROFILE_FORMAT}\"", "format")
+            found = f"'format' is {_shown(data['format'])}" if "format" in data else "'format' is missing"
+            raise ProfileError(f'not an rwth-sam profile: {found}, expected "{PROFILE_FORMAT}"', "format")
         version = data.get("version")
         if isinstance(version, bool) or not isinstance(version, int):
-            found = "missing" if "version" not in data else f"{version!r}"
-            raise ProfileError(f"must be a whole number (this rwth-sam reads version {PROFILE_VERSION}), not {found}", "version")
+            found = "missing" if "version" not in data else _shown(version)
+            raise ProfileError(
+                f"must be a whole number (this rwth-sam reads version {PROFILE_VERSION}), not {found}", "version"
+            )
         if version != PROFILE_VERSION:
             newer = " (made by a newer rwth-sam: update rwth-sam to open it)" if version > PROFILE_VERSION else ""
             raise ProfileError(
@@ -178,6 +211,7 @@ class Profile:
         raw_classes = data.get("classes", [])
         if not isinstance(raw_classes, list):
             raise ProfileError(f"must be a list of classes, not {_json_type(raw_classes)}", "classes")
+        _check_count(len(raw_classes))  # before validating half a million of them
         classes = []
         for index, item in enumerate(raw_classes):
             try:
@@ -187,12 +221,20 @@ class Profile:
         return cls(data["name"], tuple(classes), data.get("description", ""))
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the profile as JSON (UTF-8, indented); the file is replaced only once fully written."""
+        """Write the profile as JSON (UTF-8, indented); the file is replaced only once fully written.
+
+        A profile whose file would be larger than ``load`` accepts is refused, so every saved profile opens again.
+        """
         path = Path(path)
-        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        data = (json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        if len(data) > MAX_PROFILE_BYTES:
+            raise ProfileError(
+                f"Cannot save the profile to {path}: its file would be {_size(len(data))}; a profile file may be "
+                f"at most {_SIZE_LIMIT}: shorten the descriptions"
+            )
         partial = path.with_name(path.name + ".partial")
         try:
-            partial.write_text(text, encoding="utf-8")
+            partial.write_bytes(data)
             os.replace(partial, path)
         except OSError as error:
             partial.unlink(missing_ok=True)
@@ -201,21 +243,10 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Profile:
+        """Read a profile file: UTF-8 (with or without a byte order mark), at most ``MAX_PROFILE_BYTES``."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as error:
-            raise ProfileError(f"Cannot load profile {path}: it is not a UTF-8 text file ({error.reason})") from None
-        except OSError as error:
-            raise ProfileError(f"Cannot load profile {path}: {error.strerror or error}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ProfileError(
-                f"Cannot load profile {path}: not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
-            ) from None
-        try:
-            return cls.from_dict(data)
+            return cls.from_dict(_parse_json(_read_limited(path)))
         except ProfileError as error:
             raise ProfileError(f"Cannot load profile {path}: {error}") from None
 
@@ -253,29 +284,89 @@ class Profile:
         }
 
 
-def is_profile_file(path: str | os.PathLike) -> bool:
-    """A cheap sniff: a ``.json`` file whose top-level ``"format"`` is ``"rwth-sam-profile"``.
+def _check_count(count: int) -> None:
+    if count > MAX_CLASSES:
+        raise ProfileError(f"{count} classes are too many: a profile may hold at most {MAX_CLASSES}", "classes")
 
-    Only the first 64 KiB are read. A file that says it is a profile but is broken (invalid JSON,
-    say) counts as one, so that opening it reports what is wrong instead of "no reader".
+
+def _read_limited(path: Path) -> bytes:
+    """The file's bytes; one larger than ``MAX_PROFILE_BYTES`` is refused before it is read."""
+    try:
+        size = path.stat().st_size
+        if size <= MAX_PROFILE_BYTES:
+            with path.open("rb") as file:
+                data = file.read(MAX_PROFILE_BYTES + 1)  # a file may grow, a device may have no size
+            size = len(data)
+    except OSError as error:
+        raise ProfileError(error.strerror or str(error)) from None
+    if size > MAX_PROFILE_BYTES:
+        raise ProfileError(f"the file is {_size(size)}; a profile file may be at most {_SIZE_LIMIT}")
+    return data
+
+
+def _parse_json(data: bytes) -> Any:
+    """JSON from UTF-8 bytes (a byte order mark, as Windows Notepad writes, is dropped), or a ProfileError saying why not."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ProfileError("it is not a UTF-8 text file: it starts with a UTF-16 byte order mark (save it as UTF-8)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ProfileError(
+            f"it is not a UTF-8 text file: byte 0x{data[error.start]:02x} at position {error.start} is not UTF-8 "
+            "(save it as UTF-8)"
+        ) from None
+    if "\x00" in text:
+        raise ProfileError("it is not a UTF-8 text file: it holds NUL bytes (a binary file, or UTF-16 text)")
+    if not text.strip():
+        raise ProfileError("the file is empty")
+    try:
+        return json.loads(text, object_pairs_hook=_object_without_repeated_keys, parse_int=_short_int)
+    except json.JSONDecodeError as error:
+        raise ProfileError(f"not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}") from None
+    except RecursionError:
+        raise ProfileError("not valid JSON for a profile: it is nested too deeply") from None
+
+
+def _object_without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object; a key given twice would silently keep only its last value, so it is refused."""
+    data = dict(pairs)
+    if len(data) < len(pairs):
+        seen: set[str] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ProfileError(f"the key {_shown(repeated)} is given twice in one object; each key may appear once")
+    return data
+
+
+def _short_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > _MAX_DIGITS:
+        raise ProfileError(f"a number of {len(digits.lstrip('-'))} digits is too long for a label value")
+    return int(digits)
+
+
+def is_profile_file(path: str | os.PathLike) -> bool:
+    """Whether a ``.json`` file is a profile: its top-level ``"format"`` is ``"rwth-sam-profile"``.
+
+    A file that says so in its first 64 KiB counts even when it is broken (invalid JSON, too large),
+    so that opening it reports what is wrong instead of "no reader". Files up to ``MAX_PROFILE_BYTES``
+    are parsed, so a profile whose ``"format"`` comes last counts too, and another JSON file that
+    holds a profile's ``"format"`` in a nested object does not.
     """
     try:
         path = Path(path)
         if path.suffix.lower() != ".json" or not path.is_file():
             return False
         with path.open("rb") as file:
-            head = file.read(_SNIFF_BYTES + 1)
+            head = file.read(MAX_PROFILE_BYTES + 1)
     except (OSError, TypeError, ValueError):
         return False
-    if not _FORMAT_KEY.search(head[:_SNIFF_BYTES]):
-        return False
-    if len(head) <= _SNIFF_BYTES:
-        try:
-            data = json.loads(head.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return True  # says it is a profile, but is broken: loading it will say how
-        return isinstance(data, dict) and data.get("format") == PROFILE_FORMAT
-    return True
+    says_so = _FORMAT_KEY.search(head[:_SNIFF_BYTES]) is not None
+    if len(head) > MAX_PROFILE_BYTES:
+        return says_so  # too large to parse: loading it says so
+    try:
+        data = _parse_json(head)
+    except ProfileError:
+        return says_so  # broken: loading it says how
+    return isinstance(data, dict) and data.get("format") == PROFILE_FORMAT
 
 
 # ----------------------------------------------------------------- built-in profiles

@@ -4,6 +4,11 @@ A profile is a named list of classes (name, label value, colour, description); s
 ``rwth_sam.core.profiles``. Every edit goes through the core's validation and into the session's
 ``PROFILES`` store at once, so other widgets see it. ``apply_profile`` colours a labels layer by
 class and gives it the class names as features, which napari's status bar shows on hover.
+
+The class table is a ``QTableView`` over a model of the profile's classes: cells are drawn on demand
+(the colour is the cell's background; double click or Enter opens the colour dialog), so a profile
+of ``MAX_CLASSES`` classes shows at once. Every handler runs through ``reporting.guarded``: a
+failure is a short message in the status line and a notification, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,13 +16,15 @@ from __future__ import annotations
 import colorsys
 import functools
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import napari
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QAbstractTableModel, QModelIndex, Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -32,8 +39,7 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QStyledItemDelegate,
-    QTableWidget,
-    QTableWidgetItem,
+    QTableView,
     QVBoxLayout,
     QWidget,
 )
@@ -41,10 +47,12 @@ from qtpy.QtWidgets import (
 from ..core.errors import RwthSamError
 from ..core.profiles import MAX_LABEL_VALUE, Profile, ProfileError, SegmentationClass
 from .profile_store import PROFILES, ProfileStore
+from .reporting import guarded
 
 UNKNOWN_LABEL_COLOR = "#808080"  # label values that are not in the profile stay visible, in grey
 NAME, VALUE, COLOR, DESCRIPTION = range(4)
 COLUMNS = ("Name", "Value", "Colour", "Description")
+FIELDS = ("name", "value", "color", "description")  # the SegmentationClass field of each column
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
 
 
@@ -77,20 +85,78 @@ def _text_color(color: str) -> str:
     return "#000000" if luminance > 140 else "#ffffff"
 
 
-def _user_message(error: Exception) -> str:
-    """A profile error as the table shows it: rows counted from 1, not ``classes[i]``."""
-    if not isinstance(error, RwthSamError):
-        return f"{type(error).__name__}: {error}"
-    if not isinstance(error, ProfileError):
+def _user_message(error: RwthSamError) -> str:
+    """An edit's error as the table shows it: rows counted from 1, not ``classes[i]`` (a file's error names
+    its place in the file, and is shown as it is)."""
+    if not isinstance(error, ProfileError) or error.path is None:
         return str(error)
     problem = re.sub(r"classes\[(\d+)\]", lambda m: f"row {int(m[1]) + 1}", error.problem)
-    match = re.fullmatch(r"classes\[(\d+)\]\.?(.*)", error.path or "")
+    match = re.fullmatch(r"classes\[(\d+)\]\.?(.*)", error.path)
     if match:
         field = {"color": "colour", "value": "label value"}.get(match[2], match[2])
         where = f"Row {int(match[1]) + 1}" + (f", {field}" if field else "")
         return f"{where}: {problem}"
-    where = {"name": "Profile name", "description": "Profile description"}.get(error.path or "", error.path)
+    where = {"name": "Profile name", "description": "Profile description", "classes": "Classes"}.get(
+        error.path, error.path
+    )
     return f"{where}: {problem}" if where else problem
+
+
+class ClassTableModel(QAbstractTableModel):
+    """The classes of the shown profile, one row each; an edit goes to ``commit(row, field, value)``, which
+    validates it and says whether it was taken."""
+
+    def __init__(self, commit: Callable[[int, str, object], bool]):
+        super().__init__()
+        self.classes: tuple[SegmentationClass, ...] = ()
+        self._commit = commit
+
+    def show(self, classes: tuple[SegmentationClass, ...]) -> None:
+        """Show these classes; the same number of rows keeps the view's current cell and selection."""
+        if len(classes) != len(self.classes):
+            self.beginResetModel()
+            self.classes = classes
+            self.endResetModel()
+        elif classes != self.classes:
+            self.classes = classes
+            self.dataChanged.emit(self.index(0, 0), self.index(len(classes) - 1, len(COLUMNS) - 1))
+
+    def rowCount(self, parent=QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(self.classes)
+
+    def columnCount(self, parent=QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(self, section, orientation, role=Qt.DisplayRole):
+        if orientation == Qt.Horizontal and role == Qt.DisplayRole:
+            return COLUMNS[section]
+        return super().headerData(section, orientation, role)
+
+    def data(self, index, role=Qt.DisplayRole):
+        item = self.classes[index.row()]
+        column = index.column()
+        if role in (Qt.DisplayRole, Qt.EditRole):
+            return getattr(item, FIELDS[column])
+        if column == COLOR:
+            return {
+                Qt.BackgroundRole: QColor(item.color),
+                Qt.ForegroundRole: QColor(_text_color(item.color)),
+                Qt.ToolTipRole: "Double-click (or Enter) to pick the class's colour",
+            }.get(role)
+        if column == DESCRIPTION and role == Qt.ToolTipRole:
+            return item.description
+        if column == VALUE and role == Qt.TextAlignmentRole:
+            return int(Qt.AlignRight | Qt.AlignVCenter)
+        return None
+
+    def flags(self, index):
+        flags = Qt.ItemIsEnabled | Qt.ItemIsSelectable
+        return flags if index.column() == COLOR else flags | Qt.ItemIsEditable
+
+    def setData(self, index, value, role=Qt.EditRole) -> bool:
+        if role != Qt.EditRole or not index.isValid():
+            return False
+        return self._commit(index.row(), FIELDS[index.column()], value)
 
 
 class _ValueDelegate(QStyledItemDelegate):
@@ -126,18 +192,24 @@ class ProfileWidget(QWidget):
         self.description_edit = QLineEdit()
         self.description_edit.setPlaceholderText("What the profile is for")
 
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.model = ClassTableModel(self._commit_cell)
+        self.table = QTableView()
+        self.table.setModel(self.model)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setItemDelegate(_ValueDelegate(self.table))
         self.table.verticalHeader().setDefaultSectionSize(24)
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.Fixed)  # no row is measured
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(NAME, QHeaderView.Interactive)
-        header.setSectionResizeMode(VALUE, QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(COLOR, QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(VALUE, QHeaderView.Interactive)
+        header.setSectionResizeMode(COLOR, QHeaderView.Interactive)
         header.setSectionResizeMode(DESCRIPTION, QHeaderView.Stretch)
         self.table.setColumnWidth(NAME, 130)
+        for column, widest in ((VALUE, "2147483647"), (COLOR, "#dddddd")):  # set, not measured over 5000 rows
+            text, title = self.table.fontMetrics(), header.fontMetrics()
+            width = max(text.horizontalAdvance(widest), title.horizontalAdvance(COLUMNS[column]))
+            self.table.setColumnWidth(column, width + 24)
         self.table.setMinimumHeight(200)
 
         self.add_button = QPushButton("Add class")
@@ -168,27 +240,35 @@ class ProfileWidget(QWidget):
         layout.addWidget(self.apply_button)
         layout.addWidget(self.status)
 
-        self.profile_combo.currentIndexChanged.connect(self._on_combo_changed)
-        self.new_button.clicked.connect(self._on_new_clicked)
-        self.remove_profile_button.clicked.connect(self.close_profile)
-        self.name_edit.editingFinished.connect(lambda: self.rename_profile(self.name_edit.text()))
-        self.description_edit.editingFinished.connect(lambda: self.set_description(self.description_edit.text()))
-        self.table.itemChanged.connect(self._on_item_changed)
-        self.table.currentCellChanged.connect(lambda *_: self._update_buttons())
-        self.add_button.clicked.connect(self._on_add_clicked)
-        self.remove_class_button.clicked.connect(lambda: self.remove_class(self.table.currentRow()))
-        self.up_button.clicked.connect(lambda: self.move_class(self.table.currentRow(), -1))
-        self.down_button.clicked.connect(lambda: self.move_class(self.table.currentRow(), +1))
-        self.open_button.clicked.connect(self._open_dialog)
-        self.save_button.clicked.connect(self._save_dialog)
-        self.apply_button.clicked.connect(lambda: self.apply_to_layer())
+        slot = self._slot
+        self.profile_combo.currentIndexChanged.connect(slot("Picking the profile", self._on_combo_changed))
+        self.new_button.clicked.connect(slot("Making a new profile", self._on_new_clicked))
+        self.remove_profile_button.clicked.connect(slot("Closing the profile", self.close_profile))
+        self.name_edit.editingFinished.connect(
+            slot("Renaming the profile", lambda: self.rename_profile(self.name_edit.text()))
+        )
+        self.description_edit.editingFinished.connect(
+            slot("Changing the description", lambda: self.set_description(self.description_edit.text()))
+        )
+        self.table.selectionModel().currentChanged.connect(slot("Picking a class", self._update_buttons))
+        self.table.activated.connect(slot("Picking the colour", self._on_activated))
+        self.add_button.clicked.connect(slot("Adding a class", self._on_add_clicked))
+        self.remove_class_button.clicked.connect(
+            slot("Deleting the class", lambda: self.remove_class(self.current_row))
+        )
+        self.up_button.clicked.connect(slot("Moving the class", lambda: self.move_class(self.current_row, -1)))
+        self.down_button.clicked.connect(slot("Moving the class", lambda: self.move_class(self.current_row, +1)))
+        self.open_button.clicked.connect(slot("Opening a profile", self._open_dialog))
+        self.save_button.clicked.connect(slot("Saving the profile", self._save_dialog))
+        self.apply_button.clicked.connect(slot("Applying the profile", self.apply_to_layer))
 
         layer_events = napari_viewer.layers.events
-        connections = [(store.changed, self._refresh)]
+        refresh_layers = slot("Listing the labels layers", self._refresh_layers)
+        connections = [(store.changed, slot("Showing the profiles", self._refresh))]
         for event in (layer_events.inserted, layer_events.removed, layer_events.reordered):
-            connections.append((event, self._refresh_layers))
+            connections.append((event, refresh_layers))
         if hasattr(layer_events, "renamed"):
-            connections.append((layer_events.renamed, self._refresh_layers))
+            connections.append((layer_events.renamed, refresh_layers))
         for signal, callback in connections:
             signal.connect(callback)
         self.destroyed.connect(functools.partial(_disconnect, connections))
@@ -198,24 +278,42 @@ class ProfileWidget(QWidget):
         self._refresh()
         self._refresh_layers()
 
+    def _slot(self, what: str, handler: Callable[[], object]) -> Callable:
+        """``handler`` as a slot: the signal's arguments are dropped, and a failure is a short message."""
+        run = guarded(what, self._report)(handler)
+        return lambda *_signal_arguments: run()
+
     # ----------------------------------------------------------------- profile
     @property
     def profile(self) -> Profile | None:
         return None if self.current_name is None else self.store.get(self.current_name)
 
+    @contextmanager
+    def _showing(self, name: str | None) -> Iterator[None]:
+        """Show profile ``name`` from now on (a store change redraws the widget at once); if the change fails,
+        the profile shown before stays."""
+        shown = self.current_name
+        self.current_name = name
+        try:
+            yield
+        except BaseException:
+            self.current_name = shown
+            self._refresh()
+            raise
+
     def select_profile(self, name: str) -> Profile:
         if name not in self.store:
             raise KeyError(name)
-        self.current_name = name
-        self._refresh()
+        with self._showing(name):
+            self._refresh()
         return self.profile
 
     def new_profile(self, name: str | None = None) -> Profile:
         profile = Profile(name or self.store.unique_name("New profile"))
         if profile.name in self.store:
             return self._report(ProfileError(f"There is already a profile named '{profile.name}'."))
-        self.current_name = profile.name
-        self.store.add(profile)
+        with self._showing(profile.name):
+            self.store.add(profile)
         self._say(f"New profile '{profile.name}': add its classes, then save it.")
         return profile
 
@@ -223,14 +321,13 @@ class ProfileWidget(QWidget):
         profile = self.profile
         if profile is None or name.strip() == profile.name:
             return profile
+        old = profile.name
         try:
             renamed = replace(profile, name=name)
-            old = profile.name
-            self.current_name = renamed.name
-            self.store.replace(old, renamed)
+            with self._showing(renamed.name):
+                self.store.replace(old, renamed)
         except RwthSamError as error:
-            self.current_name = profile.name
-            self._refresh()
+            self._refresh()  # the name field shows the old name again
             return self._report(error)
         if old in self.paths:
             self.paths[renamed.name] = self.paths.pop(old)
@@ -247,8 +344,8 @@ class ProfileWidget(QWidget):
             return
         index = self.store.names.index(profile.name)
         remaining = [name for name in self.store.names if name != profile.name]
-        self.current_name = remaining[min(index, len(remaining) - 1)] if remaining else None
-        self.store.remove(profile.name)
+        with self._showing(remaining[min(index, len(remaining) - 1)] if remaining else None):
+            self.store.remove(profile.name)
         self._say(f"Closed '{profile.name}'.")
 
     # ----------------------------------------------------------------- classes
@@ -272,7 +369,7 @@ class ProfileWidget(QWidget):
             return self._report(error.within(f"classes[{len(profile.classes)}]"))
         if self._commit(classes=(*profile.classes, item)) is None:
             return None
-        self.table.setCurrentCell(len(profile.classes), NAME)
+        self.set_current_cell(len(profile.classes), NAME)
         return item
 
     def set_class(self, row: int, **changes) -> SegmentationClass | None:
@@ -287,6 +384,10 @@ class ProfileWidget(QWidget):
         classes[row] = item
         return item if self._commit(classes=tuple(classes)) is not None else None
 
+    def _commit_cell(self, row: int, field: str, value) -> bool:
+        """A table edit (``ClassTableModel.setData``): whether it was taken."""
+        return guarded("Editing the class", self._report)(self.set_class)(row, **{field: value}) is not None
+
     def set_color(self, row: int, color: str) -> SegmentationClass | None:
         return self.set_class(row, color=color)
 
@@ -297,7 +398,7 @@ class ProfileWidget(QWidget):
         classes = list(profile.classes)
         removed = classes.pop(row)
         if self._commit(classes=tuple(classes)) is not None:
-            self.table.setCurrentCell(min(row, len(classes) - 1), NAME)
+            self.set_current_cell(min(row, len(classes) - 1), NAME)
             self._say(f"Deleted class '{removed.name}' (label value {removed.value}).")
 
     def move_class(self, row: int, offset: int) -> None:
@@ -309,7 +410,8 @@ class ProfileWidget(QWidget):
         classes = list(profile.classes)
         classes[row], classes[target] = classes[target], classes[row]
         if self._commit(classes=tuple(classes)) is not None:
-            self.table.setCurrentCell(target, self.table.currentColumn() if self.table.currentColumn() >= 0 else NAME)
+            column = self.table.currentIndex().column()
+            self.set_current_cell(target, column if column >= 0 else NAME)
 
     def _commit(self, **changes) -> Profile | None:
         """Validate a changed copy of the current profile and put it into the store."""
@@ -345,8 +447,8 @@ class ProfileWidget(QWidget):
         except RwthSamError as error:
             return self._report(error)
         replaced = profile.name in self.store
-        self.current_name = profile.name
-        self.store.add(profile)
+        with self._showing(profile.name):
+            self.store.add(profile)
         self.paths[profile.name] = Path(path)
         note = " (replacing the open profile of that name)" if replaced else ""
         self._say(f"Opened '{profile.name}' from {Path(path).name}{note}.")
@@ -360,7 +462,9 @@ class ProfileWidget(QWidget):
         return f"{stem or 'profile'}.json"
 
     def _save_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save segmentation profile", self._default_path(), "Profiles (*.json)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save segmentation profile", self._default_path(), "Profiles (*.json)"
+        )
         if path:
             self.save_to(path if path.lower().endswith(".json") else f"{path}.json")
 
@@ -368,6 +472,12 @@ class ProfileWidget(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Open segmentation profile", "", "Profiles (*.json);;All files (*)")
         if path:
             self.open_from(path)
+
+    def _on_activated(self) -> None:
+        """Double click or Enter on a colour cell opens the colour dialog."""
+        index = self.table.currentIndex()
+        if index.isValid() and index.column() == COLOR:
+            self._pick_color(index.row())
 
     def _pick_color(self, row: int) -> None:
         item = self.profile.classes[row]
@@ -428,48 +538,22 @@ class ProfileWidget(QWidget):
                 edit.setCursorPosition(0)  # a long description shows its start
             edit.setEnabled(profile is not None)
 
-        classes = profile.classes if profile else ()
-        self.table.blockSignals(True)
-        self.table.setRowCount(len(classes))
-        for row, item in enumerate(classes):
-            self._set_cell(row, NAME, item.name)
-            self._set_cell(row, VALUE, item.value)
-            self._set_cell(row, DESCRIPTION, item.description)
-            self._color_button(row, item)
-        self.table.blockSignals(False)
+        self.model.show(profile.classes if profile else ())
         self._update_buttons()
         self.apply_button.setEnabled(bool(self._labels_layers) and profile is not None)
 
-    def _set_cell(self, row: int, column: int, value) -> None:
-        cell = self.table.item(row, column)
-        if cell is None:
-            cell = QTableWidgetItem()
-            self.table.setItem(row, column, cell)
-        if cell.data(Qt.EditRole) != value:
-            cell.setData(Qt.EditRole, value)
-        if column == DESCRIPTION:
-            cell.setToolTip(value)
-        if column == VALUE:
-            cell.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
+    @property
+    def current_row(self) -> int:
+        """The row of the table's current cell (-1: none)."""
+        return self.table.currentIndex().row()
 
-    def _color_button(self, row: int, item: SegmentationClass) -> QPushButton:
-        button = self.table.cellWidget(row, COLOR)
-        if button is None:
-            button = QPushButton()
-            button.setToolTip("Click to pick the class's colour")
-            button.clicked.connect(functools.partial(self._pick_color, row))
-            self.table.setCellWidget(row, COLOR, button)
-        button.setText(item.color)
-        button.setStyleSheet(
-            f"QPushButton {{ background-color: {item.color}; color: {_text_color(item.color)}; "
-            "border: 1px solid #202020; border-radius: 2px; padding: 1px 6px; font-family: monospace; }"
-        )
-        return button
+    def set_current_cell(self, row: int, column: int) -> None:
+        self.table.setCurrentIndex(self.model.index(row, column))
 
     def _update_buttons(self) -> None:
         profile = self.profile
         count = len(profile.classes) if profile else 0
-        row = self.table.currentRow()
+        row = self.current_row
         has_row = profile is not None and 0 <= row < count
         self.table.setEnabled(profile is not None)
         self.add_button.setEnabled(True)
@@ -479,25 +563,10 @@ class ProfileWidget(QWidget):
         self.save_button.setEnabled(profile is not None)
         self.remove_profile_button.setEnabled(profile is not None)
 
-    def _on_combo_changed(self, index: int) -> None:
+    def _on_combo_changed(self) -> None:
+        index = self.profile_combo.currentIndex()
         if 0 <= index < len(self.store):
             self.select_profile(self.store.names[index])
-
-    def _on_item_changed(self, cell: QTableWidgetItem) -> None:
-        row, column = cell.row(), cell.column()
-        if column == NAME:
-            self.set_class(row, name=cell.text())
-        elif column == VALUE:
-            value = cell.data(Qt.EditRole)
-            try:
-                value = int(value)
-            except (TypeError, ValueError):
-                self._refresh()
-                self._report(ProfileError(f"must be a whole number, not {value!r}", f"classes[{row}].value"))
-                return
-            self.set_class(row, value=value)
-        elif column == DESCRIPTION:
-            self.set_class(row, description=cell.text())
 
     def _on_new_clicked(self) -> None:
         self.new_profile()
@@ -506,13 +575,13 @@ class ProfileWidget(QWidget):
 
     def _on_add_clicked(self) -> None:
         if self.add_class() is not None:
-            self.table.editItem(self.table.item(self.table.currentRow(), NAME))
+            self.table.edit(self.table.currentIndex())
 
     def _say(self, message: str) -> None:
         self.status.setStyleSheet("")
         self.status.setText(message)
 
-    def _report(self, error: Exception) -> None:
+    def _report(self, error: RwthSamError) -> None:
         message = _user_message(error)
         self.status.setStyleSheet("color: #ff6060;")
         self.status.setText(message)
