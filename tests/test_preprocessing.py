@@ -107,6 +107,23 @@ def test_bool_image():
     assert gray(to_rgb(image, IntensityWindow(0.0, 1.0))).tolist() == [[255, 0], [0, 255]]
 
 
+def test_wide_integers_keep_their_precision():
+    """uint64 and int64 counts near 2**40 are windowed in float64: in float32 they were one grey."""
+    for dtype in (np.uint64, np.int64):
+        image = np.array([[0, 500, 1000]], dtype) + dtype(2**40)
+        out = gray(to_rgb(image, IntensityWindow(2.0**40, 2.0**40 + 1000)))
+        assert out.tolist() == [[0, 128, 255]]
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128", "object", "U2", "S2", "datetime64[s]", "timedelta64[s]"])
+def test_dtypes_without_intensities_are_refused_by_name(dtype):
+    image = np.zeros((3, 3), dtype)
+    with pytest.raises(rwth_sam.InputError, match=r"cannot segment an image of dtype .*bool, integer or float"):
+        to_rgb(image, IntensityWindow(0.0, 1.0))
+    with pytest.raises(rwth_sam.InputError, match="cannot segment an image of dtype"):
+        IntensityWindow.percentiles(image)
+
+
 def test_float32_nan_is_black_and_infinities_clip():
     image = np.array([[np.nan, 0.0, 0.5], [1.0, np.inf, -np.inf]], dtype=np.float32)
     original = image.copy()
@@ -158,6 +175,14 @@ def test_percentiles_ignore_nan_and_refuse_all_nan():
 def test_percentiles_of_a_constant_volume_still_make_a_window():
     window = IntensityWindow.percentiles(np.full((3, 4, 4), 7, np.int16))
     assert window.low == 7.0 and window.high > window.low
+    huge = IntensityWindow.percentiles(np.full((3, 4, 4), 2**63 + 5, np.uint64))  # there lo + 1.0 == lo
+    assert huge.high > huge.low
+
+
+def test_percentiles_of_a_bool_volume():
+    mask = np.zeros((2, 8, 8), bool)
+    mask[:, 2:6, 2:6] = True
+    assert IntensityWindow.percentiles(mask) == IntensityWindow(0.0, 1.0)
 
 
 def test_percentiles_sample_large_volumes():
@@ -282,4 +307,6 @@ def test_resolve_window_choices():
     # uint8 colour passes through whatever is chosen; other colour images get a window
     colour = np.zeros((4, 4, 3), np.uint8)
     assert resolve_window(CONTRAST_LIMITS, colour, contrast_limits=(0, 255), rgb=True) is None
-    assert resolve_window(CONTRAST_LIMITS, colour.astype(np.float32), contrast_limits=(0, 1), rgb=True) == IntensityWindow(0.0, 1.0)
+    assert resolve_window(
+        CONTRAST_LIMITS, colour.astype(np.float32), contrast_limits=(0, 1), rgb=True
+    ) == IntensityWindow(0.0, 1.0)

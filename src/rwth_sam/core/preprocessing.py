@@ -22,6 +22,35 @@ CT_WINDOWS = {
     "CT brain": (40.0, 80.0),
 }
 
+# numpy's dtype kinds that hold intensities (bool, signed and unsigned integers, floats), and what the others hold.
+INTENSITY_KINDS = "biuf"
+_OTHER_KINDS = {
+    "c": "complex numbers (take the magnitude, np.abs, or the real part first)",
+    "O": "Python objects",
+    "U": "text",
+    "T": "text",
+    "S": "bytes",
+    "V": "records (a structured dtype; pick one of its fields)",
+    "M": "dates",
+    "m": "time spans",
+}
+
+
+def check_dtype(dtype) -> np.dtype:
+    """``dtype`` if its values are intensities rwth-sam can map to 8-bit, else an InputError naming it.
+
+    Every entry point that takes image data calls this, so an unsupported dtype is refused with one
+    message rather than failing deep inside numpy.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in INTENSITY_KINDS:
+        holds = _OTHER_KINDS.get(dtype.kind, "no intensities")
+        raise InputError(
+            f"rwth-sam cannot segment an image of dtype {dtype}: it holds {holds}. "
+            "It needs bool, integer or float intensities."
+        )
+    return dtype
+
 
 @dataclass(frozen=True)
 class IntensityWindow:
@@ -48,14 +77,17 @@ class IntensityWindow:
     ) -> IntensityWindow:
         """Clip the whole volume's intensity distribution at two percentiles (sampled for speed)."""
         values = np.asarray(volume).reshape(-1)
+        check_dtype(values.dtype)
+        if values.dtype == np.bool_:
+            values = values.astype(np.uint8)  # numpy's percentile cannot subtract booleans
         stride = max(1, values.size // max_samples)
         values = values[::stride]
         values = values[np.isfinite(values)]
         if values.size == 0:
             raise InputError("The image has no finite values to compute percentiles from.")
         lo, hi = np.percentile(values, [low, high])
-        if hi <= lo:
-            hi = lo + 1.0
+        if hi <= lo:  # a constant volume; beyond 2**53 (uint64 data) lo + 1 is lo again
+            hi = max(lo + 1.0, np.nextafter(lo, np.inf))
         return cls(float(lo), float(hi))
 
     @classmethod
@@ -72,6 +104,7 @@ def to_rgb(image: np.ndarray, window: IntensityWindow | None, rgb: bool = False)
     NaN maps to black, infinities to the window's ends. An all-NaN slice is an error: there is nothing to segment.
     """
     image = np.asarray(image)
+    check_dtype(image.dtype)
     if rgb:
         if image.ndim != 3 or image.shape[2] not in (3, 4):
             raise InputError(f"A colour slice is (H, W, 3) or (H, W, 4), not {image.shape}.")
@@ -85,12 +118,16 @@ def to_rgb(image: np.ndarray, window: IntensityWindow | None, rgb: bool = False)
     if window is None:
         if image.dtype == np.uint8:
             return _as_rgb(image, rgb)
-        raise InputError(f"A {image.dtype} image needs an intensity window (contrast limits, CT preset or percentiles).")
+        raise InputError(
+            f"A {image.dtype} image needs an intensity window (contrast limits, CT preset or percentiles)."
+        )
     nan = np.isnan(image) if image.dtype.kind == "f" else None
     if nan is not None and nan.all():
         raise InputError("This slice contains only NaN values: there is nothing to segment.")
+    # float32 holds every 8- and 16-bit value exactly; wider types (uint64 counts, say) need float64.
+    working = np.float32 if image.dtype.itemsize <= 2 or image.dtype == np.float32 else np.float64
     scale = 255.0 / (window.high - window.low)
-    scaled = (image.astype(np.float32) - np.float32(window.low)) * np.float32(scale)
+    scaled = (image.astype(working) - working(window.low)) * working(scale)
     if nan is not None:
         scaled[nan] = 0.0
     scaled = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

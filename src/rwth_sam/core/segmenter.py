@@ -13,22 +13,35 @@ from .cache import DEFAULT_CACHE_BYTES, DiskEmbeddingCache, EmbeddingCache, Slic
 from .coordinates import SlicePlane
 from .errors import InputError
 from .predictors.base import Embedding, Prediction, Predictor, Prompts
-from .preprocessing import IntensityWindow, to_rgb
+from .preprocessing import IntensityWindow, check_dtype, to_rgb
 
 __all__ = ["DEFAULT_CACHE_BYTES", "DiskEmbeddingCache", "EmbeddingCache", "Segmenter", "SliceKey", "spatial_shape"]
 
 
 def spatial_shape(image: np.ndarray, rgb: bool) -> tuple[int, ...]:
-    """The image's spatial shape, refusing what rwth-sam cannot segment (4D, 1D, empty)."""
-    shape = tuple(image.shape[:-1] if rgb else image.shape)
+    """The image's spatial shape, refusing what rwth-sam cannot segment: a dtype without intensities
+    (complex, text, objects), 4D or 1D data, an empty image, and one with no slice of 2x2 pixels.
+
+    A stack of one slice, (1, H, W), is a volume like any other (napari shows its H x W slice).
+    """
+    if not (hasattr(image, "shape") and hasattr(image, "dtype")):
+        raise InputError(f"An image is an array (numpy, dask, zarr), not a {type(image).__name__}: use np.asarray.")
+    check_dtype(image.dtype)
+    if rgb and (len(image.shape) < 3 or image.shape[-1] not in (3, 4)):
+        raise InputError(
+            f"A colour image has 3 or 4 channels along its last axis; this one has shape {tuple(image.shape)}."
+        )
+    shape = tuple(int(s) for s in (image.shape[:-1] if rgb else image.shape))
     if len(shape) not in (2, 3):
         kind = "colour " if rgb else ""
         raise InputError(
             f"rwth-sam segments 2D images and 3D volumes; this {kind}image has {len(shape)} spatial "
             f"dimensions {shape}. Select one time point or channel first."
         )
-    if min(shape) < 2:
-        raise InputError(f"The image of shape {shape} is too small to segment.")
+    if min(shape) == 0:
+        raise InputError(f"The image of shape {shape} is empty.")
+    if sorted(shape)[-2] < 2:
+        raise InputError(f"The image of shape {shape} is too small to segment: no slice of it is 2x2 pixels or more.")
     return shape
 
 
@@ -71,10 +84,27 @@ class Segmenter:
     def plane(self, axis: int | None = None, index: int | None = None) -> SlicePlane:
         if len(self.shape) == 3 and axis is None:
             axis = 0
-        return SlicePlane.of(self.shape, axis, index)
+        return self.check_plane(SlicePlane.of(self.shape, axis, index))
+
+    def check_plane(self, plane: SlicePlane) -> SlicePlane:
+        """``plane`` if it is a slice of this image that can be segmented (at least 2x2 pixels).
+
+        A volume may be viewed along an axis of length 1 (a single-slice stack shown side on): its
+        slices are a pixel thin, and the encoder cannot take them.
+        """
+        if tuple(plane.shape) != tuple(self.shape):
+            raise InputError(f"The slice belongs to an image of shape {plane.shape}, not {self.shape}.")
+        height, width = plane.size
+        if min(height, width) < 2:
+            raise InputError(
+                f"The slice shown (slice {plane.index} along axis {plane.axis}) is {height}x{width} pixels: "
+                "too small to segment. View the volume along another axis."
+            )
+        return plane
 
     def slice_rgb(self, plane: SlicePlane) -> np.ndarray:
         """The slice as the model sees it: (H, W, 3) uint8."""
+        self.check_plane(plane)
         return to_rgb(np.asarray(plane.take(self.image)), self.window, rgb=self.rgb)
 
     def key(self, plane: SlicePlane) -> SliceKey:
@@ -121,9 +151,7 @@ class Segmenter:
     def _neighbourhood(self, plane: SlicePlane, radius: int, within: tuple[int, int] | None = None) -> list[SlicePlane]:
         """``plane``, then its neighbours at distance 1, 2, ... radius (+1, -1, +2, -2 ...) in the
         volume, or only those in the slice range ``within`` (first, last)."""
-        if tuple(plane.shape) != tuple(self.shape):
-            raise InputError(f"The slice belongs to an image of shape {plane.shape}, not {self.shape}.")
-        planes = [plane]
+        planes = [self.check_plane(plane)]
         if plane.axis is not None:
             first, last = within if within is not None else (0, self.shape[plane.axis] - 1)
             first, last = max(first, 0), min(last, self.shape[plane.axis] - 1)
@@ -181,6 +209,7 @@ class Segmenter:
             for key in kept:
                 cache.unpin(key)
         return embedded
+
     def predict(
         self,
         plane: SlicePlane,
@@ -192,8 +221,17 @@ class Segmenter:
         all_masks: bool = False,
     ) -> Prediction:
         """Masks on ``plane`` for points (x, y) with labels (1/0), a box (x0, y0, x1, y1) and/or logits."""
+        self.check_plane(plane)
         prompts = Prompts.make(points, labels, box, mask_logits)
+        height, width = plane.size
         for x, y in prompts.points:
             if not plane.contains(x, y):
-                raise InputError(f"The point ({x:.1f}, {y:.1f}) is outside the {plane.size[1]}x{plane.size[0]} slice.")
+                raise InputError(f"The point ({x:.1f}, {y:.1f}) is outside the {width}x{height} slice.")
+        if prompts.box is not None:
+            x0, y0, x1, y1 = prompts.box
+            if x1 < -0.5 or y1 < -0.5 or x0 >= width - 0.5 or y0 >= height - 0.5:
+                raise InputError(
+                    f"The box ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f}) lies outside the {width}x{height} slice."
+                )
+        self.predictor.check_prompts(prompts)  # before the encoder runs: bad input costs nothing
         return self.predictor.predict(self.embed(plane), prompts, multimask=multimask, all_masks=all_masks)

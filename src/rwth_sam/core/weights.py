@@ -7,6 +7,7 @@ place only after the SHA-256 matches, so a partial or corrupt download is never 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,21 +108,55 @@ def fetch(weights: Weights, progressbar: Any = True) -> Path:
 
 
 def load_state_dict(path: str | os.PathLike) -> Mapping[str, Any]:
-    """Read a checkpoint's state dict on the CPU, unwrapping the {"model": ...} form SAM 2 uses."""
+    """Read a checkpoint's state dict on the CPU, unwrapping the {"model": ...} form SAM 2 uses.
+
+    Only tensors and plain containers are unpickled (``weights_only``): a checkpoint holding other
+    Python objects could run code as it is opened, so it is refused unread.
+    """
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path} is a folder; pick the checkpoint file (.pt or .pth) in it.")
     if not path.is_file():
         raise WeightsError(f"Checkpoint file not found: {path}")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"Checkpoint {path} is empty (0 bytes): an interrupted download or copy. Fetch it again.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for truncated or foreign files
+    except OSError as error:
+        raise WeightsError(f"Could not read checkpoint {path}: {error.strerror or error}.") from error
+    except Exception as error:  # torch raises many types for truncated, foreign or unsafe files
+        found = re.search(r"GLOBAL ([\w.]+)", str(error)) if _WEIGHTS_ONLY in str(error) else None
+        if found:
+            raise WeightsError(
+                f"Checkpoint {path} was not opened: besides weights it holds Python objects ({found.group(1)}), "
+                "and unpickling those can run code. If you trust the file, re-save its weights alone "
+                "(torch.save(model.state_dict(), path)) and pick that file."
+            ) from None
         raise WeightsError(
-            f"Could not read checkpoint {path}: the file is truncated, corrupt or not a PyTorch checkpoint ({error})."
+            f"Could not read checkpoint {path}: the file is truncated, corrupt or not a PyTorch checkpoint "
+            f"({_torch_reason(error)})."
         ) from error
     for key in ("model", "state_dict"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
     if not isinstance(state, Mapping) or not state:
         raise WeightsError(f"Checkpoint {path} holds no model weights.")
+    unnamed = next((key for key in state if not isinstance(key, str)), None)
+    if unnamed is not None:  # a state dict is keyed by weight names; torch fails on others with an AttributeError
+        raise WeightsError(f"Checkpoint {path} is not a state dict: {unnamed!r} is not the name of a weight.")
     return state
+
+
+_WEIGHTS_ONLY = "Weights only load failed"
+
+
+def _torch_reason(error: Exception, limit: int = 160) -> str:
+    """torch's reason in one line, without its advice to load with ``weights_only=False`` (which would
+    run whatever code the file holds)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and lines[0].startswith(_WEIGHTS_ONLY):
+        lines = [line for line in lines if line.startswith("Unsupported")] or ["not tensors alone"]
+    reason = lines[0] if lines else type(error).__name__
+    return reason if len(reason) <= limit else reason[: limit - 1] + "…"

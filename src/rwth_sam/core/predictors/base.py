@@ -29,23 +29,33 @@ class Prompts:
     @classmethod
     def make(cls, points=None, labels=None, box=None, mask_logits=None) -> Prompts:
         """Validate and normalise user input into arrays of the right shapes and dtypes."""
-        points = np.zeros((0, 2)) if points is None else np.asarray(points, dtype=np.float64)
+        points = np.zeros((0, 2)) if points is None else _numbers(points, "Points")
+        if points.size % 2:
+            raise InputError(f"Points are (x, y) pairs; got {points.size} numbers.")
         points = points.reshape(-1, 2) if points.size else np.zeros((0, 2))
+        if not np.isfinite(points).all():
+            raise InputError("Prompt coordinates must be finite numbers.")
         labels = np.ones(len(points)) if labels is None else np.asarray(labels).reshape(-1)
         if len(labels) != len(points):
             raise InputError(f"{len(points)} points but {len(labels)} labels.")
         if not np.isin(labels, (0, 1)).all():
             raise InputError("Point labels must be 1 (positive) or 0 (negative).")
         if box is not None:
-            box = np.asarray(box, dtype=np.float64).reshape(-1)
+            box = _numbers(box, "A box").reshape(-1)
             if box.shape != (4,):
                 raise InputError("A box is (x0, y0, x1, y1).")
+            if not np.isfinite(box).all():  # before min and max, which may drop a NaN
+                raise InputError("Prompt coordinates must be finite numbers.")
             box = np.array([min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])])
         if mask_logits is not None:
-            mask_logits = np.asarray(mask_logits, dtype=np.float32)
+            mask_logits = _numbers(mask_logits, "Mask logits", np.float32)
+            if mask_logits.ndim < 2 or mask_logits.size != np.prod(mask_logits.shape[-2:]):
+                raise InputError(
+                    f"Mask logits are one low-resolution mask (a prediction's best_logits), not {mask_logits.shape}."
+                )
             mask_logits = mask_logits.reshape((1,) + mask_logits.shape[-2:])
-        if not np.isfinite(points).all() or (box is not None and not np.isfinite(box).all()):
-            raise InputError("Prompt coordinates must be finite numbers.")
+            if not np.isfinite(mask_logits).all():
+                raise InputError("Mask logits must be finite numbers.")
         if len(points) == 0 and box is None:
             raise InputError("Add a point or a box first: there is no prompt to segment from.")
         return cls(points.astype(np.float32), labels.astype(np.int32), box, mask_logits)
@@ -54,6 +64,14 @@ class Prompts:
     def is_ambiguous(self) -> bool:
         """A lone point is ambiguous (part, object or whole?): ask for several masks and keep the best."""
         return len(self.points) == 1 and self.box is None and self.mask_logits is None
+
+
+def _numbers(values, what: str, dtype=np.float64) -> np.ndarray:
+    """``values`` as an array of numbers, or an InputError naming ``what`` (numpy's own says neither)."""
+    try:
+        return np.asarray(values, dtype=dtype)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be numbers, not {values!r:.60}.") from None
 
 
 @dataclass
@@ -78,7 +96,7 @@ class Prediction:
 
     masks: np.ndarray  # (K, H, W) bool
     scores: np.ndarray  # (K,)
-    logits: np.ndarray  # (K, 256, 256) float32
+    logits: np.ndarray  # (K, S/4, S/4) float32, S the encoder input side (256 x 256 for SAM)
 
     @property
     def best(self) -> int:
@@ -114,6 +132,11 @@ class Predictor(ABC):
     def input_size(self) -> int:
         """Side of the square the encoder sees (1024 for SAM)."""
 
+    @property
+    def mask_input_size(self) -> tuple[int, int]:
+        """(height, width) of the mask logits the prompt encoder takes: a quarter of the input side."""
+        return self.input_size // 4, self.input_size // 4
+
     @abstractmethod
     def _embed(self, rgb: np.ndarray) -> Embedding: ...
 
@@ -125,8 +148,7 @@ class Predictor(ABC):
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise InputError(f"The encoder takes an (H, W, 3) uint8 RGB image, not {rgb.shape} {rgb.dtype}.")
-        if min(rgb.shape[:2]) < 2:
-            raise InputError(f"A slice of {rgb.shape[0]}x{rgb.shape[1]} pixels is too small to segment.")
+        self.check_slice(*rgb.shape[:2])
         return self._with_mps_fallback(lambda: self._embed(np.ascontiguousarray(rgb)))
 
     def predict(
@@ -144,10 +166,24 @@ class Predictor(ABC):
         """
         if embedding.model_name != self.name:
             raise InputError(f"This embedding was made by {embedding.model_name}, not {self.name}.")
+        self.check_prompts(prompts)
         multimask = prompts.is_ambiguous if multimask is None else multimask
-        return self._with_mps_fallback(
-            lambda: self._predict(embedding.to(self.device), prompts, multimask, all_masks)
-        )
+        return self._with_mps_fallback(lambda: self._predict(embedding.to(self.device), prompts, multimask, all_masks))
+
+    def check_slice(self, height: int, width: int) -> None:
+        """Refuse a slice the encoder cannot take, before it runs."""
+        if min(height, width) < 2:
+            raise InputError(f"A slice of {height}x{width} pixels is too small to segment.")
+
+    def check_prompts(self, prompts: Prompts) -> None:
+        """Refuse what ``Prompts.make`` cannot tell alone: mask logits of another model's size."""
+        if prompts.mask_logits is not None and prompts.mask_logits.shape[-2:] != self.mask_input_size:
+            height, width = self.mask_input_size
+            raise InputError(
+                f"{self.name} refines from mask logits of {height}x{width}, not "
+                f"{prompts.mask_logits.shape[-2]}x{prompts.mask_logits.shape[-1]}: pass a prediction's best_logits "
+                "made by this model."
+            )
 
     def _with_mps_fallback(self, operation):
         with torch.inference_mode():

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .base import Embedding, Prediction, Predictor, Prompts, select_candidates, to_prediction
 
 
@@ -25,6 +26,15 @@ class SamPredictor(Predictor):
     @property
     def input_size(self) -> int:
         return self.model.image_encoder.img_size
+
+    def check_slice(self, height: int, width: int) -> None:
+        """SAM resizes a slice to ``input_size`` along its long side: the short side must stay a pixel or more."""
+        super().check_slice(height, width)
+        if min(self._upstream.transform.get_preprocess_shape(height, width, self.input_size)) < 1:
+            raise InputError(
+                f"A slice of {height}x{width} pixels is too elongated for {self.name}: resized to {self.input_size} "
+                "pixels along its long side, its short side would be under one pixel. Crop it, or use SAM 2."
+            )
 
     def _embed(self, rgb: np.ndarray) -> Embedding:
         self._upstream.set_image(rgb, image_format="RGB")
