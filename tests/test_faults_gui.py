@@ -154,14 +154,17 @@ def test_a_propagation_whose_target_or_model_changed_writes_nothing(viewer, qtbo
             assert np.array_equal(layer.data, others[layer.name]), f"{layer.name} changed"
 
 
-def test_a_second_full_segmentation_while_one_runs_is_refused(viewer, qtbot, oracle_checkpoint):
+def test_a_second_full_segmentation_while_one_runs_is_refused(viewer, qtbot, oracle_checkpoint, monkeypatch):
+    """Before, the second run's bar leaked and the first run's end closed it and disabled its Cancel."""
     widget, labels, panel, truth, liver = liver_session(viewer, qtbot, oracle_checkpoint)
-    bars = []
-    on_slice(panel, 1, lambda: (panel.full.clicked.emit(), bars.append(len(progress._all_instances))))
+    monkeypatch.setattr(OraclePredictor, "seconds_per_mask", 0.05)
+    said = []
+    on_slice(panel, 1, lambda: (panel.full.clicked.emit(), said.append((widget.status.value, panel.cancel.enabled))))
     panel.full.clicked.emit()
     wait_idle(qtbot, widget)
+    assert said == [("A propagation is running: wait for it, or cancel it first.", True)]
     assert "Propagation done: 16 slices" in widget.status.value
-    assert bars and not progress._all_instances.__contains__(panel.progress._bar)
+    assert panel.progress._bar is None and not panel.cancel.enabled
     assert np.array_equal(labels.data[2:18] == liver, truth[2:18] == liver)
 
 
@@ -334,3 +337,55 @@ def test_actions_out_of_order_say_what_to_do_first(viewer, checkpoint, action, m
     }[action]()
     assert widget.status.value == message
     assert not labels.data.any()
+
+
+def test_closing_the_widget_during_a_propagation_stops_it_and_writes_nothing(
+    viewer, qtbot, oracle_checkpoint, monkeypatch
+):
+    """Before, a run went on after the dock was closed (and napari waited for it at exit)."""
+    widget, labels, panel, truth, liver = liver_session(viewer, qtbot, oracle_checkpoint)
+    monkeypatch.setattr(OraclePredictor, "seconds_per_mask", 0.1)
+    done = []
+    panel.progress.advanced.connect(lambda count, total: done.append(count))
+    on_slice(panel, 2, widget.native.parent().titleBarWidget().close_button.click)
+    panel.full.clicked.emit()
+    qtbot.waitUntil(lambda: widget.runner._worker is None, timeout=60_000)
+    assert widget.closed and max(done) < 16, "the run must stop at the next slice"
+    assert not labels.data.any()
+    assert panel.progress._bar is None, "its progress bar must be closed"
+
+
+def test_a_range_of_one_slice_segments_that_slice_only(viewer, qtbot, oracle_checkpoint):
+    z, y, x = np.mgrid[:8, :40, :40]
+    truth = np.zeros((8, 40, 40), np.uint8)
+    truth[:, 10:30, 12:28] = 5
+    ct = truth.astype(np.int16) * 40 - 100 + (z * 3).astype(np.int16)
+    widget, labels, panel = run_3d(viewer, qtbot, oracle_checkpoint, ct, truth, (0, 1, 2), 4, 4, ["liver"], (1, 1, 1))
+    panel.full.clicked.emit()
+    wait_idle(qtbot, widget)
+    assert "Propagation done: 1 slices" in widget.status.value
+    assert np.array_equal(labels.data[4] == 5, truth[4] == 5)
+    assert not np.delete(labels.data, 4, axis=0).any()
+
+
+@pytest.mark.parametrize("kind", ["dask", "zarr"])
+def test_a_lazy_image_gives_the_preview_of_the_same_array_in_memory(viewer, checkpoint, qtbot, kind):
+    volume, _ = battery_phantom(shape=(6, 64, 64))
+    if kind == "dask":
+        dask_array = pytest.importorskip("dask.array")
+        lazy = dask_array.from_array(volume, chunks=(1, 32, 32))
+    else:
+        zarr = pytest.importorskip("zarr")
+        lazy = zarr.create_array(store={}, shape=volume.shape, chunks=(1, 32, 32), dtype=volume.dtype)
+        lazy[:] = volume
+    masks = []
+    widget = dock(viewer, checkpoint)
+    for data in (volume, lazy):
+        image = viewer.add_image(data, name=f"cell {len(masks)}", contrast_limits=(0, 255))
+        widget.image_picker.value = image
+        viewer.dims.set_point(0, 3)
+        middle_click(viewer, image.data_to_world((3, 32, 32)))
+        wait_idle(qtbot, widget)
+        masks.append(widget.prompts.prediction.mask)
+        widget.clear_prompts()
+    assert masks[0].any() and np.array_equal(masks[0], masks[1])
