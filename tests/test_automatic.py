@@ -10,9 +10,13 @@ import pytest
 from scipy import ndimage
 
 from rwth_sam.core.automatic import (
+    HIGHEST,
+    LOWEST,
+    MAX_PROMPT_POINTS,
     SETTING_HELP,
     AutomaticSettings,
     VolumeResult,
+    Workload,
     cached_generator,
     generate_slice,
     generate_volume,
@@ -270,6 +274,123 @@ def test_invalid_settings_raise_input_error(changes, message):
         AutomaticSettings(**changes)
 
 
+# The bad-input catalogue of the settings: each is refused with a message naming the setting, the
+# value and the limit, before any model work.
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(points_per_side=1000), "Points per side must be 256 or less, not 1000"),
+        (dict(points_per_side=257), "Points per side must be 256 or less, not 257"),
+        (dict(points_per_side=100_000), "Points per side must be 256 or less, not 100000"),
+        (dict(points_per_batch=0), "Points per batch must be 1 or more, not 0"),
+        (dict(points_per_batch=5000), "Points per batch must be 1024 or less, not 5000"),
+        (dict(crop_n_layers=5), "Crop n layers must be 3 or less, not 5"),
+        (dict(crop_n_layers=4, crop_n_points_downscale_factor=2), "Crop n layers must be 3 or less, not 4"),
+        (dict(crop_n_points_downscale_factor=300), "Crop n points downscale factor must be 256 or less, not 300"),
+        (dict(points_per_side=256, crop_n_layers=3), "5,570,560 prompt points per slice .* limit of 524,288"),
+        (dict(points_per_side=200, crop_n_layers=2), "840,000 prompt points per slice .* limit of 524,288"),
+        (dict(pred_iou_thresh=float("nan")), "Pred iou threshold must be a number, not nan"),
+        (dict(stability_score_offset=float("inf")), "Stability score offset must be a number, not inf"),
+        (dict(crop_overlap_ratio=float("-inf")), "Crop overlap ratio must be a number"),
+        (dict(points_per_side=float("nan")), "Points per side must be a whole number, not nan"),
+        (dict(points_per_side="32"), "Points per side must be a whole number, not '32'"),
+        (dict(points_per_batch=None), "Points per batch must be a whole number, not None"),
+        (dict(box_nms_thresh="0.5"), "Box nms threshold must be a number"),
+    ],
+)  # fmt: skip
+def test_huge_and_bad_settings_are_refused_with_the_limit(changes, message):
+    with pytest.raises(InputError, match=message):
+        AutomaticSettings(**changes)
+
+
+@pytest.mark.parametrize(
+    "changes, points",
+    [
+        (dict(), 1024),
+        (dict(points_per_side=256), 65_536),
+        (dict(points_per_side=128, crop_n_layers=2), 344_064),  # the densest setting in use
+        (dict(points_per_side=256, crop_n_layers=3, crop_n_points_downscale_factor=2), 262_144),
+        (dict(points_per_side=np.int64(64), points_per_batch=np.int32(1024), crop_n_layers=np.int8(1)), 20_480),
+    ],
+)
+def test_settings_up_to_the_limits_are_accepted(changes, points):
+    settings = AutomaticSettings(**changes)
+    assert settings.workload().points == points <= MAX_PROMPT_POINTS
+
+
+def test_the_limits_cover_the_integer_settings_and_hold_the_defaults():
+    defaults = AutomaticSettings()
+    integers = {f.name for f in fields(AutomaticSettings) if f.type in ("int", int)}
+    assert set(LOWEST) == integers and set(HIGHEST) <= integers
+    for name, low in LOWEST.items():
+        assert low <= getattr(defaults, name) <= HIGHEST.get(name, np.inf)
+    assert AutomaticSettings(**{**HIGHEST, "crop_n_layers": 1}).workload().points == 256**2 + 4  # all at their limits
+
+
+@pytest.mark.parametrize(
+    "changes, workload",
+    [
+        (dict(), Workload(crops=1, points=1024, batches=16)),
+        (dict(points_per_side=10, points_per_batch=64), Workload(1, 100, 2)),
+        (dict(points_per_side=8, points_per_batch=7, crop_n_layers=1), Workload(5, 320, 50)),
+        # layer i: 4^i crops of (side // factor^i)^2 points, each crop in ceil(points / batch) batches
+        (dict(points_per_side=9, crop_n_layers=2, crop_n_points_downscale_factor=2), Workload(21, 81 + 64 + 64, 2 + 4 + 16)),
+        (dict(points_per_side=64, crop_n_layers=3, crop_n_points_downscale_factor=4),
+         Workload(85, 4096 + 4 * 256 + 16 * 16 + 64 * 1, 64 + 4 * 4 + 16 + 64)),
+    ],
+)  # fmt: skip
+def test_workload_counts_crops_points_and_batches(changes, workload):
+    assert AutomaticSettings(**changes).workload() == workload
+
+
+@pytest.mark.parametrize("name", ["mobile_sam_vit_t", SAM2_TINY_256])
+@pytest.mark.parametrize(
+    "changes",
+    [dict(points_per_batch=3), dict(crop_n_layers=1, points_per_side=4, points_per_batch=5)],
+    ids=["whole slice", "crops"],
+)  # fmt: skip
+def test_generate_slice_reports_every_decoder_batch(name, changes):
+    predictor = random_model(name)
+    rgb = _rgb(_image(48, 40, seed=2))
+    before = rgb.copy()
+    settings = replace(LOOSE, **changes)
+    calls = []
+    labels = generate_slice(predictor, rgb, settings, on_batch=lambda done, total: calls.append((done, total)))
+    total = settings.workload().batches
+    assert total > 1 and calls == [(done, total) for done in range(1, total + 1)]
+    np.testing.assert_array_equal(labels, generate_slice(predictor, rgb, settings))  # the same masks without it
+    np.testing.assert_array_equal(rgb, before)
+
+
+def test_generate_slice_stops_between_batches_and_returns_none():
+    predictor = random_model(SAM2_TINY_256)
+    rgb = _rgb(_image(48, 48))
+    before = rgb.copy()
+    settings = replace(LOOSE, points_per_side=8, points_per_batch=4)  # 16 batches
+    calls = []
+    stopped = generate_slice(
+        predictor, rgb, settings, on_batch=lambda done, total: calls.append(done), should_stop=lambda: len(calls) >= 2
+    )
+    assert stopped is None and calls == [1, 2]
+    np.testing.assert_array_equal(rgb, before)
+    generator = cached_generator(predictor, settings)
+    assert "_process_batch" not in vars(generator), "the stop check must not outlive the run"
+    assert generate_slice(predictor, rgb, settings).max() > 0  # the generator still works after a stop
+
+
+def test_generate_slice_asked_to_stop_at_once_runs_no_model(monkeypatch):
+    predictor = random_model(SAM2_TINY_256)
+    settings = replace(LOOSE, points_per_side=3)
+    generator = cached_generator(predictor, settings)
+    embedded = []
+    monkeypatch.setattr(generator.predictor, "set_image", lambda image: embedded.append(image))
+    calls = []
+    result = generate_slice(
+        predictor, _rgb(_image(32, 32)), settings, on_batch=lambda *a: calls.append(a), should_stop=lambda: True
+    )
+    assert result is None and calls == [] and embedded == []
+
+
 def test_make_generator_rechecks_settings():
     settings = AutomaticSettings()
     object.__setattr__(settings, "points_per_batch", -3)  # bypassing the frozen dataclass
@@ -395,7 +516,7 @@ def test_generate_volume_cancel_keeps_finished_slices(volume_segmenter):
     result = generate_volume(
         volume_segmenter, 0, LOOSE, on_slice=lambda done, total: calls.append((done, total)),
         should_stop=lambda: len(calls) >= 2,
-    )
+    )  # fmt: skip
     assert isinstance(result, VolumeResult)
     assert calls == [(1, 4), (2, 4)]
     assert result.cancelled and result.finished == [0, 1]

@@ -14,6 +14,10 @@ generator would do it on the low-resolution logits with a compiled CUDA extensio
 of ``sam2`` lack (upstream then warns on every batch and skips it), so rwth-sam switches that off
 and removes the small regions from SAM 2's full-resolution masks itself (scikit-image).
 
+A run can take long (a dense grid, crop layers): ``generate_slice`` and ``generate_volume`` report
+progress and ask whether to stop between the decoder's batches, and ``AutomaticSettings.workload``
+tells what a slice costs before it starts.
+
 In a volume, ``generate_volume`` segments each slice on its own and ``link_slices`` gives objects
 that overlap on neighbouring slices one id.
 """
@@ -31,6 +35,46 @@ import numpy as np
 
 from .errors import InputError
 from .predictors.base import Predictor
+
+# Upper bounds, from real use. SAM's defaults are 32 points per side, 64 per batch and no crop
+# layers (1,024 prompt points, one encoder run); small particles in large slices take 64-128 points
+# per side and 1-2 crop layers. A slice's time grows with its prompt points (a batch of 64 on a
+# 1024² slice took 40-55 s with MobileSAM on one CPU thread, upsampling and filtering included), so
+# the bounds leave room above real use and refuse what is far beyond it:
+# - points per side: twice the densest grid in use (the points grow with its square).
+# - points per batch: a batch's three masks per point are held at crop size while it is decoded
+#   (1,024 points on a 1024² slice: 12 GB of float masks).
+# - crop layers: layer i adds 4^i crops, each an encoder run with a full point grid: 3 layers are
+#   85 crops per slice, 4 would be 341 (5: 1,365).
+# - downscale factor: any larger one leaves no points in the first crop layer of any allowed grid.
+# - prompt points per slice, all crops together: 2^19, 512 times SAM's default. The densest setting
+#   in use (128 per side, 2 crop layers, no downscaling: 344,064 points) fits; 256 per side with 3
+#   crop layers (5.6 million points, 87,000 batches of 64: hours even at a tenth of a second a
+#   batch) does not.
+LOWEST = {
+    "points_per_side": 1, "points_per_batch": 1, "crop_n_layers": 0, "crop_n_points_downscale_factor": 1,
+    "min_mask_region_area": 0,
+}  # fmt: skip
+HIGHEST = {"points_per_side": 256, "points_per_batch": 1024, "crop_n_layers": 3, "crop_n_points_downscale_factor": 256}
+_WHY_HIGHEST = {
+    "points_per_side": "the time per slice grows with its square",
+    "points_per_batch": "a batch's masks are all held in memory at slice size",
+    "crop_n_layers": "crop layer i adds 4^i encoder runs per slice",
+    "crop_n_points_downscale_factor": "a larger one leaves no points in the first crop layer",
+}
+MAX_PROMPT_POINTS = 2**19
+# More prompt points per slice than this (a 128 × 128 grid, 16 times the default) and the widget
+# warns, before the run, that a slice takes long.
+LARGE_PROMPT_POINTS = 128 * 128
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one slice costs: encoder runs (one per crop), prompt points and the decoder batches they take."""
+
+    crops: int
+    points: int
+    batches: int
 
 
 @dataclass(frozen=True)
@@ -62,11 +106,14 @@ class AutomaticSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
                 raise InputError(f"{setting_label(name)} must be a number, not {value!r}.")
-        _at_least(self, "points_per_side", 1)
-        _at_least(self, "points_per_batch", 1)
-        _at_least(self, "crop_n_layers", 0)
-        _at_least(self, "crop_n_points_downscale_factor", 1)
-        _at_least(self, "min_mask_region_area", 0)
+        for name, low in LOWEST.items():
+            if getattr(self, name) < low:
+                raise InputError(f"{setting_label(name)} must be {low} or more, not {getattr(self, name)}.")
+        for name, high in HIGHEST.items():
+            if getattr(self, name) > high:
+                raise InputError(
+                    f"{setting_label(name)} must be {high} or less, not {getattr(self, name)}: {_WHY_HIGHEST[name]}."
+                )
         for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(f"{setting_label(name)} must be between 0 and 1, not {getattr(self, name)}.")
@@ -81,6 +128,25 @@ class AutomaticSettings:
                 f"{self.crop_n_points_downscale_factor} leaves no points in crop layer {self.crop_n_layers}: "
                 "use more points per side, fewer crop layers or a smaller downscale factor."
             )
+        points = self.workload().points
+        if points > MAX_PROMPT_POINTS:
+            raise InputError(
+                f"{points:,} prompt points per slice ({self.points_per_side} points per side, "
+                f"{self.crop_n_layers} crop layers, downscale factor {self.crop_n_points_downscale_factor}) "
+                f"are more than the limit of {MAX_PROMPT_POINTS:,} (SAM's default is 1,024). Use fewer points "
+                "per side, fewer crop layers or a larger downscale factor."
+            )
+
+    def workload(self) -> Workload:
+        """The crops, prompt points and decoder batches of one slice, as upstream's generator makes them:
+        crop layer i has 4^i crops, each with a grid of points_per_side / factor^i points per side."""
+        crops = points = batches = 0
+        for layer in range(self.crop_n_layers + 1):
+            per_crop = (self.points_per_side // self.crop_n_points_downscale_factor**layer) ** 2
+            crops += 4**layer
+            points += 4**layer * per_crop
+            batches += 4**layer * -(-per_crop // self.points_per_batch)
+        return Workload(crops, points, batches)
 
 
 _INTEGERS = (
@@ -96,12 +162,6 @@ _FRACTIONS = tuple(f.name for f in fields(AutomaticSettings) if f.name not in _I
 def setting_label(name: str) -> str:
     """A setting's name as people read it (points_per_side: Points per side)."""
     return name.replace("_", " ").replace("thresh", "threshold").capitalize()
-
-
-def _at_least(settings: AutomaticSettings, name: str, low: int) -> None:
-    value = getattr(settings, name)
-    if value < low:
-        raise InputError(f"{setting_label(name)} must be {low} or more, not {value}.")
 
 
 SETTING_HELP: dict[str, str] = {
@@ -274,9 +334,29 @@ def _labels(predictor: Predictor, generator, rgb: np.ndarray) -> np.ndarray:
     return paint_masks(run_generator(predictor, generator, rgb), tuple(rgb.shape[:2]))
 
 
-def generate_slice(predictor: Predictor, rgb: np.ndarray, settings: AutomaticSettings | None = None) -> np.ndarray:
-    """Segment everything in an (H, W, 3) uint8 slice: an (H, W) int32 label image, 0 background."""
-    return _labels(predictor, cached_generator(predictor, settings), rgb)
+def generate_slice(
+    predictor: Predictor,
+    rgb: np.ndarray,
+    settings: AutomaticSettings | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> np.ndarray | None:
+    """Segment everything in an (H, W, 3) uint8 slice: an (H, W) int32 label image, 0 background.
+
+    A dense grid or crop layers take many decoder batches (minutes), so ``on_batch(done, total)``
+    follows each one (``total`` is ``settings.workload().batches``) and ``should_stop()`` is asked
+    before the slice and before each batch: when it is true the slice is abandoned and None returned.
+    """
+    settings = AutomaticSettings() if settings is None else settings
+    generator = cached_generator(predictor, settings)
+    should_stop = should_stop or (lambda: False)
+    if should_stop():
+        return None
+    with _between_batches(generator, should_stop, on_batch, settings.workload().batches):
+        try:
+            return _labels(predictor, generator, rgb)
+        except _Stopped:
+            return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,19 +451,31 @@ class _Stopped(Exception):
 
 
 @contextlib.contextmanager
-def _stopping_between_batches(generator, should_stop: Callable[[], bool]):
-    """Ask ``should_stop()`` before each of the generator's decoder batches.
+def _between_batches(
+    generator,
+    should_stop: Callable[[], bool],
+    on_batch: Callable[[int, int], None] | None = None,
+    total: int = 0,
+):
+    """Ask ``should_stop()`` before each of the generator's decoder batches, and report each one
+    done to ``on_batch(done, total)``.
 
     A slice of a big model with a dense point grid takes many batches (minutes on a CPU), and a
     cancel should not wait for all of them. Every upstream generator calls ``self._process_batch``
     per batch, so an instance attribute wraps it for the duration of the run.
     """
     process_batch = generator._process_batch
+    done = 0
 
     def checked(*args, **kwargs):
+        nonlocal done
         if should_stop():
             raise _Stopped
-        return process_batch(*args, **kwargs)
+        batch = process_batch(*args, **kwargs)
+        done += 1
+        if on_batch is not None:
+            on_batch(done, total)
+        return batch
 
     generator._process_batch = checked
     try:
@@ -429,7 +521,7 @@ def generate_volume(
 
     slices: dict[int, np.ndarray] = {}
     cancelled = False
-    with _stopping_between_batches(generator, should_stop):
+    with _between_batches(generator, should_stop):
         for index in indices:
             if should_stop():
                 cancelled = True

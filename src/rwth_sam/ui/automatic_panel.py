@@ -1,13 +1,17 @@
 """Automatic mode: SAM's automatic mask generator on the shown slice or the whole volume.
 
-Every generator setting is a control with its explanation as tooltip. Results go into a labels
-layer of their own (one per image, every write undoable); the user then clicks an object there
-(left click) and assigns it to the selected class, which writes it into the labels layer like a
-submit. The volume run reports progress per slice and can be cancelled, keeping finished slices.
+Every generator setting is a control with its explanation as tooltip, bounded as the core bounds it,
+and the panel shows what a slice will cost (prompt points, decoder batches, crops) before a run.
+Results go into a labels layer of their own (one per image, every write undoable, never offered as
+a target); the user then clicks an object there (left click) and assigns it to the selected class,
+which writes it into the labels layer like a submit. Both runs show progress and can be cancelled
+between decoder batches: a cancelled slice writes nothing, a cancelled volume keeps finished slices.
+A result whose image was removed or changed during the run is not written.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import fields
 
 import napari
@@ -15,13 +19,40 @@ import numpy as np
 from magicgui.widgets import Container, FloatSpinBox, Label, PushButton, SpinBox
 from superqt import QCollapsible
 
-from ..core.automatic import SETTING_HELP, AutomaticSettings, generate_slice, generate_volume, setting_label
+from ..core.automatic import (
+    HIGHEST,
+    LARGE_PROMPT_POINTS,
+    LOWEST,
+    SETTING_HELP,
+    AutomaticSettings,
+    generate_slice,
+    generate_volume,
+    setting_label,
+)
 from ..core.coordinates import compact_indices
 from ..core.errors import InputError, RwthSamError
+from ..core.segmenter import spatial_shape
 from .labels_io import commit_block, commit_voxels
+from .reporting import guarded
 from .runner import AUTOMATIC, SliceProgress
 
+RESULT_METADATA = {"rwth_sam_helper": "automatic result"}  # the main widget offers no such layer as a target
 _FLOAT_STEPS = {"stability_score_offset": 0.1}
+_FLOAT_HIGHEST = {"stability_score_offset": 10.0, "crop_overlap_ratio": 0.99}  # the others are fractions (at most 1)
+_INT32_MAX = 2**31 - 1  # the largest value a spin box holds (min mask region area has no bound of its own)
+
+
+def _reported(what: str):
+    """``guarded`` for a panel method: whatever it raises becomes a short message in the owner's status."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def run(self, *args, **kwargs):
+            return guarded(what, self.owner.report_error)(method)(self, *args, **kwargs)
+
+        return run
+
+    return decorate
 
 
 class AutomaticPanel(Container):
@@ -31,14 +62,19 @@ class AutomaticPanel(Container):
         self.viewer: napari.viewer.Viewer = owner.viewer
         self.setting_controls = {}
         for item in fields(AutomaticSettings):
+            label = setting_label(item.name)
             if item.type in ("int", int):
-                control = SpinBox(label=setting_label(item.name), min=0, max=100_000, value=item.default)
+                high = HIGHEST.get(item.name, _INT32_MAX)
+                control = SpinBox(label=label, min=LOWEST[item.name], max=high, value=item.default)
             else:
-                control = FloatSpinBox(
-                    label=setting_label(item.name), min=0.0, max=10.0, step=_FLOAT_STEPS.get(item.name, 0.01), value=item.default
-                )
+                high = _FLOAT_HIGHEST.get(item.name, 1.0)
+                step = _FLOAT_STEPS.get(item.name, 0.01)
+                control = FloatSpinBox(label=label, min=0.0, max=high, step=step, value=item.default)
             control.tooltip = SETTING_HELP[item.name]
+            control.changed.connect(self._show_workload)
             self.setting_controls[item.name] = control
+        self.workload = Label()
+        self.workload.tooltip = "What one slice costs with these settings; the time grows with the prompt points."
         self.run_slice = PushButton(text="Segment everything on this slice")
         self.run_volume = PushButton(text="Segment everything in the volume")
         self.cancel = PushButton(text="Cancel", enabled=False)
@@ -47,93 +83,166 @@ class AutomaticPanel(Container):
         settings = Container(labels=True, widgets=list(self.setting_controls.values()))
         self.settings_box = QCollapsible("Generator settings")
         self.settings_box.addWidget(settings.native)
-        self.extend([self.run_slice, self.run_volume, self.cancel, self.selected, self.assign])
+        self.extend([self.workload, self.run_slice, self.run_volume, self.cancel, self.selected, self.assign])
         self.native.layout().insertWidget(0, self.settings_box)
 
         self.run_slice.changed.connect(self.segment_slice)
         self.run_volume.changed.connect(self.segment_volume)
         self.assign.changed.connect(self.assign_selected)
         self.progress = SliceProgress(self.cancel, owner.status)
+        self.running = False  # one automatic run at a time: they share the progress bar and Cancel
         self.result_layer: napari.layers.Labels | None = None
+        self._result_image = None  # the image layer the result layer belongs to
         self._highest_id = 0  # the highest object id written into it (its max over the volume cost 0.1 s a run)
         self.selected_object: int | None = None
+        self._show_workload()
 
     def settings(self) -> AutomaticSettings:
         return AutomaticSettings(**{name: control.value for name, control in self.setting_controls.items()})
 
+    def _show_workload(self, *_) -> None:
+        """The cost of a slice, before the user starts a run that could take minutes (or the reason
+        the settings are refused)."""
+        try:
+            work = self.settings().workload()
+        except RwthSamError as error:
+            self.workload.value = f"Not runnable: {error}"
+            return
+        crops = "the whole slice" if work.crops == 1 else f"{work.crops} crops"
+        text = f"Per slice: {work.points:,} prompt points in {work.batches:,} decoder batches, {crops}"
+        if work.points > LARGE_PROMPT_POINTS:
+            default = AutomaticSettings().workload().points
+            text += f" (large: {work.points / default:.0f} times SAM's default, a slice takes long)"
+        self.workload.value = text
+
+    def cancel_runs(self) -> None:
+        """Stop any automatic run at its next decoder batch (the main widget calls this when closed,
+        so the process need not wait for a run nobody sees)."""
+        self.progress.cancel_requested.set()
+
     # ----------------------------------------------------------------- runs
+    @_reported("Segment everything on this slice")
     def segment_slice(self) -> None:
         owner = self.owner
-        try:
-            settings = self.settings()
-            request = owner.model_request()
-            plane = owner.plane_under(self.viewer.dims.point)[0]
-        except RwthSamError as error:
-            return owner.report_error(error)
+        self._refuse_a_second_run()
+        settings = self.settings()
+        plane = owner.plane_under(self.viewer.dims.point)[0]
+        image = owner.image_layer
+        request = owner.model_request()
+        started = self._start_run(image, settings.workload().batches, "Segmenting this slice")
+        should_stop = self.progress.cancel_requested.is_set
+        advanced = self.progress.advanced.emit
 
         def job():
             segmenter = owner.segmenter_for(request)
-            return plane, generate_slice(segmenter.predictor, segmenter.slice_rgb(plane), settings)
+            rgb = segmenter.slice_rgb(plane)
+            return plane, generate_slice(segmenter.predictor, rgb, settings, on_batch=advanced, should_stop=should_stop)
 
         owner.status.value = "Segmenting everything on this slice…"
-        owner.runner.submit(AUTOMATIC, job, self._on_slice_result, "Segmenting everything")
+        owner.runner.submit(
+            AUTOMATIC, job, lambda result: self._on_slice_result(image, started, result), "Segmenting everything",
+            on_finished=self._finish_run,
+        )  # fmt: skip
 
-    def _on_slice_result(self, result) -> None:
+    @_reported("Writing the automatic result")
+    def _on_slice_result(self, image, started, result) -> None:
         plane, objects = result
-        layer = self._result()
+        if objects is None:
+            self.owner.status.value = "Automatic: cancelled, nothing was written."
+            return
+        layer, note = self._result_for(image, started)
         new = np.zeros(plane.alone.shape, dtype=layer.data.dtype)
         offset = self._highest_id  # ids after those of earlier runs, so none merge
         plane.alone.take(new)[...] = np.where(objects > 0, objects + offset, 0)
         commit_block(layer, plane.block, new)
         self._highest_id = offset + int(objects.max(initial=0))
-        self.owner.status.value = f"Automatic: {int(objects.max(initial=0))} objects on this slice."
+        self.owner.status.value = f"Automatic: {int(objects.max(initial=0))} objects on this slice.{note}"
 
+    @_reported("Segment everything in the volume")
     def segment_volume(self) -> None:
         owner = self.owner
-        try:
-            settings = self.settings()
-            request = owner.model_request()
-            plane = owner.plane_under(self.viewer.dims.point)[0]
-            if plane.axis is None:
-                raise InputError("The image is 2D: use 'Segment everything on this slice'.")
-        except RwthSamError as error:
-            return owner.report_error(error)
-        self.progress.start(plane.shape[plane.axis], "Segmenting the volume")
+        self._refuse_a_second_run()
+        settings = self.settings()
+        plane = owner.plane_under(self.viewer.dims.point)[0]
+        if plane.axis is None:
+            raise InputError("The image is 2D: use 'Segment everything on this slice'.")
+        image = owner.image_layer
+        request = owner.model_request()
+        started = self._start_run(image, plane.shape[plane.axis], "Segmenting the volume")
+        should_stop = self.progress.cancel_requested.is_set
+        advanced = self.progress.advanced.emit
 
         def job():
             segmenter = owner.segmenter_for(request)
-            result = generate_volume(
-                segmenter, plane.axis, settings, on_slice=self.progress.advanced.emit,
-                should_stop=self.progress.cancel_requested.is_set,
-            )  # fmt: skip
+            result = generate_volume(segmenter, plane.axis, settings, on_slice=advanced, should_stop=should_stop)
             return plane.axis, result
 
         owner.status.value = "Segmenting everything in the volume…"
-        owner.runner.submit(AUTOMATIC, job, self._on_volume_result, "Segmenting the volume", on_finished=self.progress.finish)
+        owner.runner.submit(
+            AUTOMATIC, job, lambda result: self._on_volume_result(image, started, result), "Segmenting the volume",
+            on_finished=self._finish_run,
+        )  # fmt: skip
 
-    def _on_volume_result(self, axis_and_result) -> None:
+    @_reported("Writing the automatic result")
+    def _on_volume_result(self, image, started, axis_and_result) -> None:
         axis, result = axis_and_result
-        layer = self._result()
+        if not result.finished:
+            self.owner.status.value = "Automatic: cancelled before the first slice finished, nothing was written."
+            return
+        layer, note = self._result_for(image, started)
         region = np.zeros(layer.data.shape, dtype=bool)
         for index in result.finished:
             np.moveaxis(region, axis, 0)[index] = True
         commit_block(layer, (), result.labels.astype(layer.data.dtype), region)
         self._highest_id = max(self._highest_id, int(result.labels.max(initial=0)))
         state = "cancelled, kept" if result.cancelled else "done:"
-        self.owner.status.value = f"Automatic {state} {len(result.finished)} slices, {int(result.labels.max())} objects."
+        count = int(result.labels.max())
+        self.owner.status.value = f"Automatic {state} {len(result.finished)} slices, {count} objects.{note}"
 
-    def _result(self) -> napari.layers.Labels:
-        """The automatic result layer of the current image, on its grid (made on first use)."""
-        image = self.owner.image_layer
-        shape = self.owner.image_shape()
+    def _refuse_a_second_run(self) -> None:
+        if self.running:
+            raise InputError("An automatic run is in progress: wait for it to finish or Cancel it.")
+
+    def _start_run(self, image, total: int, description: str) -> dict:
+        """Progress and Cancel for a run; what its result is checked against when it comes back."""
+        self.running = True
+        self.progress.start(total, description)
+        result = self.result_layer if self.result_layer in self.viewer.layers else None
+        return dict(data=image.data, result=result)
+
+    def _finish_run(self) -> None:
+        self.running = False
+        self.progress.finish()
+
+    def _result_for(self, image, started: dict) -> tuple[napari.layers.Labels, str]:
+        """The result layer to write a finished run into, and a note for the status; refuses a
+        result whose image was removed or given other data while the run went."""
+        if image not in self.viewer.layers:
+            raise InputError(f"The image '{image.name}' was removed during the automatic run: nothing was written.")
+        if image.data is not started["data"]:
+            raise InputError(
+                f"The image '{image.name}' got new data during the automatic run: nothing was written; run it again."
+            )
+        deleted = started["result"] is not None and started["result"] not in self.viewer.layers
+        layer = self._result(image)
+        return layer, " The result layer was deleted during the run: this result is in a new one." if deleted else ""
+
+    def _result(self, image) -> napari.layers.Labels:
+        """The automatic result layer of ``image``, on its grid (made on first use, and again when
+        it was deleted or belongs to another image)."""
+        shape = spatial_shape(image.data, image.rgb)
         layer = self.result_layer
-        if layer is None or layer not in self.viewer.layers or tuple(layer.data.shape) != shape:
+        current = layer is not None and layer in self.viewer.layers and self._result_image == image
+        if not current or tuple(layer.data.shape) != shape:
             layer = self.viewer.add_labels(
                 np.zeros(shape, dtype=np.int32), name=f"{image.name} automatic", scale=image.scale,
-                translate=image.translate, opacity=0.5,
+                translate=image.translate, opacity=0.5, metadata=dict(RESULT_METADATA),
             )  # fmt: skip
             self.result_layer = layer
+            self._result_image = image
             self._highest_id = 0
+            self.selected_object = None
+            self.selected.value = "Left click an object of the result to select it"
             self.viewer.layers.selection.active = image
         return layer
 
@@ -154,18 +263,25 @@ class AutomaticPanel(Container):
         layer.show_selected_label = True
         self.selected.value = f"Selected object {self.selected_object} ({int((layer.data == value).sum())} voxels)"
 
+    @_reported("Assigning the object to the class")
     def assign_selected(self) -> None:
         """Write the selected object into the labels layer with the chosen class, as one undoable step."""
         owner = self.owner
-        if self.selected_object is None or self.result_layer is None:
-            return owner.report_error(InputError("Select an object of the automatic result first (left click)."))
-        try:
-            labels = owner.target_labels()
-        except RwthSamError as error:
-            return owner.report_error(error)
-        value = owner.submit_value(labels)
-        data = self.result_layer.data
+        result = self.result_layer
+        if self.selected_object is None or result is None:
+            raise InputError("Select an object of the automatic result first (left click).")
+        if result not in self.viewer.layers:
+            raise InputError("The automatic result layer was deleted: run automatic segmentation again.")
+        labels = owner.target_labels()
+        if tuple(result.data.shape) != tuple(labels.data.shape):
+            raise InputError(
+                f"The automatic result has shape {tuple(result.data.shape)} but the labels layer '{labels.name}' "
+                f"has {tuple(labels.data.shape)}: run automatic segmentation on this image again."
+            )
+        data = result.data
         indices = compact_indices(np.nonzero(data == self.selected_object), data.shape)
+        if len(indices[0]) == 0:
+            raise InputError(f"Object {self.selected_object} is no longer in the automatic result: select another.")
+        value = owner.submit_value(labels)
         written, kept = commit_voxels(labels, indices, value, owner.overwrite.value)
         owner.record_submission(labels, value, written, kept)
-

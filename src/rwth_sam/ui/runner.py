@@ -22,9 +22,10 @@ from .reporting import as_user_error
 
 PREDICT = "predict"
 AUTOMATIC = "automatic"
+PROPAGATE = "propagate"
 EMBED_AHEAD = "embed ahead"
 EMBED_RANGE = "embed range"
-_PRIORITY = (PREDICT, AUTOMATIC, EMBED_AHEAD, EMBED_RANGE)
+_PRIORITY = (PREDICT, AUTOMATIC, PROPAGATE, EMBED_AHEAD, EMBED_RANGE)
 IDLE_BEFORE_CLOSING_MS = 1500
 
 
@@ -186,7 +187,7 @@ class SliceProgress(QObject):
             return
         self.cancel_requested.set()
         if not quietly:
-            self._status.value = "Cancelling after the current slice…"
+            self._status.value = "Cancelling…"
 
     def finish(self) -> None:
         self._cancel_button.enabled = False

@@ -24,7 +24,7 @@ from ..core.errors import InputError, RwthSamError
 from ..core.labelling import WriteRecord
 from ..core.propagation import propagate
 from .labels_io import commit_block
-from .runner import AUTOMATIC, EMBED_RANGE, PREDICT, SliceProgress
+from .runner import EMBED_RANGE, PREDICT, PROPAGATE, SliceProgress
 
 
 @dataclass
@@ -312,7 +312,7 @@ class VolumePanel(Container):
             )  # fmt: skip
 
         owner.status.value = "Propagating…"
-        owner.runner.submit(AUTOMATIC, job, self._on_propagated, "Propagating", on_finished=self.progress.finish)
+        owner.runner.submit(PROPAGATE, job, self._on_propagated, "Propagating", on_finished=self.progress.finish)
 
     def _on_propagated(self, run_and_result) -> None:
         """Write every finished slice's objects into the run's labels layer as one undoable step."""

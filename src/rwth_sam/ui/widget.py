@@ -565,9 +565,6 @@ class SamWidget(Container):
             return self.report_error(InputError("There is no preview to submit: prompt an object first."))
         try:
             labels = self.target_labels()
-        except RwthSamError as error:
-            return self.report_error(error)
-        try:
             value = self.submit_value(labels)
         except RwthSamError as error:
             return self.report_error(error)
@@ -748,7 +745,7 @@ class SamWidget(Container):
         self.closed = True
         self.runner.shut_down()
         self.volume.progress.request_cancel(quietly=True)
-        self.automatic.progress.request_cancel(quietly=True)
+        self.automatic.cancel_runs()
         self._window_timer.stop()
         viewer = self.viewer
         if self._on_mouse in viewer.mouse_drag_callbacks:
