@@ -570,3 +570,9 @@ def test_generate_volume_stops_before_the_first_slice_and_checks_input(volume_se
     flat = Segmenter(volume_segmenter.predictor, _image(32, 32))
     with pytest.raises(InputError, match="3D"):
         generate_volume(flat, 0, LOOSE)
+
+
+def test_a_slice_the_encoder_cannot_take_is_refused_before_the_generator_runs(mobile_sam):
+    """A 2×5000 slice reached upstream's raw ValueError ("height and width must be > 0")."""
+    with pytest.raises(InputError, match="too elongated"):
+        generate_slice(mobile_sam, np.zeros((2, 5000, 3), np.uint8))

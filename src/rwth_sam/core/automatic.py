@@ -263,8 +263,7 @@ def run_generator(predictor: Predictor, generator, rgb: np.ndarray) -> list[dict
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise InputError(f"Automatic segmentation takes an (H, W, 3) uint8 RGB image, not {rgb.shape} {rgb.dtype}.")
-    if min(rgb.shape[:2]) < 2:
-        raise InputError(f"A slice of {rgb.shape[0]}x{rgb.shape[1]} pixels is too small to segment.")
+    predictor.check_slice(*rgb.shape[:2])  # too small, or (SAM's encoder) too elongated
     records = predictor._with_mps_fallback(lambda: generator.generate(np.ascontiguousarray(rgb)))
     if _is_sam2(generator) and generator.min_mask_region_area > 0:
         records = [_without_small_regions(record, generator.min_mask_region_area) for record in records]
