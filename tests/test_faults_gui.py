@@ -130,10 +130,15 @@ def test_a_labels_layer_removed_before_submit_is_not_written(clicked, viewer):
         ("image removed", "The image changed during the propagation: it was stopped and nothing was written."),
     ],
 )
-def test_a_propagation_whose_target_or_model_changed_writes_nothing(viewer, qtbot, oracle_checkpoint, fault, message):
+def test_a_propagation_whose_target_or_model_changed_writes_nothing(
+    viewer, qtbot, oracle_checkpoint, monkeypatch, fault, message
+):
     """Before: a labels layer deleted during the run ended 'done: 8 slices' with nothing kept; a
-    model switched mid-run finished silently with the old one."""
+    model switched mid-run finished silently with the old one. Now the run stops at the next slice."""
     widget, labels, panel, truth, liver = liver_session(viewer, qtbot, oracle_checkpoint)
+    monkeypatch.setattr(OraclePredictor, "seconds_per_mask", 0.1)
+    done = []
+    panel.progress.advanced.connect(lambda count, total: done.append(count))
     image = viewer.layers["ct"]
     others = {layer.name: np.array(layer.data) for layer in viewer.layers if layer is not image}
     actions = {
@@ -146,6 +151,7 @@ def test_a_propagation_whose_target_or_model_changed_writes_nothing(viewer, qtbo
     panel.full.clicked.emit()
     wait_idle(qtbot, widget)
     assert message in widget.status.value
+    assert max(done) < 16, "the run must stop soon after"
     if fault != "labels removed":
         assert not labels.data.any()
     assert not panel.progress.running and not panel.cancel.enabled

@@ -124,8 +124,9 @@ def to_rgb(image: np.ndarray, window: IntensityWindow | None, rgb: bool = False)
     nan = np.isnan(image) if image.dtype.kind == "f" else None
     if nan is not None and nan.all():
         raise InputError("This slice contains only NaN values: there is nothing to segment.")
-    # float32 holds every 8- and 16-bit value exactly; wider types (uint64 counts, say) need float64.
-    working = np.float32 if image.dtype.itemsize <= 2 or image.dtype == np.float32 else np.float64
+    # float32, as always for 8- to 32-bit data (CT in HU, detector counts); 64-bit integers (uint64
+    # counts near 2**40, say) would collapse to a few grey values in it, and need float64.
+    working = np.float64 if image.dtype.kind in "iu" and image.dtype.itemsize == 8 else np.float32
     scale = 255.0 / (window.high - window.low)
     scaled = (image.astype(working) - working(window.low)) * working(scale)
     if nan is not None:

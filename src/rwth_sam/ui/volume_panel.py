@@ -54,6 +54,7 @@ class VolumePanel(Container):
         self._written = WriteRecord()
         self._session = 0  # bumped when the session is reset: a run of an older one writes nothing
         self._stale_reason: str | None = None
+        self._running: _Run | None = None  # the propagation in progress
         self.set_start = PushButton(text="Set start slice")
         self.set_end = PushButton(text="Set end slice")
         self.range_label = Label(value="Range: not set")
@@ -302,6 +303,7 @@ class VolumePanel(Container):
         axis, start, end = self.axis, self.start, self.end
         conditioning = {index: dict(masks) for index, masks in self.conditioning.items()}
         run = _Run(self._session, labels, axis, start, end)
+        self._running = run
         self.progress.start(end - start + 1, "Propagating")
 
         def job():
@@ -312,7 +314,16 @@ class VolumePanel(Container):
             )  # fmt: skip
 
         owner.status.value = "Propagating…"
-        owner.runner.submit(PROPAGATE, job, self._on_propagated, "Propagating", on_finished=self.progress.finish)
+        owner.runner.submit(PROPAGATE, job, self._on_propagated, "Propagating", on_finished=self._on_run_finished)
+
+    def _on_run_finished(self) -> None:
+        self._running = None
+        self.progress.finish()
+
+    def layer_removed(self) -> None:
+        """The running propagation's labels layer removed: stop it now (it will write nothing)."""
+        if self._running is not None and self._running.labels not in self.viewer.layers:
+            self.progress.request_cancel(quietly=True)
 
     def _on_propagated(self, run_and_result) -> None:
         """Write every finished slice's objects into the run's labels layer as one undoable step."""

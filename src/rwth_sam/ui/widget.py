@@ -673,16 +673,19 @@ class SamWidget(Container):
         self.clear_prompts()
         self.prompts = PromptState()
         self.volume.reset(reason="The image changed during the propagation: it was stopped and nothing was written.")
+        self.automatic.cancel_runs()  # its result would be refused: stop it now
         self._watch_image(self.image_picker.value)
         if self._watched_image is not None:
             self._make_helper_layers()
 
     def _on_layer_removed(self, *_) -> None:
         """The picked image removed: magicgui says nothing when its picker is left empty, so the
-        widget looks itself (its prompts, previews and 3D session were about that image)."""
+        widget looks itself (its prompts, previews and 3D session were about that image). A
+        propagation whose labels layer went stops at once."""
         self.image_picker.reset_choices()
         if self._watched_image is not None and self._watched_image not in self.viewer.layers:
             self._on_image_changed()
+        self.volume.layer_removed()
 
     def _watch_image(self, layer) -> None:
         """Follow the picked image's contrast limits and data (only that image's)."""
