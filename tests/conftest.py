@@ -156,19 +156,24 @@ class OraclePredictor(Predictor):
         return Prediction(mask[None], np.array([1.0], np.float32), np.zeros((1, 256, 256), np.float32))
 
 
-@pytest.fixture(scope="module")
-def oracle_checkpoint(tmp_path_factory):
+def stand_in_model(name: str, predictor_class: type, folder: Path):
+    """Register a stand-in model (a predictor class on a one-weight module); yields its checkpoint."""
     rwth_sam.register_model(
         rwth_sam.ModelSpec(
-            name=ORACLE, family="test", title="Oracle", build=lambda: torch.nn.Linear(1, 1),
-            make_predictor=lambda module, name, device: OraclePredictor(module, name, device),
+            name=name, family="test", title=name, build=lambda: torch.nn.Linear(1, 1),
+            make_predictor=lambda module, name, device: predictor_class(module, name, device),
         ),
         replace=True,
     )  # fmt: skip
-    path = tmp_path_factory.mktemp("oracle") / "oracle.pt"
+    path = folder / "stand_in.pt"
     torch.save(torch.nn.Linear(1, 1).state_dict(), path)
     yield path
-    rwth_sam.unregister_model(ORACLE)
+    rwth_sam.unregister_model(name)
+
+
+@pytest.fixture(scope="module")
+def oracle_checkpoint(tmp_path_factory):
+    yield from stand_in_model(ORACLE, OraclePredictor, tmp_path_factory.mktemp("oracle"))
 
 
 def dice(a, b):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from napari.utils import progress
 
 import rwth_sam
@@ -14,7 +13,7 @@ from rwth_sam.core.weights import CACHE_ENV_VAR, Weights
 from rwth_sam.ui.profile_store import PROFILES
 from rwth_sam.ui.widget import HELPER_LAYER, VOLUME_MODE
 
-from conftest import ORACLE, OraclePredictor
+from conftest import ORACLE, OraclePredictor, stand_in_model
 from napari_helpers import dock, middle_click, press_key, run_3d, wait_idle
 
 pytestmark = pytest.mark.gui
@@ -261,17 +260,8 @@ class FailingPredictor(OraclePredictor):
 @pytest.fixture
 def failing_model(tmp_path):
     name = "failing (tests)"
-    rwth_sam.register_model(
-        rwth_sam.ModelSpec(
-            name=name, family="test", title="Failing", build=lambda: torch.nn.Linear(1, 1),
-            make_predictor=lambda module, name, device: FailingPredictor(module, name, device),
-        ),
-        replace=True,
-    )  # fmt: skip
-    path = tmp_path / "failing.pt"
-    torch.save(torch.nn.Linear(1, 1).state_dict(), path)
-    yield name, path
-    rwth_sam.unregister_model(name)
+    for path in stand_in_model(name, FailingPredictor, tmp_path):
+        yield name, path
 
 
 def test_an_unexpected_model_error_is_one_short_message_and_logged(viewer, qtbot, failing_model, caplog):
