@@ -147,6 +147,7 @@ class AutomaticPanel(Container):
     @_reported("Writing the automatic result")
     def _on_slice_result(self, image, started, result) -> None:
         plane, objects = result
+        self._check_image(image, started)
         if objects is None:
             self.owner.status.value = "Automatic: cancelled, nothing was written."
             return
@@ -186,6 +187,7 @@ class AutomaticPanel(Container):
     @_reported("Writing the automatic result")
     def _on_volume_result(self, image, started, axis_and_result) -> None:
         axis, result = axis_and_result
+        self._check_image(image, started)
         if not result.finished:
             self.owner.status.value = "Automatic: cancelled before the first slice finished, nothing was written."
             return
@@ -214,15 +216,18 @@ class AutomaticPanel(Container):
         self.running = False
         self.progress.finish()
 
-    def _result_for(self, image, started: dict) -> tuple[napari.layers.Labels, str]:
-        """The result layer to write a finished run into, and a note for the status; refuses a
-        result whose image was removed or given other data while the run went."""
+    def _check_image(self, image, started: dict) -> None:
+        """Refuse a result whose image was removed or given other data while the run went (the
+        widget then cancels the run too, so this comes first: it says why)."""
         if image not in self.viewer.layers:
             raise InputError(f"The image '{image.name}' was removed during the automatic run: nothing was written.")
         if image.data is not started["data"]:
             raise InputError(
                 f"The image '{image.name}' got new data during the automatic run: nothing was written; run it again."
             )
+
+    def _result_for(self, image, started: dict) -> tuple[napari.layers.Labels, str]:
+        """The result layer to write a finished run into, and a note for the status."""
         deleted = started["result"] is not None and started["result"] not in self.viewer.layers
         layer = self._result(image)
         return layer, " The result layer was deleted during the run: this result is in a new one." if deleted else ""
