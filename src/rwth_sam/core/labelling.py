@@ -90,14 +90,13 @@ class SliceWrite:
         """Undo these changes in ``section`` if it is still as this run left it. Returns False when
         it was edited since and still holds some of the run's voxels (then it is left as it is); a
         slice the user undid holds none, and needs nothing."""
-        written = np.zeros(section.shape, dtype=bool)
-        still = False
-        for value, bits in self.by_value.items():
-            voxels = _unpack(bits, section.shape)
-            written |= voxels
-            still = still or bool((section[voxels] == value).any())
         if _digest(section) != self.digest:
-            return not still
+            return not any(
+                (section[_unpack(bits, section.shape)] == value).any() for value, bits in self.by_value.items()
+            )
+        written = np.zeros(section.shape, dtype=bool)
+        for bits in self.by_value.values():
+            written |= _unpack(bits, section.shape)
         section[written] = 0
         section[_unpack(self.overwritten, section.shape)] = self.previous
         return True

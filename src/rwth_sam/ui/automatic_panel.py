@@ -90,7 +90,6 @@ class AutomaticPanel(Container):
         self.run_volume.changed.connect(self.segment_volume)
         self.assign.changed.connect(self.assign_selected)
         self.progress = SliceProgress(self.cancel, owner.status)
-        self.running = False  # one automatic run at a time: they share the progress bar and Cancel
         self.result_layer: napari.layers.Labels | None = None
         self._result_image = None  # the image layer the result layer belongs to
         self._highest_id = 0  # the highest object id written into it (its max over the volume cost 0.1 s a run)
@@ -141,7 +140,7 @@ class AutomaticPanel(Container):
         owner.status.value = "Segmenting everything on this slice…"
         owner.runner.submit(
             AUTOMATIC, job, lambda result: self._on_slice_result(image, started, result), "Segmenting everything",
-            on_finished=self._finish_run,
+            on_finished=self.progress.finish,
         )  # fmt: skip
 
     @_reported("Writing the automatic result")
@@ -181,7 +180,7 @@ class AutomaticPanel(Container):
         owner.status.value = "Segmenting everything in the volume…"
         owner.runner.submit(
             AUTOMATIC, job, lambda result: self._on_volume_result(image, started, result), "Segmenting the volume",
-            on_finished=self._finish_run,
+            on_finished=self.progress.finish,
         )  # fmt: skip
 
     @_reported("Writing the automatic result")
@@ -201,20 +200,20 @@ class AutomaticPanel(Container):
         count = int(result.labels.max())
         self.owner.status.value = f"Automatic {state} {len(result.finished)} slices, {count} objects.{note}"
 
+    @property
+    def running(self) -> bool:
+        """One automatic run at a time: they share the progress bar and Cancel."""
+        return self.progress.running
+
     def _refuse_a_second_run(self) -> None:
         if self.running:
             raise InputError("An automatic run is in progress: wait for it to finish or Cancel it.")
 
     def _start_run(self, image, total: int, description: str) -> dict:
         """Progress and Cancel for a run; what its result is checked against when it comes back."""
-        self.running = True
         self.progress.start(total, description)
         result = self.result_layer if self.result_layer in self.viewer.layers else None
         return dict(data=image.data, result=result)
-
-    def _finish_run(self) -> None:
-        self.running = False
-        self.progress.finish()
 
     def _check_image(self, image, started: dict) -> None:
         """Refuse a result whose image was removed or given other data while the run went (the
