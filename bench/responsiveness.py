@@ -75,7 +75,7 @@ def main() -> None:
     machine = machine_info(torch.device("cpu"), ["napari", "PyQt6", "vispy", "torch"])
     from pyvirtualdisplay import Display
 
-    server = Display(visible=False, size=(1600, 1000), color_depth=24, extra_args=["-nolisten", "tcp"])
+    server = Display(visible=False, size=(1600, 1000), color_depth=24, extra_args=["-nolisten", "tcp", "-noreset"])
     server.start()
     display = server.new_display_var
     cases = []

@@ -32,11 +32,14 @@ SCREEN = (1600, 1000)
 
 @pytest.fixture
 def x_display():
-    """A fresh Xvfb of our own (24-bit, laptop-sized), on a display number that is free."""
+    """A fresh Xvfb of our own (24-bit, laptop-sized), on a display number that is free.
+
+    ``-noreset``: by default Xvfb resets whenever its last client disconnects, and a screenshot taken
+    during that reset fails ("unable to open display"), as each one did while napari was still starting."""
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"{', '.join(missing)} not found: run scripts/setup.sh, which installs them")
-    server = Display(visible=False, size=SCREEN, color_depth=24, extra_args=["-nolisten", "tcp"])
+    server = Display(visible=False, size=SCREEN, color_depth=24, extra_args=["-nolisten", "tcp", "-noreset"])
     server.start()
     yield server.new_display_var
     server.stop()
@@ -44,7 +47,9 @@ def x_display():
 
 def screenshot(display: str) -> np.ndarray:
     """The whole screen as (H, W, 3) uint8, as the X server shows it."""
-    xwd = subprocess.run(["xwd", "-root", "-silent", "-display", display], capture_output=True, check=True).stdout
+    taken = subprocess.run(["xwd", "-root", "-silent", "-display", display], capture_output=True)
+    assert taken.returncode == 0, f"xwd failed on {display}: {taken.stderr.decode(errors='replace')}"
+    xwd = taken.stdout
     png = subprocess.run(["convert", "xwd:-", "png:-"], input=xwd, capture_output=True, check=True).stdout
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
