@@ -2,7 +2,7 @@
 
 On the same module and the same image, this times
 
-* plugin: ``rwth_sam.core.automatic.generate_slice(predictor, rgb, settings)`` (it builds the
+* plugin: ``rwth_sam.core.tasks.automatic.generate_slice(predictor, rgb, settings)`` (it builds the
   generator, runs it and paints the label image);
 * upstream: the family's own generator (``mobile_sam.SamAutomaticMaskGenerator``,
   ``sam2.automatic_mask_generator.SAM2AutomaticMaskGenerator``, ...), built once outside the timing,
@@ -38,9 +38,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import rwth_sam  # noqa: E402
-from rwth_sam.core.automatic import AutomaticSettings, generate_slice  # noqa: E402
-from rwth_sam.core.device import resolve_device  # noqa: E402
+from rwth_sam.core.models.device import resolve_device  # noqa: E402
 from rwth_sam.core.phantom import battery_phantom  # noqa: E402
+from rwth_sam.core.tasks.automatic import AutomaticSettings, generate_slice  # noqa: E402
 
 from harness import interleaved, machine_info, make_timer, write_report  # noqa: E402  (bench/harness.py, beside this script)
 

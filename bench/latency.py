@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import rwth_sam  # noqa: E402
-from rwth_sam.core.device import resolve_device  # noqa: E402
+from rwth_sam.core.models.device import resolve_device  # noqa: E402
 
 from harness import interleaved, machine_info, make_timer, utc_now, write_report  # noqa: E402  (bench/harness.py, beside this script)
 

@@ -107,9 +107,9 @@ def one(case: str, image_size: int, device: str, objects: int = 1, profile: bool
     from PIL import Image
 
     import rwth_sam
-    from rwth_sam.core.models import sam2_spec
+    from rwth_sam.core.models.builtin import sam2_spec
     from rwth_sam.core.phantom import CAN, CATHODE, VOID, battery_phantom
-    from rwth_sam.core.propagation import propagate, video_predictor
+    from rwth_sam.core.tasks.propagation import propagate, video_predictor
 
     name = f"sam2.1_hiera_tiny_{image_size}"
     rwth_sam.register_model(

@@ -115,7 +115,7 @@ def print_table(cases: list[dict]) -> None:
 
 # ----------------------------------------------------------------------------- the child (one case)
 def run_case(volume_name: str, model: str, checkpoint: Path) -> None:
-    from rwth_sam.core.models import import_upstream_packages
+    from rwth_sam.core.models.builtin import import_upstream_packages
 
     import_upstream_packages()  # as python -m rwth_sam does, before napari
     import napari

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import sys
 import time
@@ -14,8 +15,9 @@ import torch
 from scipy import ndimage
 
 import rwth_sam  # imports torch before napari creates its GL context (see rwth_sam._triton_guard)
-from rwth_sam.core.models import sam2_spec
-from rwth_sam.core.predictors.base import Embedding, Prediction, Predictor
+from rwth_sam.core.models.builtin import sam2_spec
+from rwth_sam.core.models.predictors.base import Embedding, Prediction, Predictor
+from rwth_sam.core.models.predictors.sam2 import backbone_feature_sizes
 
 # With one thread, torch upsamples 3 channels with another kernel than 1 channel (ulp differences),
 # so upstream (3 candidates) and rwth-sam (the best one) could differ where a logit is within an ulp
@@ -178,3 +180,48 @@ def oracle_checkpoint(tmp_path_factory):
 
 def dice(a, b):
     return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def count_embeds(monkeypatch, predictor) -> list:
+    """Wrap ``predictor._embed``: the returned list grows by one per encoder run."""
+    calls = []
+    original = predictor._embed
+
+    def counted(rgb):
+        calls.append(1)
+        return original(rgb)
+
+    monkeypatch.setattr(predictor, "_embed", counted)
+    return calls
+
+
+def upstream_predictor(model: rwth_sam.Predictor):
+    """A fresh upstream predictor of the model's own package, around the same module."""
+    family = rwth_sam.get_model_spec(model.name).family
+    if family == "SAM":
+        from segment_anything import SamPredictor
+    elif family == "SAM-HQ":
+        from segment_anything_hq import SamPredictor
+    elif family == "MobileSAM":
+        from mobile_sam import SamPredictor
+    elif family == "SAM 2.1":
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        predictor = SAM2ImagePredictor(model.model)
+        predictor._bb_feat_sizes = backbone_feature_sizes(model.model.image_size)
+        return predictor
+    else:
+        raise AssertionError(f"no upstream predictor known for {family}")
+    return SamPredictor(model.model)
+
+
+def upstream_predict(predictor, **kwargs):
+    """upstream ``predict`` as numpy (SAM-HQ called with hq_token_only=False, as the plugin does)."""
+    if "hq_token_only" in inspect.signature(predictor.predict).parameters:
+        kwargs["hq_token_only"] = False
+    masks, scores, logits = predictor.predict(**kwargs)
+    return tuple(np.asarray(a) for a in (masks, scores, logits))
+
+
+# Automatic mode on random weights: a coarse grid and no quality thresholds, so that masks come out.
+PERMISSIVE = dict(points_per_side=4, points_per_batch=16, pred_iou_thresh=0.0, stability_score_thresh=0.0)

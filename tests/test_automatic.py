@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from rwth_sam.core.automatic import (
+from rwth_sam.core.embeddings.segmenter import Segmenter
+from rwth_sam.core.errors import InputError
+from rwth_sam.core.tasks.automatic import (
     HIGHEST,
     LOWEST,
     MAX_PROMPT_POINTS,
@@ -26,8 +28,6 @@ from rwth_sam.core.automatic import (
     paint_masks,
     run_generator,
 )
-from rwth_sam.core.errors import InputError
-from rwth_sam.core.segmenter import Segmenter
 
 from conftest import SAM2_TINY_256, random_model
 

@@ -10,17 +10,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from rwth_sam.core import automatic
+from rwth_sam.core.tasks import automatic
 from rwth_sam.ui import automatic_panel
 from rwth_sam.ui.profile_store import PROFILES
 from rwth_sam.ui.widget import AUTOMATIC_MODE
 
+from conftest import PERMISSIVE
 from napari_helpers import dock, left_click, middle_click, wait_idle
 
 pytestmark = pytest.mark.gui
-
-PERMISSIVE = dict(points_per_side=4, points_per_batch=16, pred_iou_thresh=0.0, stability_score_thresh=0.0)
-
 
 def automatic_widget(viewer, checkpoint, image, **settings):
     widget = dock(viewer, checkpoint)

@@ -19,9 +19,9 @@ import zarr
 
 import rwth_sam
 from rwth_sam import InputError, Segmenter, SlicePlane, WeightsError
-from rwth_sam.core.device import available_devices, resolve_device
-from rwth_sam.core.loading import load_weights
-from rwth_sam.core.segmenter import spatial_shape
+from rwth_sam.core.embeddings.segmenter import spatial_shape
+from rwth_sam.core.models.device import available_devices, resolve_device
+from rwth_sam.core.models.loading import load_weights
 
 from conftest import SAM2_TINY_256
 

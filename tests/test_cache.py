@@ -12,21 +12,20 @@ import numpy as np
 import torch
 
 import rwth_sam
-from rwth_sam.core.cache import (
-    DiskEmbeddingCache,
-    EmbeddingCache,
-    SliceKey,
-    image_token,
-    renew_image_token,
-)
 from rwth_sam.core.coordinates import SlicePlane
-from rwth_sam.core.predictors.base import Embedding, Predictor
+from rwth_sam.core.embeddings.cache import EmbeddingCache
+from rwth_sam.core.embeddings.disk_cache import DiskEmbeddingCache
+from rwth_sam.core.embeddings.identity import SliceKey, image_token, renew_image_token
+from rwth_sam.core.embeddings.segmenter import EmbeddingCache as ReExported
+from rwth_sam.core.embeddings.segmenter import Segmenter
+from rwth_sam.core.embeddings.workspace import Workspace
+from rwth_sam.core.models.predictors.base import Embedding, Predictor
 from rwth_sam.core.preprocessing import CONTRAST_LIMITS, IntensityWindow
-from rwth_sam.core.segmenter import EmbeddingCache as ReExported
-from rwth_sam.core.segmenter import Segmenter
-from rwth_sam.core.workspace import Workspace
+
+from conftest import count_embeds
 
 FAKE_BYTES = 1000
+
 
 
 class FakePredictor(Predictor):
@@ -55,19 +54,6 @@ def fake(nbytes: int = FAKE_BYTES, value: float = 0.0) -> Embedding:
 def slices_volume(count: int = 10) -> np.ndarray:
     """A volume whose slice k along axis 0 holds the value k (so a slice is recognised by its pixels)."""
     return np.broadcast_to(np.arange(count, dtype=np.uint8)[:, None, None], (count, 8, 9)).copy()
-
-
-def count_embeds(monkeypatch, predictor) -> list:
-    """Wrap ``predictor._embed``: the returned list grows by one per encoder run."""
-    calls = []
-    original = predictor._embed
-
-    def counted(rgb):
-        calls.append(1)
-        return original(rgb)
-
-    monkeypatch.setattr(predictor, "_embed", counted)
-    return calls
 
 
 def bits(tensor: torch.Tensor) -> torch.Tensor:
@@ -447,7 +433,7 @@ def test_slice_key_names_everything():
 
 
 def test_model_identity_tells_weights_apart(tmp_path):
-    from rwth_sam.core.workspace import model_identity
+    from rwth_sam.core.embeddings.workspace import model_identity
 
     official = model_identity("mobile_sam_vit_t", None)
     assert rwth_sam.get_model_spec("mobile_sam_vit_t").weights.sha256 in official

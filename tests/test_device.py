@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import rwth_sam
-from rwth_sam.core.device import available_devices, default_device, leave_a_core_free, resolve_device
+from rwth_sam.core.models.device import available_devices, default_device, leave_a_core_free, resolve_device
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
 needs_no_mps = pytest.mark.skipif(

@@ -8,16 +8,13 @@ package gets the same model module. Both sides must agree exactly: masks, scores
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import pytest
 
 import rwth_sam
 from rwth_sam.core.coordinates import plane_at
-from rwth_sam.core.predictors.sam2 import backbone_feature_sizes
 
-from conftest import LARGE_MODELS, SAM2_TINY_256, SMALL_MODELS, random_model
+from conftest import LARGE_MODELS, SAM2_TINY_256, SMALL_MODELS, random_model, upstream_predict, upstream_predictor
 
 SHAPE = (6, 70, 90)  # anisotropic: the slices along axis 1 are only 6 rows high
 GEOMETRY = rwth_sam.LayerGeometry(scale=(2.0, 0.5, 0.7), translate=(10.0, -5.0, 3.0))
@@ -72,34 +69,6 @@ def upstream_rgb(section: np.ndarray, window: tuple[float, float] | None) -> np.
         low, high = window
         grey = np.clip(np.rint((section.astype(np.float64) - low) * 255.0 / (high - low)), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(np.stack([grey, grey, grey], axis=-1))
-
-
-def upstream_predictor(model: rwth_sam.Predictor):
-    """A fresh upstream predictor of the model's own package, around the same module."""
-    family = rwth_sam.get_model_spec(model.name).family
-    if family == "SAM":
-        from segment_anything import SamPredictor
-    elif family == "SAM-HQ":
-        from segment_anything_hq import SamPredictor
-    elif family == "MobileSAM":
-        from mobile_sam import SamPredictor
-    elif family == "SAM 2.1":
-        from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-        predictor = SAM2ImagePredictor(model.model)
-        predictor._bb_feat_sizes = backbone_feature_sizes(model.model.image_size)
-        return predictor
-    else:
-        raise AssertionError(f"no upstream predictor known for {family}")
-    return SamPredictor(model.model)
-
-
-def upstream_predict(predictor, **kwargs):
-    """upstream ``predict`` as numpy (SAM-HQ called with hq_token_only=False, as the plugin does)."""
-    if "hq_token_only" in inspect.signature(predictor.predict).parameters:
-        kwargs["hq_token_only"] = False
-    masks, scores, logits = predictor.predict(**kwargs)
-    return tuple(np.asarray(a) for a in (masks, scores, logits))
 
 
 def world_of(data_point) -> np.ndarray:

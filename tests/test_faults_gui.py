@@ -8,8 +8,8 @@ import pytest
 from napari.utils import progress
 
 import rwth_sam
+from rwth_sam.core.models.weights import CACHE_ENV_VAR, Weights
 from rwth_sam.core.phantom import battery_phantom
-from rwth_sam.core.weights import CACHE_ENV_VAR, Weights
 from rwth_sam.ui.profile_store import PROFILES
 from rwth_sam.ui.widget import HELPER_LAYER, VOLUME_MODE
 

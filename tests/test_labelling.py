@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rwth_sam.core.errors import InputError
-from rwth_sam.core.labelling import WriteRecord, check_label_value, check_writable
+from rwth_sam.core.labels.labelling import WriteRecord, check_label_value, check_writable
 
 OBJECT = 1  # object id of the run
 VALUE = 5  # its label value

@@ -15,8 +15,8 @@ from qtpy.QtCore import Qt, QUrl
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QApplication, QLineEdit, QSpinBox
 
+from rwth_sam.core.labels.profiles import Profile, SegmentationClass
 from rwth_sam.core.phantom import CLASS_NAMES, battery_phantom
-from rwth_sam.core.profiles import Profile, SegmentationClass
 from rwth_sam.ui import profile_widget, reader
 from rwth_sam.ui.profile_store import PROFILES, ProfileStore
 from rwth_sam.ui.profile_widget import (

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
-from rwth_sam.core import phantom, profiles
+from rwth_sam.core import phantom
 from rwth_sam.core.errors import InputError
-from rwth_sam.core.profiles import (
+from rwth_sam.core.labels import profiles
+from rwth_sam.core.labels.profiles import (
     PROFILE_FORMAT,
     PROFILE_VERSION,
     Profile,

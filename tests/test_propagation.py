@@ -11,13 +11,12 @@ from PIL import Image
 from scipy import ndimage
 
 from rwth_sam import Embedding, InputError, Prediction, Predictor, Segmenter
-from rwth_sam.core import propagation
-from rwth_sam.core.cache import EmbeddingCache
+from rwth_sam.core.embeddings.cache import EmbeddingCache
 from rwth_sam.core.phantom import CAN, VOID, battery_phantom
-from rwth_sam.core.propagation import PropagationResult, VideoFrames, propagate
-from test_cache import count_embeds
+from rwth_sam.core.tasks import propagation
+from rwth_sam.core.tasks.propagation import PropagationResult, VideoFrames, propagate
 
-from conftest import SAM2_TINY_256, random_model
+from conftest import SAM2_TINY_256, count_embeds, random_model
 
 # ---------------------------------------------------------------------------------------------
 # SAM 2: equal to upstream's own video predictor

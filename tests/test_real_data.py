@@ -13,9 +13,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 import rwth_sam
 from rwth_sam.core.coordinates import plane_at
-from test_equality import upstream_predict, upstream_predictor
 
-from conftest import SAM2_TINY_256, random_model
+from conftest import SAM2_TINY_256, random_model, upstream_predict, upstream_predictor
 
 MODELS = ["mobile_sam_vit_t", SAM2_TINY_256]
 LIVER = 5  # TotalSegmentator label id (totalsegmentator_total_labels.json)

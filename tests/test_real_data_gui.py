@@ -9,8 +9,8 @@ import pytest
 
 from rwth_sam.ui.profile_store import PROFILES
 from rwth_sam.ui.widget import AUTOMATIC_MODE
-from test_automatic_mode import PERMISSIVE
 
+from conftest import PERMISSIVE
 from napari_helpers import SCREENSHOTS, dock, middle_click, wait_idle
 
 pytestmark = pytest.mark.gui

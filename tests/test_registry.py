@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import rwth_sam
-from rwth_sam.core import registry
-from rwth_sam.core.weights import Weights
+from rwth_sam.core.models import registry
+from rwth_sam.core.models.weights import Weights
 
 BUILT_IN = {
     "mobile_sam_vit_t": "MobileSAM",

@@ -17,9 +17,8 @@ from rwth_sam.core.phantom import VOID, battery_phantom
 from rwth_sam.ui.profile_store import PROFILES
 from rwth_sam.ui.volume_panel import _describe_flags
 from rwth_sam.ui.widget import VOLUME_MODE
-from test_cache import count_embeds
 
-from conftest import dice
+from conftest import count_embeds, dice
 from napari_helpers import SCREENSHOTS, dock, middle_click, middle_drag, run_3d, wait_idle
 
 pytestmark = pytest.mark.gui

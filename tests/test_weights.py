@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import rwth_sam
-from rwth_sam.core import weights as weights_module
-from rwth_sam.core.loading import load_weights
-from rwth_sam.core.weights import Weights, cache_dir, cached_path, fetch, is_cached, load_state_dict
+from rwth_sam.core.models import weights as weights_module
+from rwth_sam.core.models.loading import load_weights
+from rwth_sam.core.models.weights import Weights, cache_dir, cached_path, fetch, is_cached, load_state_dict
 
 BASE_MODEL = "mobile_sam_vit_t"
 TEST_MODEL = "test_loopback_mobile_sam"

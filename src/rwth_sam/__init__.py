@@ -9,15 +9,15 @@ The Python API needs neither Qt nor napari::
     mask = segmenter.predict(plane, points=[(120, 80)], labels=[1]).mask
 """
 
-from . import _triton_guard  # noqa: F401  (first: before anything imports torch)
-from .core.coordinates import LayerGeometry, SlicePlane
-from .core.errors import InputError, RwthSamError, WeightsError
-from .core.loading import load_model, wrap_module
-from .core.predictors import Embedding, Prediction, Predictor, Prompts
-from .core.preprocessing import CT_WINDOWS, IntensityWindow, to_rgb
-from .core.registry import ModelSpec, get_model_spec, model_specs, register_model, unregister_model
-from .core.segmenter import EmbeddingCache, Segmenter
-from .core.weights import Weights
+from rwth_sam import _triton_guard  # noqa: F401  (first: before anything imports torch)
+from rwth_sam.core.coordinates import LayerGeometry, SlicePlane
+from rwth_sam.core.embeddings.segmenter import EmbeddingCache, Segmenter
+from rwth_sam.core.errors import InputError, RwthSamError, WeightsError
+from rwth_sam.core.models.loading import load_model, wrap_module
+from rwth_sam.core.models.predictors import Embedding, Prediction, Predictor, Prompts
+from rwth_sam.core.models.registry import ModelSpec, get_model_spec, model_specs, register_model, unregister_model
+from rwth_sam.core.models.weights import Weights
+from rwth_sam.core.preprocessing import CT_WINDOWS, IntensityWindow, to_rgb
 
 __version__ = "0.1.0"
 

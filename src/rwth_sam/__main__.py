@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .core.weights import CHECKPOINT_ENV_VAR, MODEL_ENV_VAR
+from rwth_sam.core.models.weights import CHECKPOINT_ENV_VAR, MODEL_ENV_VAR
 
 
 def main(argv=None) -> None:
@@ -23,10 +23,10 @@ def main(argv=None) -> None:
     if args.checkpoint is not None and not args.checkpoint.is_file():
         parser.error(f"checkpoint file not found: {args.checkpoint}")
 
-    from .core.device import available_devices
-    from .core.errors import RwthSamError
-    from .core.models import import_upstream_packages
-    from .core.registry import get_model_spec
+    from rwth_sam.core.errors import RwthSamError
+    from rwth_sam.core.models.builtin import import_upstream_packages
+    from rwth_sam.core.models.device import available_devices
+    from rwth_sam.core.models.registry import get_model_spec
 
     if args.model is not None:
         try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from rwth_sam.core.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from rwth_sam.core.errors import InputError
 
 # (level, width) in Hounsfield units, as radiology viewers define them.
 CT_WINDOWS = {

@@ -19,7 +19,10 @@ import numpy as np
 from magicgui.widgets import Container, FloatSpinBox, Label, PushButton, SpinBox
 from superqt import QCollapsible
 
-from ..core.automatic import (
+from rwth_sam.core.coordinates import compact_indices
+from rwth_sam.core.embeddings.segmenter import spatial_shape
+from rwth_sam.core.errors import InputError, RwthSamError
+from rwth_sam.core.tasks.automatic import (
     HIGHEST,
     LARGE_PROMPT_POINTS,
     LOWEST,
@@ -29,12 +32,9 @@ from ..core.automatic import (
     generate_volume,
     setting_label,
 )
-from ..core.coordinates import compact_indices
-from ..core.errors import InputError, RwthSamError
-from ..core.segmenter import spatial_shape
-from .labels_io import commit_block, commit_voxels
-from .reporting import guarded
-from .runner import AUTOMATIC, SliceProgress
+from rwth_sam.ui.labels_io import commit_block, commit_voxels
+from rwth_sam.ui.reporting import guarded
+from rwth_sam.ui.runner import AUTOMATIC, SliceProgress
 
 RESULT_METADATA = {"rwth_sam_helper": "automatic result"}  # the main widget offers no such layer as a target
 _FLOAT_STEPS = {"stability_score_offset": 0.1}

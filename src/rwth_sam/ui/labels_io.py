@@ -5,8 +5,8 @@ from __future__ import annotations
 import napari
 import numpy as np
 
-from ..core.coordinates import SlicePlane, compact_indices
-from ..core.labelling import writable
+from rwth_sam.core.coordinates import SlicePlane, compact_indices
+from rwth_sam.core.labels.labelling import writable
 
 
 def commit_voxels(

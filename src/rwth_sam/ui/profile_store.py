@@ -11,7 +11,7 @@ import logging
 
 from psygnal import Signal
 
-from ..core.profiles import Profile, ProfileError, builtin_profiles
+from rwth_sam.core.labels.profiles import Profile, ProfileError, builtin_profiles
 
 logger = logging.getLogger(__name__)
 

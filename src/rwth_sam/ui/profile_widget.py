@@ -1,7 +1,7 @@
 """Plugins > RWTH SAM > Segmentation profiles: pick, create and edit profiles, and apply one to a labels layer.
 
 A profile is a named list of classes (name, label value, colour, description); see
-``rwth_sam.core.profiles``. Every edit goes through the core's validation and into the session's
+``rwth_sam.core.labels.profiles``. Every edit goes through the core's validation and into the session's
 ``PROFILES`` store at once, so other widgets see it. ``apply_profile`` colours a labels layer by
 class and gives it the class names as features, which napari's status bar shows on hover.
 
@@ -44,10 +44,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.errors import RwthSamError
-from ..core.profiles import MAX_LABEL_VALUE, Profile, ProfileError, SegmentationClass
-from .profile_store import PROFILES, ProfileStore
-from .reporting import guarded
+from rwth_sam.core.errors import RwthSamError
+from rwth_sam.core.labels.profiles import MAX_LABEL_VALUE, Profile, ProfileError, SegmentationClass
+from rwth_sam.ui.profile_store import PROFILES, ProfileStore
+from rwth_sam.ui.reporting import guarded
 
 UNKNOWN_LABEL_COLOR = "#808080"  # label values that are not in the profile stay visible, in grey
 NAME, VALUE, COLOR, DESCRIPTION = range(4)

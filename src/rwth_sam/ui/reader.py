@@ -20,9 +20,9 @@ from pathlib import Path
 from napari.utils.notifications import show_error, show_info
 from npe2 import PluginManager
 
-from ..core.profiles import Profile, ProfileError, is_profile_file
-from .profile_store import PROFILES
-from .reporting import show_user_error
+from rwth_sam.core.labels.profiles import Profile, ProfileError, is_profile_file
+from rwth_sam.ui.profile_store import PROFILES
+from rwth_sam.ui.reporting import show_user_error
 
 NO_LAYERS = [(None,)]
 READER_COMMAND = "rwth-sam.get_profile_reader"  # as in napari.yaml

@@ -17,7 +17,7 @@ from pathlib import Path
 import platformdirs
 from napari.utils.notifications import show_error
 
-from ..core.errors import RwthSamError, UnexpectedError
+from rwth_sam.core.errors import RwthSamError, UnexpectedError
 
 LOG = logging.getLogger("rwth_sam")
 

@@ -18,7 +18,7 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from .reporting import as_user_error
+from rwth_sam.ui.reporting import as_user_error
 
 PREDICT = "predict"
 AUTOMATIC = "automatic"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.phantom import CLASS_NAMES, battery_phantom
+from rwth_sam.core.phantom import CLASS_NAMES, battery_phantom
 
 
 def _layers(image, labels):

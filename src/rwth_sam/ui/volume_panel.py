@@ -19,12 +19,12 @@ import napari
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 
-from ..core.coordinates import SlicePlane, range_block
-from ..core.errors import InputError, RwthSamError
-from ..core.labelling import WriteRecord
-from ..core.propagation import propagate
-from .labels_io import commit_block
-from .runner import EMBED_RANGE, PREDICT, PROPAGATE, SliceProgress
+from rwth_sam.core.coordinates import SlicePlane, range_block
+from rwth_sam.core.errors import InputError, RwthSamError
+from rwth_sam.core.labels.labelling import WriteRecord
+from rwth_sam.core.tasks.propagation import propagate
+from rwth_sam.ui.labels_io import commit_block
+from rwth_sam.ui.runner import EMBED_RANGE, PREDICT, PROPAGATE, SliceProgress
 
 
 @dataclass

@@ -23,25 +23,25 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QComboBox
 from superqt.utils import ensure_main_thread
 
-from ..core.cache import DiskEmbeddingCache, default_disk_cache_dir
-from ..core.coordinates import LayerGeometry, SlicePlane, plane_at
-from ..core.device import available_devices, leave_a_core_free
-from ..core.errors import InputError, RwthSamError
-from ..core.labelling import check_label_value, check_writable, next_instance_id
-from ..core.models import import_upstream_packages
-from ..core.predictors.base import Prediction
-from ..core.preprocessing import WINDOW_CHOICES
-from ..core.registry import get_model_spec, model_specs
-from ..core.segmenter import spatial_shape
-from ..core.weights import CHECKPOINT_ENV_VAR, MODEL_ENV_VAR, is_cached, startup_choice
-from ..core.workspace import Workspace
-from .automatic_panel import AutomaticPanel
-from .labels_io import commit_mask
-from .profile_store import PROFILES
-from .profile_widget import apply_profile
-from .reporting import as_user_error, guarded
-from .runner import EMBED_AHEAD, PREDICT, LatestJobRunner
-from .volume_panel import VolumePanel
+from rwth_sam.core.coordinates import LayerGeometry, SlicePlane, plane_at
+from rwth_sam.core.embeddings.disk_cache import DiskEmbeddingCache, default_disk_cache_dir
+from rwth_sam.core.embeddings.segmenter import spatial_shape
+from rwth_sam.core.embeddings.workspace import Workspace
+from rwth_sam.core.errors import InputError, RwthSamError
+from rwth_sam.core.labels.labelling import check_label_value, check_writable, next_instance_id
+from rwth_sam.core.models.builtin import import_upstream_packages
+from rwth_sam.core.models.device import available_devices, leave_a_core_free
+from rwth_sam.core.models.predictors.base import Prediction
+from rwth_sam.core.models.registry import get_model_spec, model_specs
+from rwth_sam.core.models.weights import CHECKPOINT_ENV_VAR, MODEL_ENV_VAR, is_cached, startup_choice
+from rwth_sam.core.preprocessing import WINDOW_CHOICES
+from rwth_sam.ui.automatic_panel import AutomaticPanel
+from rwth_sam.ui.labels_io import commit_mask
+from rwth_sam.ui.profile_store import PROFILES
+from rwth_sam.ui.profile_widget import apply_profile
+from rwth_sam.ui.reporting import as_user_error, guarded
+from rwth_sam.ui.runner import EMBED_AHEAD, PREDICT, LatestJobRunner
+from rwth_sam.ui.volume_panel import VolumePanel
 
 LEFT_BUTTON, MIDDLE_BUTTON = 1, 3
 PREVIEW_COLOR = "lime"

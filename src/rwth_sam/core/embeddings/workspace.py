@@ -19,12 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from .cache import DEFAULT_CACHE_BYTES, DiskEmbeddingCache, EmbeddingCache, image_token, renew_image_token
-from .loading import load_model
-from .predictors.base import Predictor
-from .preprocessing import resolve_window
-from .registry import get_model_spec
-from .segmenter import Segmenter
+from rwth_sam.core.embeddings.cache import DEFAULT_CACHE_BYTES, EmbeddingCache
+from rwth_sam.core.embeddings.disk_cache import DiskEmbeddingCache
+from rwth_sam.core.embeddings.identity import image_token, renew_image_token
+from rwth_sam.core.embeddings.segmenter import Segmenter
+from rwth_sam.core.models.loading import load_model
+from rwth_sam.core.models.predictors.base import Predictor
+from rwth_sam.core.models.registry import get_model_spec
+from rwth_sam.core.preprocessing import resolve_window
 
 
 def model_identity(name: str, checkpoint: str | os.PathLike | None) -> str:

@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from .errors import InputError
+from rwth_sam.core.errors import InputError
 
 
 def available_devices() -> list[str]:

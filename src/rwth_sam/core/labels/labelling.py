@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .coordinates import SlicePlane
-from .errors import InputError
+from rwth_sam.core.coordinates import SlicePlane
+from rwth_sam.core.errors import InputError
 
 
 def writable(current: np.ndarray, value: int, overwrite: bool) -> np.ndarray:

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from .errors import InputError
-from .predictors.base import Predictor
+from rwth_sam.core.errors import InputError
+from rwth_sam.core.models.predictors.base import Predictor
 
 # Upper bounds, from real use. SAM's defaults are 32 points per side, 64 per batch and no crop
 # layers (1,024 prompt points, one encoder run); small particles in large slices take 64-128 points
@@ -248,7 +248,7 @@ def make_generator(predictor: Predictor, settings: AutomaticSettings | None = No
     kwargs = {f.name: getattr(settings, f.name) for f in fields(settings)}
     generator = cls(predictor.model, **kwargs)
     if cls.__name__ == "SAM2AutomaticMaskGenerator":
-        from .predictors.sam2 import backbone_feature_sizes
+        from rwth_sam.core.models.predictors.sam2 import backbone_feature_sizes
 
         generator.predictor._bb_feat_sizes = backbone_feature_sizes(predictor.model.image_size)
         # Small regions are removed at full resolution instead (see the module's docstring).

@@ -30,7 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from rwth_sam.core.errors import InputError
 
 PROFILE_FORMAT = "rwth-sam-profile"
 PROFILE_VERSION = 1
@@ -373,7 +373,7 @@ def is_profile_file(path: str | os.PathLike) -> bool:
 def builtin_profiles_dir() -> Path | None:
     """Where the example profiles are: ``rwth_sam/profiles`` in an installed package, else the checkout's ``profiles/``."""
     packaged = resources.files("rwth_sam") / "profiles"
-    candidates = [Path(str(packaged)), Path(__file__).resolve().parents[3] / "profiles"]
+    candidates = [Path(str(packaged)), Path(__file__).resolve().parents[4] / "profiles"]
     return next((folder for folder in candidates if folder.is_dir() and any(folder.glob("*.json"))), None)
 
 

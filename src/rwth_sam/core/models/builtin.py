@@ -10,10 +10,10 @@ import importlib
 import warnings
 from functools import partial
 
-from .predictors.sam1 import SamPredictor
-from .predictors.sam2 import Sam2Predictor
-from .registry import ModelSpec, register_model
-from .weights import Weights
+from rwth_sam.core.models.predictors.sam1 import SamPredictor
+from rwth_sam.core.models.predictors.sam2 import Sam2Predictor
+from rwth_sam.core.models.spec import ModelSpec
+from rwth_sam.core.models.weights import Weights
 
 # Everything the built-in families import when a model is built, predicts or generates masks.
 UPSTREAM_MODULES = (
@@ -40,6 +40,8 @@ def import_upstream_packages() -> None:
         for name in UPSTREAM_MODULES:
             importlib.import_module(name)
 
+
+BUILTIN_MODELS: list[ModelSpec] = []  # registered by the registry at its first use
 
 _FB = "https://dl.fbaipublicfiles.com"
 _HQ = "https://huggingface.co/lkeab/hq-sam/resolve/main"
@@ -131,7 +133,7 @@ _SAM2 = [
     ("large", "Hiera-L", "l", 898083611, "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318"),
 ]
 
-register_model(
+BUILTIN_MODELS.append(
     ModelSpec(
         name="mobile_sam_vit_t",
         family="MobileSAM",
@@ -147,7 +149,7 @@ register_model(
     )
 )
 for _variant, _title, _file, _size, _sha in _SAM2:
-    register_model(
+    BUILTIN_MODELS.append(
         sam2_spec(
             f"sam2.1_hiera_{_variant}",
             f"SAM 2.1 {_title}",
@@ -156,7 +158,7 @@ for _variant, _title, _file, _size, _sha in _SAM2:
         )
     )
 for _variant, _title, _file, _size, _sha in _SAM:
-    register_model(
+    BUILTIN_MODELS.append(
         ModelSpec(
             name=f"sam_{_variant}",
             family="SAM",
@@ -167,7 +169,7 @@ for _variant, _title, _file, _size, _sha in _SAM:
         )
     )
 for _variant, _title, _file, _size, _sha in _SAM_HQ:
-    register_model(
+    BUILTIN_MODELS.append(
         ModelSpec(
             name=f"sam_hq_{_variant}",
             family="SAM-HQ",

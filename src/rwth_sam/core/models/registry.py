@@ -9,37 +9,19 @@ of them, or a callable returning either.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from importlib.metadata import entry_points
 
-import torch
+from rwth_sam.core.errors import InputError
+from rwth_sam.core.models.builtin import BUILTIN_MODELS
+from rwth_sam.core.models.spec import ModelSpec
 
-from .errors import InputError
-from .weights import Weights
+__all__ = ["ENTRY_POINT_GROUP", "ModelSpec", "get_model_spec", "model_specs", "register_model", "unregister_model"]
 
 ENTRY_POINT_GROUP = "rwth_sam.models"
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to build a model, where its weights are, and which predictor drives it.
-
-    ``build`` makes the architecture with random weights; ``make_predictor(module, name, device)``
-    wraps a loaded module. ``strict`` is False where upstream itself loads non-strictly (SAM-HQ),
-    in which case only missing keys are an error.
-    """
-
-    name: str
-    family: str
-    title: str
-    build: Callable[[], torch.nn.Module]
-    make_predictor: Callable[[torch.nn.Module, str, torch.device], object]
-    weights: Weights | None = None
-    strict: bool = True
-
-
-_registry: dict[str, ModelSpec] = {}
+_registry: dict[str, ModelSpec] = {spec.name: spec for spec in BUILTIN_MODELS}  # built-in first
 _entry_points_loaded = False
 
 
@@ -74,8 +56,6 @@ def _ensure_loaded() -> None:
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    from . import models  # noqa: F401  (registers the built-in entries)
-
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         try:
             for spec in _as_specs(entry_point.load()):

@@ -11,8 +11,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
-from .base import Embedding, Prediction, Predictor, Prompts, select_candidates, to_prediction
+from rwth_sam.core.errors import InputError
+from rwth_sam.core.models.predictors.base import (
+    Embedding,
+    Prediction,
+    Predictor,
+    Prompts,
+    select_candidates,
+    to_prediction,
+)
 
 
 class SamPredictor(Predictor):

@@ -13,7 +13,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Embedding, Prediction, Predictor, Prompts, select_candidates, to_prediction
+from rwth_sam.core.models.predictors.base import (
+    Embedding,
+    Prediction,
+    Predictor,
+    Prompts,
+    select_candidates,
+    to_prediction,
+)
 
 
 def backbone_feature_sizes(image_size: int) -> list[tuple[int, int]]:

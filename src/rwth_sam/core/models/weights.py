@@ -15,7 +15,7 @@ from typing import Any
 
 import platformdirs
 
-from .errors import WeightsError
+from rwth_sam.core.errors import WeightsError
 
 CACHE_ENV_VAR = "RWTH_SAM_CACHE_DIR"
 MODEL_ENV_VAR = "RWTH_SAM_MODEL"

@@ -9,11 +9,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from .cache import DEFAULT_CACHE_BYTES, DiskEmbeddingCache, EmbeddingCache, SliceKey
-from .coordinates import SlicePlane
-from .errors import InputError
-from .predictors.base import Embedding, Prediction, Predictor, Prompts
-from .preprocessing import IntensityWindow, check_dtype, to_rgb
+from rwth_sam.core.coordinates import SlicePlane
+from rwth_sam.core.embeddings.cache import DEFAULT_CACHE_BYTES, EmbeddingCache
+from rwth_sam.core.embeddings.disk_cache import DiskEmbeddingCache
+from rwth_sam.core.embeddings.identity import SliceKey
+from rwth_sam.core.errors import InputError
+from rwth_sam.core.models.predictors.base import Embedding, Prediction, Predictor, Prompts
+from rwth_sam.core.preprocessing import IntensityWindow, check_dtype, to_rgb
 
 __all__ = ["DEFAULT_CACHE_BYTES", "DiskEmbeddingCache", "EmbeddingCache", "Segmenter", "SliceKey", "spatial_shape"]
 

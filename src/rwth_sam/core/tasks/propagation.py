@@ -27,8 +27,8 @@ from unittest import mock
 import numpy as np
 import torch
 
-from .errors import InputError
-from .predictors.base import Predictor
+from rwth_sam.core.errors import InputError
+from rwth_sam.core.models.predictors.base import Predictor
 
 __all__ = ["PropagationResult", "SliceFeatures", "VideoFrames", "propagate", "video_predictor"]
 
@@ -54,8 +54,8 @@ _video_predictors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _sam2_config(predictor: Predictor) -> tuple[str, int] | None:
     """The hydra config and image size the predictor's model was built from (via the registry)."""
-    from . import models
-    from .registry import get_model_spec
+    from rwth_sam.core.models import builtin as models
+    from rwth_sam.core.models.registry import get_model_spec
 
     try:
         build = get_model_spec(predictor.name).build
@@ -81,7 +81,7 @@ def video_predictor(predictor: Predictor):
         return cached[1]
     config = _sam2_config(predictor)
     if config is not None:
-        from .models import build_sam2_video
+        from rwth_sam.core.models.builtin import build_sam2_video
 
         with torch.random.fork_rng(devices=[]):  # building must not move the caller's random stream
             video = build_sam2_video(config[0], config[1], device="cpu")
@@ -265,7 +265,7 @@ def propagate(
 
     run = _Run(cond, last - first + 1, on_slice, should_stop, passed)
 
-    from .predictors.sam2 import Sam2Predictor
+    from rwth_sam.core.models.predictors.sam2 import Sam2Predictor
 
     if isinstance(segmenter.predictor, Sam2Predictor):
         _propagate_sam2(segmenter, axis, start, end, from_index, direction, size, run)

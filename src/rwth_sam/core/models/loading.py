@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
-from .device import resolve_device
-from .errors import WeightsError
-from .predictors.base import Predictor
-from .registry import ModelSpec, get_model_spec
-from .weights import fetch, load_state_dict
+from rwth_sam.core.errors import WeightsError
+from rwth_sam.core.models.device import resolve_device
+from rwth_sam.core.models.predictors.base import Predictor
+from rwth_sam.core.models.registry import ModelSpec, get_model_spec
+from rwth_sam.core.models.weights import fetch, load_state_dict
 
 
 def load_model(

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..device import warn_mps_fallback
-from ..errors import InputError
+from rwth_sam.core.errors import InputError
+from rwth_sam.core.models.device import warn_mps_fallback
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""What users run on a model: automatic segmentation, 3D propagation."""
