@@ -121,15 +121,23 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--models", default="mobile_sam_vit_t",
-                        help="comma-separated registry names (default: mobile_sam_vit_t)")
+    parser.add_argument(
+        "--models", default="mobile_sam_vit_t", help="comma-separated registry names (default: mobile_sam_vit_t)"
+    )
     parser.add_argument("--sam2", action="store_true", help="also run sam2.1_hiera_tiny")
-    parser.add_argument("--points-per-side", type=int, default=4,
-                        help="grid of prompts (default: 4, about a minute per model on 2 idle CPU cores; "
-                             "upstream's default is 32)")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="any other AutomaticSettings field (default: pred_iou_thresh=0 stability_score_thresh=0 "
-                             "box_nms_thresh=1)")
+    parser.add_argument(
+        "--points-per-side",
+        type=int,
+        default=4,
+        help="grid of prompts (default: 4, about a minute per model on 2 idle CPU cores; upstream's default is 32)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other AutomaticSettings field (default: pred_iou_thresh=0 stability_score_thresh=0 box_nms_thresh=1)",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: auto)")
     parser.add_argument("--size", type=int, default=1024, help="side of the square test image (default: 1024)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per side (default: 3)")
@@ -159,11 +167,16 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     rgb = test_image(args.size)
     info = machine_info(device, ["rwth-sam", "torch", "numpy", "opencv-python-headless", "sam2"])
-    changed = {f.name: getattr(args.settings, f.name) for f in fields(AutomaticSettings)
-               if getattr(args.settings, f.name) != getattr(AutomaticSettings(), f.name)}
+    changed = {
+        f.name: getattr(args.settings, f.name)
+        for f in fields(AutomaticSettings)
+        if getattr(args.settings, f.name) != getattr(AutomaticSettings(), f.name)
+    }
     where = f"{info.get('gpu', info['cpu'])} ({device}, {info['torch_threads']} torch threads)"
-    print(f"rwth-sam automatic masks on {where}, "
-          f"{args.size}x{args.size} phantom slice, {args.repeats} repeats, settings {changed}")
+    print(
+        f"rwth-sam automatic masks on {where}, "
+        f"{args.size}x{args.size} phantom slice, {args.repeats} repeats, settings {changed}"
+    )
     load = info.get("load_average_at_start", (0,))[0]
     if device.type == "cpu" and load > (os.cpu_count() or 1) - torch.get_num_threads() + 0.5:
         print(f"warning: load average {load:.1f} on {os.cpu_count()} cores: timings will be noisy")
@@ -173,8 +186,11 @@ def main(argv=None) -> int:
     for name in args.model_names:
         row = bench_model(name, rgb, device, args.settings, args.repeats)
         results.append(row)
-        print(f"| {name} | {row['objects']} | {row['plugin_median_s']:.2f} s | {row['upstream_median_s']:.2f} s | "
-              f"{row['ratio']:.3f} | <= {GOAL} {'met' if row['met'] else 'MISSED'} |", flush=True)
+        print(
+            f"| {name} | {row['objects']} | {row['plugin_median_s']:.2f} s | {row['upstream_median_s']:.2f} s | "
+            f"{row['ratio']:.3f} | <= {GOAL} {'met' if row['met'] else 'MISSED'} |",
+            flush=True,
+        )
     if args.json:
         write_report(args.json, {
             "settings": {f.name: getattr(args.settings, f.name) for f in fields(AutomaticSettings)},

@@ -164,7 +164,9 @@ def bench_model(name: str, rgb: np.ndarray, device: torch.device, args) -> dict:
         upstream_embed()  # the upstream state the prompt runs below use: set from the same image
         same = all(
             a.shape == b.shape and torch.equal(a, b)
-            for a, b in zip(plugin_features(spec.family, predictor, embedding), upstream_features(spec.family, upstream))
+            for a, b in zip(
+                plugin_features(spec.family, predictor, embedding), upstream_features(spec.family, upstream)
+            )
         )
         result["encoder"]["features_identical"] = same
         if not same:
@@ -217,11 +219,14 @@ def bench_model(name: str, rgb: np.ndarray, device: torch.device, args) -> dict:
         print_row("refine", result["refine"])
 
     result["masks_identical"] = True
-    del predictor, upstream, embedding
+    return result
+
+
+def release_memory(device: torch.device) -> None:
+    """Free the last model before the next is built: its timed closures hold it in reference cycles."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return result
 
 
 def check_same(case: str, prediction, upstream_mask, upstream_scores, upstream_low_res) -> None:
@@ -233,8 +238,10 @@ def check_same(case: str, prediction, upstream_mask, upstream_scores, upstream_l
     differing = int((prediction.mask != upstream_mask).sum())
     hint = ""
     if torch.get_num_threads() == 1:
-        hint = (" (with one CPU thread, PyTorch upsamples 3 channels with a different bilinear kernel than 1"
-                " channel, so upsampling only the best candidate can flip pixels whose logit is ~0; see bench/README.md)")
+        hint = (
+            " (with one CPU thread, PyTorch upsamples 3 channels with a different bilinear kernel than 1"
+            " channel, so upsampling only the best candidate can flip pixels whose logit is ~0; see bench/README.md)"
+        )
     assert differing == 0, f"{case}: rwth-sam's mask differs from upstream's in {differing} pixels{hint}"
     assert np.array_equal(prediction.scores, np.asarray(upstream_scores, np.float32)), f"{case}: scores differ"
     assert np.array_equal(prediction.logits, np.asarray(upstream_low_res, np.float32)), f"{case}: logits differ"
@@ -265,11 +272,18 @@ def print_table(results: list[dict]) -> None:
     for result in results:
         for case in CASES:
             row = result[case]
-            rows.append([
-                result["model"], case, fmt_ms(row["plugin_median_s"]), fmt_ms(row["upstream_median_s"]),
-                f"{row['ratio']:.3f}", f"{row['paired_ratio_median']:.3f}", f"<= {row['goal']}",
-                "yes" if row["meets_goal"] else "NO",
-            ])
+            rows.append(
+                [
+                    result["model"],
+                    case,
+                    fmt_ms(row["plugin_median_s"]),
+                    fmt_ms(row["upstream_median_s"]),
+                    f"{row['ratio']:.3f}",
+                    f"{row['paired_ratio_median']:.3f}",
+                    f"<= {row['goal']}",
+                    "yes" if row["meets_goal"] else "NO",
+                ]
+            )
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     print("\n" + line(header))
@@ -280,15 +294,32 @@ def print_table(results: list[dict]) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                        help=f"comma-separated registry names, or 'all' (default: {','.join(DEFAULT_MODELS)})")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help=f"comma-separated registry names, or 'all' (default: {','.join(DEFAULT_MODELS)})",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: auto)")
-    parser.add_argument("--size", type=int, default=1024, help="side of the square uint8 RGB test image (default: 1024)")
-    parser.add_argument("--repeats", type=int, nargs="+", metavar="N", default=[5, 30],
-                        help="timed repeats per side: ENCODER [PROMPT] (default: 5 30; PROMPT also counts refine)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op CPU threads (default: torch's own, one per core); 1 is steadier on a busy machine")
+    parser.add_argument(
+        "--size", type=int, default=1024, help="side of the square uint8 RGB test image (default: 1024)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        nargs="+",
+        metavar="N",
+        default=[5, 30],
+        help="timed repeats per side: ENCODER [PROMPT] (default: 5 30; PROMPT also counts refine)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op CPU threads (default: torch's own, one per core); 1 is steadier on a busy machine",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for the image and the random weights (default: 0)")
     parser.add_argument("--json", metavar="PATH", help="write all timings and metadata to this JSON file")
     args = parser.parse_args(argv)
@@ -320,13 +351,35 @@ def main(argv=None) -> int:
         return 2
     rng = np.random.default_rng(args.seed)
     rgb = rng.integers(0, 256, size=(args.size, args.size, 3), dtype=np.uint8)
-    info = machine_info(device, ["rwth-sam", "torch", "torchvision", "numpy", "segment-anything", "segment-anything-hq", "mobilesam-mirror", "sam2"])
-    print(f"rwth-sam latency on {info.get('gpu', info['cpu'])} ({device}, {info['torch_threads']} torch threads), "
-          f"{args.size}x{args.size} RGB, repeats: encoder {args.encoder_repeats}, prompt {args.prompt_repeats}")
-    if device.type == "cpu" and info.get("load_average_at_start", (0,))[0] > (os.cpu_count() or 1) - torch.get_num_threads() + 0.5:
-        print(f"warning: load average {info['load_average_at_start'][0]:.1f} on {os.cpu_count()} cores: other processes "
-              "compete for the CPU, timings will be noisy" + (" (try --threads 1)" if torch.get_num_threads() > 1 else ""))
-    results = [bench_model(name, rgb, device, args) for name in args.model_names]
+    info = machine_info(
+        device,
+        [
+            "rwth-sam",
+            "torch",
+            "torchvision",
+            "numpy",
+            "segment-anything",
+            "segment-anything-hq",
+            "mobilesam-mirror",
+            "sam2",
+        ],
+    )
+    print(
+        f"rwth-sam latency on {info.get('gpu', info['cpu'])} ({device}, {info['torch_threads']} torch threads), "
+        f"{args.size}x{args.size} RGB, repeats: encoder {args.encoder_repeats}, prompt {args.prompt_repeats}"
+    )
+    if (
+        device.type == "cpu"
+        and info.get("load_average_at_start", (0,))[0] > (os.cpu_count() or 1) - torch.get_num_threads() + 0.5
+    ):
+        print(
+            f"warning: load average {info['load_average_at_start'][0]:.1f} on {os.cpu_count()} cores: other processes "
+            "compete for the CPU, timings will be noisy" + (" (try --threads 1)" if torch.get_num_threads() > 1 else "")
+        )
+    results = []
+    for name in args.model_names:
+        results.append(bench_model(name, rgb, device, args))
+        release_memory(device)
     print_table(results)
     if args.json:
         write_report(args.json, {

@@ -105,16 +105,15 @@ def one(case: str, image_size: int, device: str, objects: int = 1, profile: bool
     import numpy as np
     import torch
     from PIL import Image
+    from sam2.sam2_video_predictor import SAM2VideoPredictor
 
     import rwth_sam
     from rwth_sam.core.models.builtin import sam2_spec
     from rwth_sam.core.phantom import CAN, CATHODE, VOID, battery_phantom
-    from rwth_sam.core.tasks.propagation import propagate, video_predictor
+    from rwth_sam.core.tasks.propagation import propagate
 
     name = f"sam2.1_hiera_tiny_{image_size}"
-    rwth_sam.register_model(
-        sam2_spec(name, name, CONFIG, None, image_size=image_size), replace=True
-    )
+    rwth_sam.register_model(sam2_spec(name, name, CONFIG, None, image_size=image_size), replace=True)
     torch.manual_seed(0)
     predictor = rwth_sam.load_model(name, pretrained=False, device=device)
     depth = 128 if case.endswith("128") else 32
@@ -123,7 +122,7 @@ def one(case: str, image_size: int, device: str, objects: int = 1, profile: bool
     image, labels = battery_phantom(shape=(depth, 256, 256))
     segmenter = rwth_sam.Segmenter(predictor, image)
     masks = {k: labels[middle] == cls for k, cls in enumerate((VOID, CAN, CATHODE)[:objects], start=1)}
-    video = video_predictor(predictor)  # built once per predictor: model building is not timed
+    video = predictor.video_predictor()  # built once per predictor: model building is not timed
     if case == "source-startup":
         return _server_start(video, image_size, device)
     parts = None
@@ -156,12 +155,16 @@ def one(case: str, image_size: int, device: str, objects: int = 1, profile: bool
 
     def source_run():
         for n in range(depth):
-            Image.fromarray(segmenter.slice_rgb(segmenter.plane(0, n))).save(os.path.join(folder.name, f"{n:05d}.jpg"), quality=100)
+            Image.fromarray(segmenter.slice_rgb(segmenter.plane(0, n))).save(
+                os.path.join(folder.name, f"{n:05d}.jpg"), quality=100
+            )
         offload = device == "cuda"
         found = {}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
             for k, mask in masks.items():  # the source tracks one object at a time
-                source["state"] = state = video.init_state(folder.name, offload_video_to_cpu=offload, offload_state_to_cpu=offload)
+                source["state"] = state = SAM2VideoPredictor.init_state(  # upstream's own, from the folder
+                    video, folder.name, offload_video_to_cpu=offload, offload_state_to_cpu=offload
+                )
                 for reverse in (False, True):
                     video.add_new_mask(state, middle, 1, mask)
                     for f, one_mask in _source_masks(video, state, middle, (reverse,)).items():
@@ -199,8 +202,13 @@ def one(case: str, image_size: int, device: str, objects: int = 1, profile: bool
     source.clear()
     folder.cleanup()
     out = {
-        "case": case, "objects": len(masks), "image_size": image_size, "device": device, "masks": len(found),
-        "wall_s": round(wall, 3), "peak_rss_mb": round((state["peak"] - base) / 2**20, 1),
+        "case": case,
+        "objects": len(masks),
+        "image_size": image_size,
+        "device": device,
+        "masks": len(found),
+        "wall_s": round(wall, 3),
+        "peak_rss_mb": round((state["peak"] - base) / 2**20, 1),
         "mean_area": float(np.mean([m.sum() for m in found.values()])),
     }
     if embed_ahead is not None:
@@ -222,7 +230,13 @@ def _server_start(video, image_size: int, device: str) -> dict:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", SERVER_START, CONFIG, checkpoint, device, str(image_size)], check=True)
         wall = time.perf_counter() - t0
-    return {"case": "source-startup", "objects": 0, "image_size": image_size, "device": device, "wall_s": round(wall, 3)}
+    return {
+        "case": "source-startup",
+        "objects": 0,
+        "image_size": image_size,
+        "device": device,
+        "wall_s": round(wall, 3),
+    }
 
 
 def _source_masks(video, state, from_frame: int, directions) -> dict:
@@ -251,7 +265,16 @@ def main():
         return
 
     def run(case: str, objects: int = 1, env=None) -> dict:
-        command = [sys.executable, __file__, "--one", case, "--image-size", str(args.image_size), "--device", args.device]
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            case,
+            "--image-size",
+            str(args.image_size),
+            "--device",
+            args.device,
+        ]
         command += ["--objects", str(objects)]
         output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
         row = json.loads(output.strip().splitlines()[-1])
@@ -289,15 +312,19 @@ def report(rows: list[dict], neutral: dict[str, float], object_counts: list[int]
     startup = best["source-startup"]["wall_s"]
     for objects in object_counts:
         source, cold, warm = (best[_key(case, objects)]["wall_s"] for case in SPEED_CASES)
-        print(f"speed-up source/plugin (32 slices, {objects} object{'s' * (objects > 1)}), cold: {source / cold:.2f}x, "
-              f"range embedded ahead: {source / warm:.2f}x; with the source server's start per request "
-              f"({startup:.1f} s): {(startup + source) / cold:.2f}x and {(startup + source) / warm:.2f}x")
+        print(
+            f"speed-up source/plugin (32 slices, {objects} object{'s' * (objects > 1)}), cold: {source / cold:.2f}x, "
+            f"range embedded ahead: {source / warm:.2f}x; with the source server's start per request "
+            f"({startup:.1f} s): {(startup + source) / cold:.2f}x and {(startup + source) / warm:.2f}x"
+        )
     correction = best["source-32-correction"]["wall_s"] / best["plugin-32-correction"]["wall_s"]
     print(f"speed-up source/plugin, a correction re-propagated forward from slice 24: {correction:.2f}x")
     for k in ("peak_rss_mb", "peak_gpu_mb"):
         if k in best["plugin-32"]:
             a, b = best["plugin-32"][k], best["plugin-128"][k]
-            print(f"{k}: plugin-32 {a}, plugin-128 (range 32) {b}, source-32 {best['source-32'][k]}; 128/32 = {b / max(a, 1e-9):.3f}")
+            print(
+                f"{k}: plugin-32 {a}, plugin-128 (range 32) {b}, source-32 {best['source-32'][k]}; 128/32 = {b / max(a, 1e-9):.3f}"
+            )
     a, b = neutral["plugin-32"], neutral["plugin-128"]
     print(f"peak_rss_mb with a fixed mmap threshold: plugin-32 {a}, plugin-128 {b}; 128/32 = {b / max(a, 1e-9):.3f}")
 

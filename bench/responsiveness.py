@@ -57,7 +57,9 @@ def main() -> None:
     parser.add_argument("--volumes", nargs="+", default=["real", "synthetic"], choices=["real", "synthetic"])
     parser.add_argument("--models", nargs="+", default=["mobile_sam_vit_t", "sam2.1_hiera_tiny"])
     parser.add_argument("--json", default=str(HERE / "results" / "responsiveness.json"))
-    parser.add_argument("--profile", action="store_true", help="print what the GUI thread spent each phase on (cProfile)")
+    parser.add_argument(
+        "--profile", action="store_true", help="print what the GUI thread spent each phase on (cProfile)"
+    )
     parser.add_argument("--only", nargs="+", metavar="WORD", help="only the phases whose names hold one of these words")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # a child: "volume:model:checkpoint"
     args = parser.parse_args()
@@ -92,7 +94,9 @@ def main() -> None:
                     if args.only:
                         env["RWTH_SAM_BENCH_ONLY"] = ",".join(args.only)
                     env.pop("QT_QPA_PLATFORM", None)
-                    subprocess.run([sys.executable, __file__, "--case", f"{volume}:{model}:{checkpoint}"], env=env, check=True)
+                    subprocess.run(
+                        [sys.executable, __file__, "--case", f"{volume}:{model}:{checkpoint}"], env=env, check=True
+                    )
                     cases.append(json.loads(out.read_text()))
     finally:
         server.stop()
@@ -349,7 +353,11 @@ class Driver:
 
         def contrast():
             slider = self.on_gui(
-                lambda: self.viewer.window._qt_viewer.controls.widgets[image]._contrast_limits_control.contrast_limits_slider
+                lambda: (
+                    self.viewer.window._qt_viewer.controls.widgets[
+                        image
+                    ]._contrast_limits_control.contrast_limits_slider
+                )
             )
             x0, y0, w, h = self.screen_rect(slider)
             x, y = x0 + w - 4, y0 + h // 2  # the upper handle

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import inspect
+import json
 import os
 import sys
 import time
@@ -15,9 +17,11 @@ import torch
 from scipy import ndimage
 
 import rwth_sam  # imports torch before napari creates its GL context (see rwth_sam._triton_guard)
+from rwth_sam.core.labels.profile_store import PROFILES
+from rwth_sam.core.labels.profiles import PROFILE_FORMAT, Profile, SegmentationClass
 from rwth_sam.core.models.builtin import sam2_spec
 from rwth_sam.core.models.predictors.base import Embedding, Prediction, Predictor
-from rwth_sam.core.models.predictors.sam2 import backbone_feature_sizes
+from rwth_sam.core.upstream.sam2 import fit_feature_sizes
 
 # With one thread, torch upsamples 3 channels with another kernel than 1 channel (ulp differences),
 # so upstream (3 candidates) and rwth-sam (the best one) could differ where a logit is within an ulp
@@ -30,15 +34,23 @@ SHARED_DATA = Path(os.environ.get("RWTH_SAM_SHARED_DATA", Path(__file__).resolve
 # SAM 2.1 tiny at 256 pixels: the real architecture, cheap enough for every test run.
 SAM2_TINY_256 = "sam2.1_hiera_tiny_256"
 rwth_sam.register_model(
-    sam2_spec(SAM2_TINY_256, "SAM 2.1 Hiera-T (256 px, tests)", "configs/sam2.1/sam2.1_hiera_t.yaml", None, image_size=256),
+    sam2_spec(
+        SAM2_TINY_256, "SAM 2.1 Hiera-T (256 px, tests)", "configs/sam2.1/sam2.1_hiera_t.yaml", None, image_size=256
+    ),
     replace=True,
 )
 
 SMALL_MODELS = ["mobile_sam_vit_t", "sam_hq_vit_tiny", SAM2_TINY_256]
 LARGE_MODELS = [
-    "sam_vit_b", "sam_vit_l", "sam_vit_h",
-    "sam_hq_vit_b", "sam_hq_vit_l", "sam_hq_vit_h",
-    "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large",
+    "sam_vit_b",
+    "sam_vit_l",
+    "sam_vit_h",
+    "sam_hq_vit_b",
+    "sam_hq_vit_l",
+    "sam_hq_vit_h",
+    "sam2.1_hiera_small",
+    "sam2.1_hiera_base_plus",
+    "sam2.1_hiera_large",
 ]
 
 _models: dict[str, rwth_sam.Predictor] = {}
@@ -70,7 +82,9 @@ def pytest_collection_modifyitems(config, items):
     Skipping inside the ``shared_data`` fixture came too late for GUI tests: napari's viewer fixture,
     set up first, then errored at teardown ("no attribute 'rep_call'"), so a user's clone failed.
     """
-    skip = pytest.mark.skip(reason=f"real data not found at {SHARED_DATA} (../shared/data is absent in a user's checkout)")
+    skip = pytest.mark.skip(
+        reason=f"real data not found at {SHARED_DATA} (../shared/data is absent in a user's checkout)"
+    )
     for item in items:
         if "shared_data" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.real_data)
@@ -208,7 +222,7 @@ def upstream_predictor(model: rwth_sam.Predictor):
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
         predictor = SAM2ImagePredictor(model.model)
-        predictor._bb_feat_sizes = backbone_feature_sizes(model.model.image_size)
+        fit_feature_sizes(predictor)
         return predictor
     else:
         raise AssertionError(f"no upstream predictor known for {family}")
@@ -225,3 +239,149 @@ def upstream_predict(predictor, **kwargs):
 
 # Automatic mode on random weights: a coarse grid and no quality thresholds, so that masks come out.
 PERMISSIVE = dict(points_per_side=4, points_per_batch=16, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+
+
+# ----------------------------------------------------------------------------- profiles
+# Shared by test_profiles.py (the core and the reader) and test_profile_widget.py (the widget, File > Open).
+MAX_CLASSES = 5_000  # the documented limits (profiles/README.md)
+MAX_PROFILE_BYTES = 4 * 2**20
+
+
+def example_profile() -> Profile:
+    return Profile(
+        "Cell",
+        (
+            SegmentationClass("casing", 1, "#9E9E9E", "steel can"),
+            SegmentationClass("anode", 3, "#1f77b4"),
+            SegmentationClass("cathode", 2, "#d62728"),
+        ),
+        description="test profile",
+    )
+
+
+def example_profile_dict() -> dict:
+    return example_profile().to_dict()
+
+
+def example_with_class(**fields) -> dict:
+    """The example profile's JSON data, its second class's fields changed."""
+    data = example_profile_dict()
+    data["classes"][1].update(fields)
+    return data
+
+
+def example_profile_text() -> str:
+    return json.dumps(example_profile_dict(), ensure_ascii=False)
+
+
+def many_classes(count: int, description: str = "") -> tuple[SegmentationClass, ...]:
+    return tuple(
+        SegmentationClass(f"class {value}", value, f"#{value * 2654435761 % 2**24:06x}", description)
+        for value in range(1, count + 1)
+    )
+
+
+@pytest.fixture
+def profile_store():
+    """The session's profile store, holding the example profiles only, before and after the test."""
+    PROFILES.reset()
+    yield PROFILES
+    PROFILES.reset()
+
+
+@pytest.fixture
+def notifications():
+    """The notifications napari shows while the test runs (napari.utils only: no Qt needed)."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+def messages(notifications, severity) -> list[str]:
+    """The texts of the notifications of one ``NotificationSeverity``."""
+    return [str(note.message) for note in notifications if note.severity == severity]
+
+
+# The catalogue of bad profile files (issue 9). Each case: its name, the file's content, whether is_profile_file
+# claims it, and the problem Profile.load names after "Cannot load profile <path>: ". The content is bytes; an int:
+# a sparse file of that size starting like a profile (the 64 MB file of issue 9); or DIRECTORY / MISSING.
+DIRECTORY, MISSING = "a directory", "no file"
+PROFILE_HEAD = b'{"format": "rwth-sam-profile", "version": 1, "name": "huge", "classes": ['
+
+
+def _json_bytes(data) -> bytes:
+    return json.dumps(data).encode("utf-8")
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _too_many_classes() -> bytes:
+    """5001 classes in 300 kB (compact JSON): under the size limit, over the class limit."""
+    classes = [{"name": f"c{value}", "value": value, "color": "#000000"} for value in range(1, MAX_CLASSES + 2)]
+    return _json_bytes({"format": PROFILE_FORMAT, "version": 1, "name": "many", "classes": classes})
+
+
+CATALOGUE = [
+    ("broken JSON", b'{"format": "rwth-sam-profile", "version": 1, "name": "x",}', True, "not valid JSON: Expecting property name enclosed in double quotes at line 1, column 58"),
+    ("JSON array at top level", b"[1, 2, 3]", False, "a profile must be a JSON object, not a list"),
+    ("JSON string at top level", b'"rwth-sam-profile"', False, "a profile must be a JSON object, not a string"),
+    ("another JSON file", _json_bytes({"images": [], "annotations": []}), False, "format: not an rwth-sam profile: 'format' is missing, expected \"rwth-sam-profile\""),
+    ("another format", _json_bytes({**example_profile_dict(), "format": "coco"}), False, "format: not an rwth-sam profile: 'format' is 'coco', expected \"rwth-sam-profile\""),
+    ("newer version", _json_bytes({**example_profile_dict(), "version": 2}), True, "version: profile format version 2 is not supported; this rwth-sam reads version 1 (made by a newer rwth-sam: update rwth-sam to open it)"),
+    ("name of a wrong type", _json_bytes({**example_profile_dict(), "name": 3}), True, "name: must be a string, not a number"),
+    ("classes not a list", _json_bytes({**example_profile_dict(), "classes": "casing"}), True, "classes: must be a list of classes, not a string"),
+    ("missing key", _json_bytes({**example_profile_dict(), "classes": [{"name": "a", "value": 1}]}), True, "classes[0].color: is missing"),
+    ("misspelt key", _json_bytes(example_with_class(colour="#ffffff")), True, "classes[1]: unknown key 'colour' (allowed: name, value, color, description)"),
+    ("key given twice", b'{"format": "rwth-sam-profile", "version": 1, "name": "a", "name": "b"}', True, "the key 'name' is given twice in one object; each key may appear once"),
+    ("duplicate class names", _json_bytes(example_with_class(name="CASING")), True, "classes[1].name: 'CASING' is already the name of classes[0]; class names must be unique"),
+    ("duplicate label values", _json_bytes(example_with_class(value=1)), True, "classes[1].value: 1 is already the label value of classes[0] ('casing'); label values must be unique"),
+    ("background as a class", _json_bytes(example_with_class(name="Background")), True, "classes[1].name: 'Background' is reserved for label value 0 (unlabelled pixels)"),
+    ("label value 0", _json_bytes(example_with_class(value=0)), True, "classes[1].value: must be from 1 to 2147483647 (0 is the background), not 0"),
+    ("negative label value", _json_bytes(example_with_class(value=-7)), True, "classes[1].value: must be from 1 to 2147483647 (0 is the background), not -7"),
+    ("label value 2**31", _json_bytes(example_with_class(value=2**31)), True, "classes[1].value: must be from 1 to 2147483647 (0 is the background), not 2147483648"),
+    ("label value of 5000 digits", _json_bytes(example_profile_dict())[:-3] + b", \"value\": " + b"9" * 5000 + b"}]}", True, "a number of 5000 digits is too long for a label value"),
+    ("float label value", _json_bytes(example_with_class(value=2.0)), True, "classes[1].value: must be a whole number from 1 to 2147483647, not 2.0"),
+    ("NaN label value", _json_bytes(example_with_class(value=float("nan"))), True, "classes[1].value: must be a whole number from 1 to 2147483647, not nan"),
+    ("boolean label value", _json_bytes(example_with_class(value=True)), True, "classes[1].value: must be a whole number from 1 to 2147483647, not True"),
+    ("label value as a string", _json_bytes(example_with_class(value="3")), True, "classes[1].value: must be a whole number from 1 to 2147483647, not '3'"),
+    ("nested label value", _json_bytes(example_with_class(value=_nested(50))), True, "classes[1].value: must be a whole number from 1 to 2147483647, not [[[[...]]]]"),
+    ("named colour", _json_bytes(example_with_class(color="red")), True, "classes[1].color: 'red' is not a colour of the form #rrggbb (e.g. #ff8800)"),
+    ("short colour", _json_bytes(example_with_class(color="#fff")), True, "classes[1].color: '#fff' is not a colour of the form #rrggbb (e.g. #ff8800)"),
+    ("colour of a megabyte", _json_bytes(example_with_class(color="#" + "f" * 2**20)), True, "classes[1].color: '#" + "f" * 26 + "..." + "f" * 28 + "' is not a colour of the form #rrggbb (e.g. #ff8800)"),
+    ("lone surrogate in a name", example_profile_text().replace('"anode"', '"an\\ud800ode"').encode(), True, "classes[1].name: holds '\\ud800', half of a surrogate pair, which is no character"),
+    ("too many classes", _too_many_classes(), True, "classes: 5001 classes are too many: a profile may hold at most 5000"),
+    ("a 64 MiB profile", 64 * 2**20, True, "the file is 67108864 bytes (64.0 MiB); a profile file may be at most 4194304 bytes (4 MiB)"),
+    ("one byte too large", PROFILE_HEAD + b" " * (MAX_PROFILE_BYTES - len(PROFILE_HEAD) - 1) + b"]}", True, "the file is 4194305 bytes (4.0 MiB); a profile file may be at most 4194304 bytes (4 MiB)"),
+    ("deep nesting", b"[" * 100_000 + b"]" * 100_000, False, "not valid JSON for a profile: it is nested too deeply"),
+    ("deep nesting in a profile", PROFILE_HEAD + b"[" * 100_000 + b"]" * 100_000 + b"]}", True, "not valid JSON for a profile: it is nested too deeply"),
+    ("UTF-16 with a byte order mark", example_profile_text().encode("utf-16"), False, "it is not a UTF-8 text file: it starts with a UTF-16 byte order mark (save it as UTF-8)"),
+    ("UTF-16 without a byte order mark", example_profile_text().encode("utf-16-le"), False, "it is not a UTF-8 text file: it holds NUL bytes (a binary file, or UTF-16 text)"),
+    ("latin-1 bytes", example_profile_text().replace("steel can", "Stahlbecher Ü").encode("latin-1"), True, "it is not a UTF-8 text file: byte 0xdc at position 183 is not UTF-8 (save it as UTF-8)"),
+    ("binary garbage", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xd8", False, "it is not a UTF-8 text file: byte 0x89 at position 0 is not UTF-8 (save it as UTF-8)"),
+    ("empty file", b"", False, "the file is empty"),
+    ("only a byte order mark and spaces", codecs.BOM_UTF8 + b" \n\t ", False, "the file is empty"),
+    ("a directory", DIRECTORY, False, "Is a directory"),
+    ("a nonexistent path", MISSING, False, "No such file or directory"),
+]  # fmt: skip
+
+
+def write_case(folder: Path, content) -> Path:
+    """A catalogue case's file (or folder, or nothing) at ``folder/case.json``."""
+    path = folder / "case.json"
+    if content == DIRECTORY:
+        path.mkdir()
+    elif isinstance(content, int):
+        with path.open("wb") as file:
+            file.write(PROFILE_HEAD)
+            file.truncate(content)  # sparse: the test writes 70 bytes, not 64 MiB
+    elif content != MISSING:
+        path.write_bytes(content)
+    return path

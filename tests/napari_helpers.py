@@ -2,6 +2,11 @@
 
 Mouse events are sent to the vispy canvas at pixel positions, so napari maps them to world
 coordinates and calls the widget's mouse callbacks exactly as for a user's click.
+
+napari has no public way to send canvas events or to read a layer's undo history, so this is the one
+module of the tests that reaches into napari: only through the accessors below, each listed in
+``NAPARI_INTERNALS``, which ``test_napari_internals.py`` checks one by one. A napari release that
+changes one fails there, saying which and what for, instead of somewhere in a GUI test.
 """
 
 from __future__ import annotations
@@ -13,12 +18,45 @@ import numpy as np
 from vispy.util import keys
 
 import rwth_sam
-from rwth_sam.ui.profile_store import PROFILES
+from rwth_sam.core.labels.profile_store import PROFILES
 from rwth_sam.ui.widget import VOLUME_MODE
 
 from conftest import ORACLE, SAM2_TINY_256, OraclePredictor
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
+
+NAPARI_INTERNALS = {
+    "Window._qt_viewer": "the QtViewer, whose canvas and key map get the events",
+    "QtViewer.canvas._scene_canvas.events": "vispy mouse events at canvas pixels, as a user's mouse sends them",
+    "VispyCanvas._map_canvas2world": "checking that a canvas pixel maps back to the intended world point",
+    "QtViewer._key_map_handler": "key presses through napari's own key map",
+    "Labels._undo_history": "what one submit stores for undo",
+    "progress._all_instances": "the open progress bars (those napari's activity dock lists)",
+}
+
+
+def qt_viewer(viewer):
+    return viewer.window._qt_viewer
+
+
+def canvas_events(viewer):
+    return qt_viewer(viewer).canvas._scene_canvas.events
+
+
+def key_map_handler(viewer):
+    return qt_viewer(viewer)._key_map_handler
+
+
+def open_progress_bars() -> set:
+    """napari's progress bars open now."""
+    from napari.utils import progress
+
+    return set(progress._all_instances)
+
+
+def last_undo_step(labels):
+    """The newest entry of the layer's undo history (napari keeps it private)."""
+    return labels._undo_history[-1]
 
 
 def dock(viewer, checkpoint):
@@ -31,7 +69,7 @@ def dock(viewer, checkpoint):
 
 def canvas_position(viewer, world_point):
     """Canvas pixel (x, y) showing a world point, through the canvas's own transform (checked both ways)."""
-    canvas = viewer.window._qt_viewer.canvas
+    canvas = qt_viewer(viewer).canvas
     view = canvas.view
     row_axis, col_axis = viewer.dims.displayed
     transform = view.transform * view.scene.transform
@@ -42,14 +80,14 @@ def canvas_position(viewer, world_point):
 
 
 def middle_click(viewer, world_point, *modifiers):
-    events = viewer.window._qt_viewer.canvas._scene_canvas.events
+    events = canvas_events(viewer)
     position = canvas_position(viewer, world_point)
     press = events.mouse_press(pos=position, button=3, modifiers=modifiers)
     events.mouse_release(pos=position, button=3, modifiers=modifiers, press_event=press)
 
 
 def middle_drag(viewer, start, end, *modifiers, during=None):
-    events = viewer.window._qt_viewer.canvas._scene_canvas.events
+    events = canvas_events(viewer)
     begin, finish = canvas_position(viewer, start), canvas_position(viewer, end)
     press = events.mouse_press(pos=begin, button=3, modifiers=modifiers)
     for t in (0.5, 1.0):
@@ -68,13 +106,13 @@ def press_key(viewer, key):
     """A key press through napari's own key-map handler, which the canvas feeds with Qt key events."""
     from app_model.types import KeyBinding
 
-    handler = viewer.window._qt_viewer._key_map_handler
+    handler = key_map_handler(viewer)
     handler.press_key(KeyBinding.from_str(key))
     handler.release_key(KeyBinding.from_str(key))
 
 
 def left_click(viewer, world_point):
-    events = viewer.window._qt_viewer.canvas._scene_canvas.events
+    events = canvas_events(viewer)
     position = canvas_position(viewer, world_point)
     press = events.mouse_press(pos=position, button=1, modifiers=())
     events.mouse_release(pos=position, button=1, modifiers=(), press_event=press)
@@ -117,8 +155,8 @@ def run_3d(viewer, qtbot, checkpoint, ct, truth, order, start, end, organs, scal
         corner1[[middle_plane.row_axis, middle_plane.col_axis]] = rows.max() + 1, cols.max() + 1
         middle_drag(viewer, image.data_to_world(corner0), image.data_to_world(corner1), keys.SHIFT)
         panel.add_box.clicked.emit()
-    assert len(panel.objects) == len(organs)
+    assert len(panel.session.objects) == len(organs)
     panel.segment_middle.clicked.emit()
     wait_idle(qtbot, widget)
-    assert set(panel.conditioning[middle]) == set(range(1, len(organs) + 1))
+    assert set(panel.session.conditioning[middle]) == set(range(1, len(organs) + 1))
     return widget, labels, panel

@@ -7,6 +7,7 @@ from dataclasses import fields, replace
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from rwth_sam.core.embeddings.segmenter import Segmenter
@@ -20,9 +21,9 @@ from rwth_sam.core.tasks.automatic import (
     VolumeResult,
     Workload,
     cached_generator,
+    compact_labels,
     generate_slice,
     generate_volume,
-    generator_class,
     link_slices,
     make_generator,
     paint_masks,
@@ -30,6 +31,17 @@ from rwth_sam.core.tasks.automatic import (
 )
 
 from conftest import SAM2_TINY_256, random_model
+
+
+def _upstream_generator_class(package: str, name: str):
+    return lambda: getattr(__import__(f"{package}.automatic_mask_generator", fromlist=[name]), name)
+
+
+UPSTREAM_GENERATORS = {
+    "mobile_sam_vit_t": _upstream_generator_class("mobile_sam", "SamAutomaticMaskGenerator"),
+    "sam_hq_vit_tiny": _upstream_generator_class("segment_anything_hq", "SamAutomaticMaskGenerator"),
+    SAM2_TINY_256: _upstream_generator_class("sam2", "SAM2AutomaticMaskGenerator"),
+}
 
 # Random weights predict low IoU and unstable masks: with the filters off and NMS at 1 every
 # grid point's masks come out, so there is something to compare.
@@ -212,7 +224,7 @@ def test_each_setting_reaches_the_generator(name, field_name):
     settings = AutomaticSettings(**{field_name: CHANGED[field_name]})
     generator = make_generator(predictor, settings)
     assert generator.predictor.model is predictor.model
-    assert type(generator).__module__.split(".")[0] == type(predictor.model).__module__.split(".")[0]
+    assert isinstance(generator, UPSTREAM_GENERATORS[name]())  # the model's own package's generator
     if field_name in ("points_per_side", "crop_n_layers", "crop_n_points_downscale_factor"):
         side = settings.points_per_side
         grids = generator.point_grids
@@ -241,13 +253,26 @@ def test_generate_slice_reuses_the_generator_while_settings_stay():
     assert other is not first and other.points_per_batch == 5
 
 
-def test_generator_class_follows_the_model_package():
-    fake = type("Sam", (), {"__module__": "segment_anything.modeling.sam"})
-    predictor = type("P", (), {"model": fake(), "name": "sam_vit_b"})()
-    assert generator_class(predictor).__module__ == "segment_anything.automatic_mask_generator"
-    other = type("P", (), {"model": object(), "name": "other"})()
-    with pytest.raises(InputError, match="no automatic mask generator"):
-        generator_class(other)
+def test_a_predictor_without_a_generator_says_so():
+    from conftest import OraclePredictor
+
+    oracle = OraclePredictor(torch.nn.Identity(), "oracle", torch.device("cpu"))
+    assert not oracle.capabilities.mask_generator
+    with pytest.raises(InputError, match=r"^oracle has no automatic mask generator\.$"):
+        make_generator(oracle, LOOSE)
+    with pytest.raises(InputError, match="oracle has no automatic mask generator"):
+        generate_slice(oracle, _rgb(_image(32, 32)), LOOSE)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint16])
+def test_compact_labels_numbers_ids_in_order(dtype):
+    labels = np.array([[0, 7, 7, 3], [12, 0, 3, 40]], dtype)
+    compact = compact_labels(labels)
+    assert compact.dtype == np.int32
+    np.testing.assert_array_equal(compact, [[0, 2, 2, 1], [3, 0, 1, 4]])
+    np.testing.assert_array_equal(compact_labels(compact), compact)
+    np.testing.assert_array_equal(compact_labels(np.full((2, 2), 5, dtype)), np.ones((2, 2)))
+    assert not compact_labels(np.zeros((2, 2), dtype)).any()
 
 
 @pytest.mark.parametrize(
@@ -374,7 +399,9 @@ def test_generate_slice_stops_between_batches_and_returns_none():
     assert stopped is None and calls == [1, 2]
     np.testing.assert_array_equal(rgb, before)
     generator = cached_generator(predictor, settings)
-    assert "_process_batch" not in vars(generator), "the stop check must not outlive the run"
+    assert not {"_process_batch", "_before_batch", "_after_batch"} & set(vars(generator)), (
+        "the stop check must not outlive the run"
+    )
     assert generate_slice(predictor, rgb, settings).max() > 0  # the generator still works after a stop
 
 
@@ -543,7 +570,9 @@ def test_generate_volume_cancel_mid_slice_drops_that_slice(volume_segmenter):
     assert result.cancelled and result.finished == [0] and progress == [1]
     assert (result.labels[0] > 0).any() and not result.labels[1:].any()
     generator = cached_generator(volume_segmenter.predictor, settings)
-    assert "_process_batch" not in vars(generator), "the stop check must not outlive the run"
+    assert not {"_process_batch", "_before_batch", "_after_batch"} & set(vars(generator)), (
+        "the stop check must not outlive the run"
+    )
 
 
 @pytest.mark.parametrize("axis, index", [(1, 20), (2, 33)])

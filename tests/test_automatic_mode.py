@@ -10,15 +10,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from rwth_sam.core.labels.profile_store import PROFILES
 from rwth_sam.core.tasks import automatic
 from rwth_sam.ui import automatic_panel
-from rwth_sam.ui.profile_store import PROFILES
 from rwth_sam.ui.widget import AUTOMATIC_MODE
 
 from conftest import PERMISSIVE
-from napari_helpers import dock, left_click, middle_click, wait_idle
+from napari_helpers import dock, last_undo_step, left_click, middle_click, open_progress_bars, wait_idle
 
 pytestmark = pytest.mark.gui
+
 
 def automatic_widget(viewer, checkpoint, image, **settings):
     widget = dock(viewer, checkpoint)
@@ -91,7 +92,7 @@ def test_volume_run_links_slices_and_cancel_keeps_finished_slices(viewer, checkp
         started.append(1)
         if len(started) == 3:  # the user's Cancel arrives while the third slice is being segmented
             third_slice_started.set()
-            assert panel.progress.cancel_requested.wait(30)
+            assert panel.current_run.stop_requested.wait(30)
         return segment_one(*args)
 
     monkeypatch.setattr(automatic, "_labels", slice_waiting_for_cancel)
@@ -119,7 +120,7 @@ def test_one_submit_in_3d_stores_only_the_changed_voxels(viewer, checkpoint, qtb
     wait_idle(qtbot, widget)
     changed = int(widget.prompts.prediction.mask.sum())
     widget.submit()
-    (atom,) = labels._undo_history[-1]
+    (atom,) = last_undo_step(labels)
     stored = sum(np.asarray(part).nbytes for part in (*atom[0], atom[1], atom[2]))
     per_voxel = 3 * 1 + 2 * labels.data.dtype.itemsize  # three uint8 indices (axes < 256), old and new value
     assert stored <= changed * per_voxel
@@ -151,8 +152,8 @@ def _cancel_slice_run(viewer, checkpoint, qtbot, rng, cancel):
     before = labels.data.copy()
     total = panel.settings().workload().batches
     seen = []
-    panel.progress.advanced.connect(lambda done, of: seen.append((done, of)))
     panel.run_slice.clicked.emit()
+    panel.current_run.advanced.connect(lambda done, of: seen.append((done, of)))  # before its first step arrives
     assert panel.cancel.enabled, "the slice run has no Cancel"
     qtbot.waitUntil(lambda: len(seen) >= 2, timeout=120_000)
     cancel(panel)
@@ -263,6 +264,29 @@ def test_result_layer_deleted_during_a_run_gets_a_new_one(viewer, checkpoint, qt
     assert result is not first and result in viewer.layers and result.data.max() >= 1
     assert result.metadata["rwth_sam_helper"] == "automatic result"
     np.testing.assert_array_equal(labels.data, before)
+
+
+def test_a_second_volume_click_while_one_runs_leaves_one_bar_and_its_cancel(viewer, checkpoint, qtbot, rng, hold):
+    """Before: a run showed two bars (the runner's beside the run's own), and its buttons stayed
+    enabled while it ran, so a second click could start work that shared its bar and Cancel."""
+    image = viewer.add_image(rng.integers(0, 255, (3, 32, 32)).astype(np.uint8), name="Image")
+    widget = automatic_widget(viewer, checkpoint, image)
+    panel = widget.automatic
+    open_before = len(open_progress_bars())
+    held = hold("generate_volume")
+    panel.run_volume.clicked.emit()
+    qtbot.waitUntil(held.started.is_set, timeout=60_000)
+    qtbot.wait(100)  # the worker's started signal reaches the GUI thread (the bars show then)
+    assert not panel.run_volume.enabled and not panel.run_slice.enabled, "a run's buttons stay enabled"
+    panel.run_volume.clicked.emit()
+    assert "An automatic run is in progress" in widget.status.value
+    assert len(open_progress_bars()) == open_before + 1, "one run, one progress bar"
+    assert panel.cancel.enabled, "the second click disabled the running run's Cancel"
+    held.go.set()
+    wait_idle(qtbot, widget)
+    assert "Automatic done: 3 slices" in widget.status.value
+    assert panel.run_volume.enabled and panel.run_slice.enabled and not panel.cancel.enabled
+    qtbot.waitUntil(lambda: len(open_progress_bars()) == open_before, timeout=5_000)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from conftest import count_embeds
 FAKE_BYTES = 1000
 
 
-
 class FakePredictor(Predictor):
     """Embeds a slice into 250 float32 values (1000 bytes): the slice's top-left value, repeated."""
 

@@ -214,7 +214,9 @@ def test_take_refuses_an_array_of_another_shape():
         SlicePlane(SHAPE, 1, 2, 0, 0).take(np.zeros((5, 20, 31)))
 
 
-@pytest.mark.parametrize("row, col, axis, index", [(1, 2, 0, 3), (2, 1, 0, 3), (0, 2, 1, 7), (2, 0, 1, 7), (1, 0, 2, 13)])
+@pytest.mark.parametrize(
+    "row, col, axis, index", [(1, 2, 0, 3), (2, 1, 0, 3), (0, 2, 1, 7), (2, 0, 1, 7), (1, 0, 2, 13)]
+)
 def test_write_sets_the_right_voxels(row, col, axis, index):
     labels = np.zeros(SHAPE, np.uint16)
     plane = SlicePlane(SHAPE, row, col, axis, index)

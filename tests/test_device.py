@@ -182,7 +182,6 @@ def test_embed_checks_its_input_before_running():
     assert predictor.calls == []
 
 
-
 @pytest.fixture
 def four_cores(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)

@@ -3,18 +3,19 @@ result) and that no user label changed. Catalogue and outcomes: tests/README.md.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
-from napari.utils import progress
 
 import rwth_sam
+from rwth_sam.core.labels.profile_store import PROFILES
 from rwth_sam.core.models.weights import CACHE_ENV_VAR, Weights
 from rwth_sam.core.phantom import battery_phantom
-from rwth_sam.ui.profile_store import PROFILES
 from rwth_sam.ui.widget import HELPER_LAYER, VOLUME_MODE
 
 from conftest import ORACLE, OraclePredictor, stand_in_model
-from napari_helpers import dock, middle_click, press_key, run_3d, wait_idle
+from napari_helpers import dock, middle_click, open_progress_bars, press_key, run_3d, wait_idle
 
 pytestmark = pytest.mark.gui
 
@@ -45,13 +46,23 @@ def liver_session(viewer, qtbot, checkpoint):
 
 
 def on_slice(panel, done_count, action):
-    """Run ``action`` on the GUI thread once the propagation has finished ``done_count`` slices."""
+    """Run ``action`` on the GUI thread once the running propagation has finished ``done_count`` slices."""
 
     def act(done, total):
         if done == done_count:
             action()
 
-    panel.progress.advanced.connect(act)
+    panel.current_run.advanced.connect(act)
+
+
+def start_buttons(panel):
+    """The 3D buttons that would change the session under a running propagation."""
+    return [panel.full, panel.correct, panel.segment_middle, panel.set_start, panel.set_end, panel.add_box]
+
+
+def open_bars(before=frozenset()):
+    """The napari progress bars open now, but those in ``before``."""
+    return open_progress_bars() - set(before)
 
 
 # ----------------------------------------------------------------------------- labels are never lost
@@ -137,7 +148,6 @@ def test_a_propagation_whose_target_or_model_changed_writes_nothing(
     widget, labels, panel, truth, liver = liver_session(viewer, qtbot, oracle_checkpoint)
     monkeypatch.setattr(OraclePredictor, "seconds_per_mask", 0.1)
     done = []
-    panel.progress.advanced.connect(lambda count, total: done.append(count))
     image = viewer.layers["ct"]
     others = {layer.name: np.array(layer.data) for layer in viewer.layers if layer is not image}
     actions = {
@@ -146,14 +156,16 @@ def test_a_propagation_whose_target_or_model_changed_writes_nothing(
         "image data replaced": lambda: setattr(image, "data", image.data[:, :40]),
         "image removed": lambda: viewer.layers.remove(image),
     }
-    on_slice(panel, 2, actions[fault])
     panel.full.clicked.emit()
+    panel.current_run.advanced.connect(lambda count, total: done.append(count))
+    on_slice(panel, 2, actions[fault])
     wait_idle(qtbot, widget)
     assert message in widget.status.value
     assert max(done) < 16, "the run must stop soon after"
     if fault != "labels removed":
         assert not labels.data.any()
-    assert not panel.progress.running and not panel.cancel.enabled
+    assert panel.current_run is None and not panel.cancel.enabled
+    assert all(button.enabled for button in start_buttons(panel)), "the 3D buttons must work again"
     for layer in viewer.layers:
         if layer.name in others and HELPER_LAYER not in layer.metadata:
             assert np.array_equal(layer.data, others[layer.name]), f"{layer.name} changed"
@@ -164,13 +176,44 @@ def test_a_second_full_segmentation_while_one_runs_is_refused(viewer, qtbot, ora
     widget, labels, panel, truth, liver = liver_session(viewer, qtbot, oracle_checkpoint)
     monkeypatch.setattr(OraclePredictor, "seconds_per_mask", 0.05)
     said = []
-    on_slice(panel, 1, lambda: (panel.full.clicked.emit(), said.append((widget.status.value, panel.cancel.enabled))))
+    before = open_bars()
     panel.full.clicked.emit()
+    on_slice(panel, 1, lambda: (panel.full.clicked.emit(), said.append((widget.status.value, panel.cancel.enabled))))
     wait_idle(qtbot, widget)
     assert said == [("A propagation is running: wait for it, or cancel it first.", True)]
     assert "Propagation done: 16 slices" in widget.status.value
-    assert panel.progress._bar is None and not panel.cancel.enabled
+    assert panel.current_run is None and not panel.cancel.enabled
+    qtbot.waitUntil(lambda: not open_bars(before), timeout=5_000)
     assert np.array_equal(labels.data[2:18] == liver, truth[2:18] == liver)
+
+
+def test_a_propagation_shows_one_bar_and_its_start_buttons_wait_for_its_end(
+    viewer, qtbot, oracle_checkpoint, monkeypatch
+):
+    """Before: the 3D panel's own bar and the runner's showed side by side, and Full segmentation,
+    Segment middle slice, Set start/end and Add box stayed enabled under the running propagation."""
+    before = open_bars()
+    widget, labels, panel, truth, liver = liver_session(viewer, qtbot, oracle_checkpoint)
+    monkeypatch.setattr(OraclePredictor, "seconds_per_mask", 0.03)
+    during = []
+
+    def sample():
+        if panel.session.running is not None:
+            bars = sorted(bar.desc for bar in open_bars(before))
+            during.append((bars, [button.enabled for button in start_buttons(panel)], panel.cancel.enabled))
+        return not widget.runner.busy
+
+    panel.full.clicked.emit()
+    qtbot.waitUntil(sample, timeout=60_000)
+    assert "Propagation done: 16 slices" in widget.status.value
+    assert len(during) > 3, "the run was not seen while it went"
+    assert all(len(bars) <= 1 for bars, _, _ in during), f"more than one progress bar: {during}"
+    assert any(bars and bars[0].startswith("Propagating") for bars, _, _ in during), "the run had no bar"
+    assert all(not any(enabled) and cancel for _, enabled, cancel in during), (
+        "a start button was enabled during the run"
+    )
+    assert all(button.enabled for button in start_buttons(panel)) and not panel.cancel.enabled
+    qtbot.waitUntil(lambda: not open_bars(before), timeout=5_000)
 
 
 # ----------------------------------------------------------------------------- a closed widget does nothing
@@ -280,15 +323,16 @@ def test_an_unexpected_model_error_is_one_short_message_and_logged(viewer, qtbot
     assert not labels.data.any()
 
 
-def test_failed_downloads_leave_no_progress_bar_open(viewer, qtbot, monkeypatch, tmp_path):
-    """Offline, every click opened a download bar that stayed open after the download failed."""
+@pytest.fixture
+def offline(viewer, monkeypatch, tmp_path):
+    """A model whose weights are not cached and cannot be downloaded, picked in a docked widget on a 2D slice."""
     monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path))
     spec = rwth_sam.get_model_spec("mobile_sam_vit_t")
-    offline = Weights(url="http://127.0.0.1:9/mobile_sam.pt", sha256="0" * 64, size=40_000_000, filename="m.pt")
+    weights = Weights(url="http://127.0.0.1:9/mobile_sam.pt", sha256="0" * 64, size=40_000_000, filename="m.pt")
     rwth_sam.register_model(
         rwth_sam.ModelSpec(
             name="offline (tests)", family=spec.family, title="Offline", build=spec.build,
-            make_predictor=spec.make_predictor, weights=offline,
+            make_predictor=spec.make_predictor, weights=weights,
         ),
         replace=True,
     )  # fmt: skip
@@ -297,14 +341,46 @@ def test_failed_downloads_leave_no_progress_bar_open(viewer, qtbot, monkeypatch,
         image = viewer.add_image(volume[1], name="slice")
         _, widget = viewer.window.add_plugin_dock_widget("rwth-sam", "Segment Anything (SAM)")
         widget.model.value, widget.device.value = "offline (tests)", "cpu"
-        open_before = len(progress._all_instances)
-        for y in (20, 40):
-            middle_click(viewer, image.data_to_world((y, 32)))
-            wait_idle(qtbot, widget)
-            assert "m.pt" in widget.status.value or "download" in widget.status.value.lower()
-        qtbot.waitUntil(lambda: len(progress._all_instances) == open_before, timeout=5000)
+        yield widget, image
     finally:
         rwth_sam.unregister_model("offline (tests)")
+
+
+def test_failed_downloads_leave_no_progress_bar_open(viewer, qtbot, offline):
+    """Offline, every click opened a download bar that stayed open after the download failed."""
+    widget, image = offline
+    open_before = len(open_progress_bars())
+    for y in (20, 40):
+        middle_click(viewer, image.data_to_world((y, 32)))
+        wait_idle(qtbot, widget)
+        assert "m.pt" in widget.status.value or "download" in widget.status.value.lower()
+    qtbot.waitUntil(lambda: len(open_progress_bars()) == open_before, timeout=5000)
+
+
+def test_a_click_dropped_while_the_model_downloads_leaves_no_bar_behind(viewer, qtbot, offline):
+    """A job that may download owns its bar from its submission on: the second click's job, dropped
+    unrun by the third, must close its bar (the third has one of its own)."""
+    widget, image = offline
+    gate, load = threading.Event(), widget.segmenter_for
+
+    def slow_first_segmenter(request):
+        gate.wait(20)
+        return load(request)
+
+    widget.segmenter_for = slow_first_segmenter
+    before = open_bars()
+
+    def downloads():
+        return [bar.desc for bar in open_bars(before) if bar.desc.startswith("Downloading")]
+
+    for y in (20, 30, 40):
+        middle_click(viewer, image.data_to_world((y, 32)))
+        qtbot.wait(100)  # each waiting job's bar is shown before the next click
+    assert downloads() == ["Downloading m.pt"] * 2, "the running job's bar and the waiting one's, not the dropped one's"
+    gate.set()
+    wait_idle(qtbot, widget)
+    assert "m.pt" in widget.status.value or "download" in widget.status.value.lower()
+    qtbot.waitUntil(lambda: not open_bars(before), timeout=5000)
 
 
 @pytest.mark.parametrize(
@@ -342,13 +418,15 @@ def test_closing_the_widget_during_a_propagation_stops_it_and_writes_nothing(
     widget, labels, panel, truth, liver = liver_session(viewer, qtbot, oracle_checkpoint)
     monkeypatch.setattr(OraclePredictor, "seconds_per_mask", 0.1)
     done = []
-    panel.progress.advanced.connect(lambda count, total: done.append(count))
-    on_slice(panel, 2, widget.native.parent().titleBarWidget().close_button.click)
+    before = open_bars()
     panel.full.clicked.emit()
+    panel.current_run.advanced.connect(lambda count, total: done.append(count))
+    on_slice(panel, 2, widget.native.parent().titleBarWidget().close_button.click)
     qtbot.waitUntil(lambda: widget.runner._worker is None, timeout=60_000)
     assert widget.closed and max(done) < 16, "the run must stop at the next slice"
     assert not labels.data.any()
-    assert panel.progress._bar is None, "its progress bar must be closed"
+    assert not open_bars(before), "its progress bar must be closed"
+    assert panel.current_run is None and all(button.enabled for button in start_buttons(panel))
 
 
 def test_a_range_of_one_slice_segments_that_slice_only(viewer, qtbot, oracle_checkpoint):

@@ -99,7 +99,9 @@ def test_main_command_survives_a_real_middle_click_and_shows_the_preview(x_displ
     SCREENSHOTS.mkdir(exist_ok=True)
     try:
         region = wait_for(lambda: image_region(screenshot(x_display)), 180, app, "napari to show the sample volume")
-        assert app.poll() is None, f"python -m rwth_sam exited with {app.returncode} at start:\n{log.read_text()[-3000:]}"
+        assert app.poll() is None, (
+            f"python -m rwth_sam exited with {app.returncode} at start:\n{log.read_text()[-3000:]}"
+        )
         before = screenshot(x_display)
         assert preview_pixels(before, region) < 50, "a preview was shown before any click"
         rows, cols = region
@@ -113,7 +115,9 @@ def test_main_command_survives_a_real_middle_click_and_shows_the_preview(x_displ
             return shot if preview_pixels(shot, region) > 0.05 * area else None
 
         shot = wait_for(preview_shown, 180, app, "the green preview after the middle click")
-        assert app.poll() is None, f"python -m rwth_sam died after the click (exit {app.returncode}):\n{log.read_text()[-3000:]}"
+        assert app.poll() is None, (
+            f"python -m rwth_sam died after the click (exit {app.returncode}):\n{log.read_text()[-3000:]}"
+        )
         Image.fromarray(shot).save(SCREENSHOTS / "main_command_first_click.png")
     finally:
         app.terminate()

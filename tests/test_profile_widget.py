@@ -9,38 +9,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 from napari.errors import MultipleReaderError
-from napari.utils.notifications import NotificationSeverity, notification_manager
+from napari.qt import QtViewer
+from napari.utils.notifications import NotificationSeverity
 from npe2 import DynamicPlugin, PluginManager
-from qtpy.QtCore import Qt, QUrl
-from qtpy.QtGui import QColor
-from qtpy.QtWidgets import QApplication, QLineEdit, QSpinBox
+from qtpy.QtCore import QMimeData, QPoint, QPointF, Qt, QTimer, QUrl
+from qtpy.QtGui import QColor, QDragEnterEvent, QDropEvent
+from qtpy.QtWidgets import (
+    QApplication,
+    QCheckBox,
+    QDialog,
+    QDialogButtonBox,
+    QLineEdit,
+    QRadioButton,
+    QSpinBox,
+)
 
-from rwth_sam.core.labels.profiles import Profile, SegmentationClass
+from rwth_sam.core.labels.profile_store import PROFILES, ProfileStore
+from rwth_sam.core.labels.profiles import UNKNOWN_LABEL_COLOR, Profile, SegmentationClass
 from rwth_sam.core.phantom import CLASS_NAMES, battery_phantom
 from rwth_sam.ui import profile_widget, reader
-from rwth_sam.ui.profile_store import PROFILES, ProfileStore
-from rwth_sam.ui.profile_widget import (
-    COLOR,
-    DESCRIPTION,
-    NAME,
-    UNKNOWN_LABEL_COLOR,
-    VALUE,
-    ProfileWidget,
-    apply_profile,
-)
-from test_profiles import CATALOGUE, DIRECTORY, MAX_CLASSES, MISSING, many_classes, write_case
+from rwth_sam.ui.profile_widget import COLOR, DESCRIPTION, NAME, VALUE, ProfileWidget, apply_profile
 
-pytestmark = pytest.mark.gui
+from conftest import CATALOGUE, DIRECTORY, MAX_CLASSES, MISSING, many_classes, messages, write_case
+
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("profile_store")]
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
 EXAMPLES = ["Abdominal CT", "Li-ion cylindrical cell"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_store():
-    PROFILES.reset()
-    yield
-    PROFILES.reset()
 
 
 @pytest.fixture
@@ -49,18 +44,6 @@ def widget(viewer):
     widget = ProfileWidget(viewer)
     viewer.window.add_dock_widget(widget, name="profiles")
     return widget
-
-
-@pytest.fixture
-def notifications():
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
-
-
-def messages(notifications, severity):
-    return [str(note.message) for note in notifications if note.severity == severity]
 
 
 def cell(widget: ProfileWidget, row: int, column: int, role=Qt.DisplayRole):
@@ -98,25 +81,6 @@ def cell_profile() -> Profile:
     )
 
 
-# ----------------------------------------------------------------- store
-
-
-def test_store_starts_with_the_examples_and_signals_changes():
-    assert PROFILES.names == EXAMPLES
-    store, events = ProfileStore(), []
-    store.changed.connect(lambda: events.append(store.names))
-    store.add(cell_profile())
-    store.add(Profile("other"))
-    store.add(Profile("My cell", description="replaced"))  # same name: replaced in place
-    assert store.names == ["My cell", "other"] and store.get("My cell").description == "replaced"
-    store.replace("My cell", Profile("renamed"))
-    store.remove("other")
-    assert events == [["My cell"], ["My cell", "other"], ["My cell", "other"], ["renamed", "other"], ["renamed"]]
-    assert store.get("other") is None and store.unique_name("renamed") == "renamed 2"
-    with pytest.raises(KeyError):
-        store.remove("other")
-
-
 # ----------------------------------------------------------------- reader
 
 
@@ -143,10 +107,30 @@ NOT_A_PROFILE = (
 
 
 def drop(viewer, path) -> None:
-    """Drag and drop a file onto the viewer (what napari's drop event does with the file's URL)."""
-    viewer.window._qt_viewer._open_from_list_of_urls_data(
-        [QUrl.fromLocalFile(str(path))], stack=False, choose_plugin=False
-    )
+    """Drag and drop a file onto the viewer: the events the window system sends its canvas widget (Qt hands a drop
+    to the widget that accepted the drag's entering)."""
+    qt_viewer = next(w for w in QApplication.allWidgets() if isinstance(w, QtViewer) and w.viewer is viewer)
+    data = QMimeData()
+    data.setUrls([QUrl.fromLocalFile(str(path))])
+    drag = (Qt.DropAction.CopyAction, data, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(qt_viewer, QDragEnterEvent(QPoint(10, 10), *drag))
+    QApplication.sendEvent(qt_viewer, QDropEvent(QPointF(10, 10), *drag))
+
+
+def answer_reader_dialog(display_name: str, offered: list, tries: int = 500) -> None:
+    """When napari's reader dialog opens (a modal dialog, run in its own event loop), note the readers it offers,
+    pick ``display_name`` without remembering the choice, and press OK; as a user would."""
+    dialog = QApplication.activeModalWidget()
+    if not isinstance(dialog, QDialog):
+        if tries:
+            QTimer.singleShot(10, lambda: answer_reader_dialog(display_name, offered, tries - 1))
+        return
+    buttons = dialog.findChildren(QRadioButton)
+    offered.append(sorted(button.text() for button in buttons))
+    next(button for button in buttons if button.text() == display_name).setChecked(True)
+    for remember in dialog.findChildren(QCheckBox):
+        remember.setChecked(False)
+    dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Ok).click()
 
 
 def test_another_json_file_is_told_apart_from_a_profile(viewer, tmp_path, notifications):
@@ -191,9 +175,7 @@ def test_another_json_reader_gets_the_other_json_files(
     viewer, tmp_path, notifications, monkeypatch, json_points_plugin
 ):
     """With another *.json reader installed, rwth-sam leaves other JSON files to it: napari asks which plugin to use
-    (its reader dialog, stubbed here), and offers the other one when rwth-sam refuses a file."""
-    from napari._qt.dialogs import qt_reader_dialog
-
+    (its reader dialog, answered here as a user does), and offers the other one when rwth-sam refuses a file."""
     points = tmp_path / "points.json"
     points.write_text(json.dumps({"points": [[1, 2], [3, 4]]}))
     profile = cell_profile().save(tmp_path / "cell.json")
@@ -204,11 +186,7 @@ def test_another_json_reader_gets_the_other_json_files(
     offered = []
 
     def choose(display_name):
-        def get_user_choices(dialog):
-            offered.append(sorted(button.text() for button in dialog.reader_btn_group.buttons()))
-            return display_name, False
-
-        monkeypatch.setattr(qt_reader_dialog.QtReaderDialog, "get_user_choices", get_user_choices)
+        QTimer.singleShot(0, lambda: answer_reader_dialog(display_name, offered))
 
     choose("JSON points for tests")
     drop(viewer, points)
@@ -402,7 +380,7 @@ def test_widget_applies_to_the_picked_labels_layer(make_napari_viewer, qtbot):
     SCREENSHOTS.mkdir(exist_ok=True)
     second.visible = True
     widget.set_current_cell(1, NAME)
-    viewer.window._qt_window.resize(1400, 900)
+    viewer.window.resize(1400, 900)
     viewer.reset_view()
     qtbot.waitUntil(dock.isVisible)
     qtbot.wait(50)
@@ -459,7 +437,7 @@ def test_a_profile_of_the_most_classes_shows_at_once(widget, tmp_path, qtbot):
     for minutes); the table draws only the rows in view."""
     atlas = Profile("Atlas", many_classes(MAX_CLASSES, "a structure"))
     path = atlas.save(tmp_path / "atlas.json")
-    widget.viewer.window._qt_window.resize(1200, 900)
+    widget.viewer.window.resize(1200, 900)
     QApplication.processEvents()
 
     started = time.perf_counter()

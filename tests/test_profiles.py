@@ -9,46 +9,46 @@ import time
 from pathlib import Path
 
 import pytest
-from napari.utils.notifications import NotificationSeverity, notification_manager
+from napari.utils.notifications import NotificationSeverity
 
 from rwth_sam.core import phantom
 from rwth_sam.core.errors import InputError
 from rwth_sam.core.labels import profiles
+from rwth_sam.core.labels.profile_store import PROFILES, ProfileStore
 from rwth_sam.core.labels.profiles import (
+    PALETTE,
     PROFILE_FORMAT,
     PROFILE_VERSION,
+    DuplicateClassError,
     Profile,
     ProfileError,
     SegmentationClass,
     builtin_profiles,
     builtin_profiles_dir,
     is_profile_file,
+    readable_text_color,
 )
 from rwth_sam.ui import reader
-from rwth_sam.ui.profile_store import PROFILES
+
+from conftest import (
+    CATALOGUE,
+    MAX_CLASSES,
+    MAX_PROFILE_BYTES,
+    example_profile,
+    example_profile_dict,
+    example_profile_text,
+    example_with_class,
+    many_classes,
+    messages,
+    write_case,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOTALSEG_LABELS = ROOT.parent / "shared" / "data" / "medct_totalseg_wholebody" / "totalsegmentator_total_labels.json"
 
 
-def example() -> Profile:
-    return Profile(
-        "Cell",
-        (
-            SegmentationClass("casing", 1, "#9E9E9E", "steel can"),
-            SegmentationClass("anode", 3, "#1f77b4"),
-            SegmentationClass("cathode", 2, "#d62728"),
-        ),
-        description="test profile",
-    )
-
-
-def valid_dict() -> dict:
-    return example().to_dict()
-
-
 def test_json_round_trip(tmp_path):
-    profile = example()
+    profile = example_profile()
     assert profile.classes[0].color == "#9e9e9e"  # normalised to lower case
     path = profile.save(tmp_path / "cell.json")
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -75,7 +75,7 @@ def test_unicode_and_optional_fields(tmp_path):
 
 
 def test_queries():
-    profile = example()
+    profile = example_profile()
     assert profile.class_by_value(3).name == "anode"
     assert profile.class_by_value(4) is None
     assert profile.class_by_name(" Cathode ").value == 2
@@ -86,7 +86,7 @@ def test_queries():
 
 
 def test_color_dict_and_features():
-    profile = example()
+    profile = example_profile()
     assert profile.color_dict() == {None: "transparent", 0: "transparent", 1: "#9e9e9e", 3: "#1f77b4", 2: "#d62728"}
     assert profile.color_dict(unknown="#808080")[None] == "#808080"
     assert profile.features() == {"index": [0, 1, 3, 2], "class": ["background", "casing", "anode", "cathode"]}
@@ -96,48 +96,42 @@ def test_profile_error_is_an_input_error():
     assert issubclass(ProfileError, InputError) and issubclass(ProfileError, ValueError)
 
 
-def _with_class(**fields) -> dict:
-    data = valid_dict()
-    data["classes"][1].update(fields)
-    return data
-
-
 # fmt: off
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         ([], "a profile must be a JSON object, not a list"),
-        ({**valid_dict(), "format": "other"}, "format: not an rwth-sam profile: 'format' is 'other', expected \"rwth-sam-profile\""),
-        ({key: value for key, value in valid_dict().items() if key != "format"}, "format: not an rwth-sam profile: 'format' is missing"),
-        ({**valid_dict(), "version": "1"}, "version: must be a whole number (this rwth-sam reads version 1), not '1'"),
-        ({key: value for key, value in valid_dict().items() if key != "version"}, "version: must be a whole number (this rwth-sam reads version 1), not missing"),
-        ({**valid_dict(), "version": 2}, "version: profile format version 2 is not supported; this rwth-sam reads version 1 (made by a newer rwth-sam"),
-        ({**valid_dict(), "version": 0}, "version: profile format version 0 is not supported; this rwth-sam reads version 1"),
-        ({**valid_dict(), "colour": "x"}, "unknown key 'colour' (allowed: format, version, name, description, classes)"),
-        ({key: value for key, value in valid_dict().items() if key != "name"}, "name: is missing"),
-        ({**valid_dict(), "name": "  "}, "name: must not be empty"),
-        ({**valid_dict(), "name": 3}, "name: must be a string, not a number"),
-        ({**valid_dict(), "description": None}, "description: must be a string, not null"),
-        ({**valid_dict(), "classes": {"a": 1}}, "classes: must be a list of classes, not an object"),
-        ({**valid_dict(), "classes": [1]}, "classes[0]: a class must be an object with name, value, color, description, not a number"),
-        (_with_class(colour="#ffffff"), "classes[1]: unknown key 'colour' (allowed: name, value, color, description)"),
-        ({**valid_dict(), "classes": [{"name": "a", "value": 1}]}, "classes[0].color: is missing"),
-        (_with_class(name=""), "classes[1].name: must not be empty"),
-        (_with_class(name=["a"]), "classes[1].name: must be a string, not a list"),
-        (_with_class(name="Background"), "classes[1].name: 'Background' is reserved for label value 0"),
-        (_with_class(name="CASING"), "classes[1].name: 'CASING' is already the name of classes[0]; class names must be unique"),
-        (_with_class(value=0), "classes[1].value: must be from 1 to 2147483647 (0 is the background), not 0"),
-        (_with_class(value=-4), "classes[1].value: must be from 1 to 2147483647 (0 is the background), not -4"),
-        (_with_class(value=2**31), "classes[1].value: must be from 1 to 2147483647 (0 is the background), not 2147483648"),
-        (_with_class(value=2.5), "classes[1].value: must be a whole number from 1 to 2147483647, not 2.5"),
-        (_with_class(value=True), "classes[1].value: must be a whole number from 1 to 2147483647, not True"),
-        (_with_class(value="3"), "classes[1].value: must be a whole number from 1 to 2147483647, not '3'"),
-        (_with_class(value=1), "classes[1].value: 1 is already the label value of classes[0] ('casing'); label values must be unique"),
-        (_with_class(color="red"), "classes[1].color: 'red' is not a colour of the form #rrggbb (e.g. #ff8800)"),
-        (_with_class(color="#fff"), "classes[1].color: '#fff' is not a colour of the form #rrggbb"),
-        (_with_class(color="#12345g"), "classes[1].color: '#12345g' is not a colour of the form #rrggbb"),
-        (_with_class(color=None), "classes[1].color: None is not a colour of the form #rrggbb"),
-        (_with_class(description=5), "classes[1].description: must be a string, not a number"),
+        ({**example_profile_dict(), "format": "other"}, "format: not an rwth-sam profile: 'format' is 'other', expected \"rwth-sam-profile\""),
+        ({key: value for key, value in example_profile_dict().items() if key != "format"}, "format: not an rwth-sam profile: 'format' is missing"),
+        ({**example_profile_dict(), "version": "1"}, "version: must be a whole number (this rwth-sam reads version 1), not '1'"),
+        ({key: value for key, value in example_profile_dict().items() if key != "version"}, "version: must be a whole number (this rwth-sam reads version 1), not missing"),
+        ({**example_profile_dict(), "version": 2}, "version: profile format version 2 is not supported; this rwth-sam reads version 1 (made by a newer rwth-sam"),
+        ({**example_profile_dict(), "version": 0}, "version: profile format version 0 is not supported; this rwth-sam reads version 1"),
+        ({**example_profile_dict(), "colour": "x"}, "unknown key 'colour' (allowed: format, version, name, description, classes)"),
+        ({key: value for key, value in example_profile_dict().items() if key != "name"}, "name: is missing"),
+        ({**example_profile_dict(), "name": "  "}, "name: must not be empty"),
+        ({**example_profile_dict(), "name": 3}, "name: must be a string, not a number"),
+        ({**example_profile_dict(), "description": None}, "description: must be a string, not null"),
+        ({**example_profile_dict(), "classes": {"a": 1}}, "classes: must be a list of classes, not an object"),
+        ({**example_profile_dict(), "classes": [1]}, "classes[0]: a class must be an object with name, value, color, description, not a number"),
+        (example_with_class(colour="#ffffff"), "classes[1]: unknown key 'colour' (allowed: name, value, color, description)"),
+        ({**example_profile_dict(), "classes": [{"name": "a", "value": 1}]}, "classes[0].color: is missing"),
+        (example_with_class(name=""), "classes[1].name: must not be empty"),
+        (example_with_class(name=["a"]), "classes[1].name: must be a string, not a list"),
+        (example_with_class(name="Background"), "classes[1].name: 'Background' is reserved for label value 0"),
+        (example_with_class(name="CASING"), "classes[1].name: 'CASING' is already the name of classes[0]; class names must be unique"),
+        (example_with_class(value=0), "classes[1].value: must be from 1 to 2147483647 (0 is the background), not 0"),
+        (example_with_class(value=-4), "classes[1].value: must be from 1 to 2147483647 (0 is the background), not -4"),
+        (example_with_class(value=2**31), "classes[1].value: must be from 1 to 2147483647 (0 is the background), not 2147483648"),
+        (example_with_class(value=2.5), "classes[1].value: must be a whole number from 1 to 2147483647, not 2.5"),
+        (example_with_class(value=True), "classes[1].value: must be a whole number from 1 to 2147483647, not True"),
+        (example_with_class(value="3"), "classes[1].value: must be a whole number from 1 to 2147483647, not '3'"),
+        (example_with_class(value=1), "classes[1].value: 1 is already the label value of classes[0] ('casing'); label values must be unique"),
+        (example_with_class(color="red"), "classes[1].color: 'red' is not a colour of the form #rrggbb (e.g. #ff8800)"),
+        (example_with_class(color="#fff"), "classes[1].color: '#fff' is not a colour of the form #rrggbb"),
+        (example_with_class(color="#12345g"), "classes[1].color: '#12345g' is not a colour of the form #rrggbb"),
+        (example_with_class(color=None), "classes[1].color: None is not a colour of the form #rrggbb"),
+        (example_with_class(description=5), "classes[1].description: must be a string, not a number"),
     ],
 )
 # fmt: on
@@ -170,7 +164,7 @@ def test_corrupt_json_names_line_and_column(tmp_path):
 
 def test_wrong_version_file_says_which_version_is_supported(tmp_path):
     path = tmp_path / "future.json"
-    path.write_text(json.dumps({**valid_dict(), "version": 3}), encoding="utf-8")
+    path.write_text(json.dumps({**example_profile_dict(), "version": 3}), encoding="utf-8")
     with pytest.raises(
         ProfileError, match=r"version 3 is not supported; this rwth-sam reads version 1 \(made by a newer"
     ):
@@ -179,7 +173,7 @@ def test_wrong_version_file_says_which_version_is_supported(tmp_path):
 
 def test_invalid_file_message_names_the_file_and_path(tmp_path):
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps(_with_class(color="#12")), encoding="utf-8")
+    path.write_text(json.dumps(example_with_class(color="#12")), encoding="utf-8")
     with pytest.raises(
         ProfileError, match=r"^Cannot load profile .*bad\.json: classes\[1\]\.color: '#12' is not a colour"
     ):
@@ -194,11 +188,11 @@ def test_unreadable_files(tmp_path):
     with pytest.raises(ProfileError, match="not a UTF-8 text file: it starts with a UTF-16 byte order mark"):
         Profile.load(binary)
     with pytest.raises(ProfileError, match=r"Cannot save the profile to .*: "):
-        example().save(tmp_path / "no such folder" / "p.json")
+        example_profile().save(tmp_path / "no such folder" / "p.json")
 
 
 def test_is_profile_file(tmp_path):
-    good = example().save(tmp_path / "good.json")
+    good = example_profile().save(tmp_path / "good.json")
     assert is_profile_file(good) and is_profile_file(str(good))
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"format": "something else", "nested": {"format": PROFILE_FORMAT}}))
@@ -218,6 +212,111 @@ def test_is_profile_file(tmp_path):
     data = {"name": "late", "description": "x" * 70_000, "version": 1, "format": PROFILE_FORMAT}
     last.write_text(json.dumps(data))
     assert is_profile_file(last) and Profile.load(last) == Profile("late", description="x" * 70_000)
+
+
+def test_errors_say_where_they_are_for_a_table_of_the_classes():
+    """The widget points at the row and column from the error's fields, and words it as its table does."""
+    with pytest.raises(DuplicateClassError) as caught:
+        Profile.from_dict(example_with_class(name="CASING"))
+    error = caught.value
+    assert (error.class_index, error.field, error.same_as, error.path) == (1, "name", 0, "classes[1].name")
+    assert error.table_message() == "Row 2, name: 'CASING' is already the name of row 1; class names must be unique"
+    with pytest.raises(DuplicateClassError) as caught:
+        Profile.from_dict(example_with_class(value=1))
+    assert caught.value.table_message() == (
+        "Row 2, label value: 1 is already the label value of row 1 ('casing'); label values must be unique"
+    )
+    with pytest.raises(ProfileError) as caught:
+        Profile.from_dict(example_with_class(color="red"))
+    assert (caught.value.class_index, caught.value.field) == (1, "color")
+    assert caught.value.table_message().startswith("Row 2, colour: 'red' is not a colour")
+    with pytest.raises(ProfileError) as caught:
+        Profile.from_dict(example_with_class(colour="#ffffff"))
+    assert caught.value.table_message().startswith("Row 2: unknown key 'colour'")
+    with pytest.raises(ProfileError) as caught:
+        Profile(" ")
+    assert (caught.value.class_index, caught.value.field) == (None, "name")
+    assert caught.value.table_message() == "Profile name: must not be empty"
+    with pytest.raises(ProfileError) as caught:
+        Profile("Too many", many_classes(MAX_CLASSES + 1))
+    assert caught.value.table_message() == "Classes: 5001 classes are too many: a profile may hold at most 5000"
+    with pytest.raises(ProfileError) as caught:
+        Profile.load(Path("/nonexistent/case.json"))
+    assert caught.value.path is None and caught.value.table_message() == str(caught.value)
+    name_with_braces = Profile("p", (SegmentationClass("{0}", 1, "#000000"),))
+    with pytest.raises(DuplicateClassError, match=r"^classes\[1\]\.name: '\{0\}' is already the name of classes\[0\]"):
+        Profile("p", (*name_with_braces.classes, SegmentationClass("{0}", 2, "#000000")))
+
+
+# ----------------------------------------------------------------- rules for new classes and files
+
+
+def test_a_new_class_gets_a_new_name_the_next_value_and_an_unused_colour():
+    assert Profile("empty").new_class() == SegmentationClass("class 1", 1, PALETTE[0])
+    profile = example_profile()  # colours #9e9e9e, #1f77b4 (the palette's first), #d62728
+    assert profile.new_class() == SegmentationClass("class 4", 4, PALETTE[1])
+    assert profile.new_class("pore", 9, "#ABCDEF", "voids") == SegmentationClass("pore", 9, "#abcdef", "voids")
+    taken = Profile("taken", (SegmentationClass("class 2", 5, "#000000"),))
+    assert taken.new_class().name == "class 3"  # "class 2", the row's number, is taken
+
+
+def test_new_colours_are_the_palette_then_distinct_hues():
+    profile = Profile("many")
+    for _ in range(40):
+        profile = Profile("many", (*profile.classes, profile.new_class()))
+    colors = [item.color for item in profile.classes]
+    assert tuple(colors[: len(PALETTE)]) == PALETTE
+    assert len(set(colors)) == len(colors)
+
+
+def test_a_new_class_refused_is_located_in_the_row_it_would_take():
+    with pytest.raises(ProfileError) as caught:
+        example_profile().new_class(color="red")
+    assert (caught.value.class_index, caught.value.field) == (3, "color")
+    assert str(caught.value).startswith("classes[3].color: 'red' is not a colour")
+    assert caught.value.table_message().startswith("Row 4, colour: 'red' is not a colour")
+
+
+@pytest.mark.parametrize(
+    ("background", "text"), [("#ffffff", "#000000"), ("#9e9e9e", "#000000"), ("#1f77b4", "#ffffff"), ("#0000ff", "#ffffff")]
+)
+def test_text_on_a_class_colour_is_black_or_white_whichever_reads(background, text):
+    assert readable_text_color(background) == text
+
+
+@pytest.mark.parametrize(
+    ("name", "file_name"),
+    [("Li-ion cylindrical cell", "li-ion_cylindrical_cell.json"), ("Abdominal CT", "abdominal_ct.json"),
+     ("Zellen – Ü", "zellen_ü.json"), ("a/b\\c", "a_b_c.json"), ("???", "profile.json")],
+)  # fmt: skip
+def test_a_profile_is_saved_by_default_under_its_name(name, file_name):
+    assert Profile(name).file_name() == file_name
+
+
+# ----------------------------------------------------------------- the session's profile store
+
+
+def test_store_starts_with_the_examples_and_signals_changes(profile_store):
+    assert PROFILES is profile_store and PROFILES.names == ["Abdominal CT", "Li-ion cylindrical cell"]
+    store, events = ProfileStore(), []
+    store.changed.connect(lambda: events.append(store.names))
+    store.add(example_profile())
+    store.add(Profile("other"))
+    store.add(Profile("Cell", description="replaced"))  # same name: replaced in place
+    assert store.names == ["Cell", "other"] and store.get("Cell").description == "replaced"
+    store.replace("Cell", Profile("renamed"))  # a rename keeps the place
+    assert store.names == ["renamed", "other"]
+    with pytest.raises(ProfileError, match="There is already a profile named 'other'"):
+        store.replace("renamed", Profile("other"))
+    store.remove("other")
+    assert events == [["Cell"], ["Cell", "other"], ["Cell", "other"], ["renamed", "other"], ["renamed"]]
+    assert store.get("other") is None and "renamed" in store and len(store) == 1
+    assert store.unique_name("renamed") == "renamed 2" and store.unique_name("free") == "free"
+    with pytest.raises(KeyError):
+        store.remove("other")
+    with pytest.raises(TypeError, match="expected a Profile"):
+        store.add({"name": "not a profile"})
+    assert events[-1] == ["renamed"]
 
 
 # ----------------------------------------------------------------- example profiles
@@ -271,16 +370,7 @@ def test_profiles_readme_examples(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------- limits
 
-MAX_CLASSES = 5_000  # the documented limits (profiles/README.md)
-MAX_PROFILE_BYTES = 4 * 2**20
 SIZE_LIMIT = "4194304 bytes (4 MiB)"
-
-
-def many_classes(count: int, description: str = "") -> tuple[SegmentationClass, ...]:
-    return tuple(
-        SegmentationClass(f"class {value}", value, f"#{value * 2654435761 % 2**24:06x}", description)
-        for value in range(1, count + 1)
-    )
 
 
 def test_limits_are_the_documented_ones():
@@ -315,121 +405,14 @@ def test_a_profile_too_large_to_open_again_is_not_saved(tmp_path):
 
 # ----------------------------------------------------------------- catalogue of bad profile files
 
-DIRECTORY, MISSING = "a directory", "no file"
-HEAD = b'{"format": "rwth-sam-profile", "version": 1, "name": "huge", "classes": ['
-
-
-def _bytes(data) -> bytes:
-    return json.dumps(data).encode("utf-8")
-
-
-def _nested(depth: int) -> list:
-    value: list = []
-    for _ in range(depth):
-        value = [value]
-    return value
-
-
-def _too_many_classes() -> bytes:
-    """5001 classes in 300 kB (compact JSON): under the size limit, over the class limit."""
-    classes = [{"name": f"c{value}", "value": value, "color": "#000000"} for value in range(1, MAX_CLASSES + 2)]
-    return _bytes({"format": PROFILE_FORMAT, "version": 1, "name": "many", "classes": classes})
-
-
-def _valid_text() -> str:
-    return json.dumps(valid_dict(), ensure_ascii=False)
-
-
-# (case, file content, whether is_profile_file claims it, the problem Profile.load names after "Cannot load profile <path>: ")
-# File content: bytes; an int: a sparse file of that size starting like a profile (the 64 MB file of issue 9); or
-# DIRECTORY / MISSING.
-CATALOGUE = [
-    ("broken JSON", b'{"format": "rwth-sam-profile", "version": 1, "name": "x",}', True, "not valid JSON: Expecting property name enclosed in double quotes at line 1, column 58"),
-    ("JSON array at top level", b"[1, 2, 3]", False, "a profile must be a JSON object, not a list"),
-    ("JSON string at top level", b'"rwth-sam-profile"', False, "a profile must be a JSON object, not a string"),
-    ("another JSON file", _bytes({"images": [], "annotations": []}), False, "format: not an rwth-sam profile: 'format' is missing, expected \"rwth-sam-profile\""),
-    ("another format", _bytes({**valid_dict(), "format": "coco"}), False, "format: not an rwth-sam profile: 'format' is 'coco', expected \"rwth-sam-profile\""),
-    ("newer version", _bytes({**valid_dict(), "version": 2}), True, "version: profile format version 2 is not supported; this rwth-sam reads version 1 (made by a newer rwth-sam: update rwth-sam to open it)"),
-    ("name of a wrong type", _bytes({**valid_dict(), "name": 3}), True, "name: must be a string, not a number"),
-    ("classes not a list", _bytes({**valid_dict(), "classes": "casing"}), True, "classes: must be a list of classes, not a string"),
-    ("missing key", _bytes({**valid_dict(), "classes": [{"name": "a", "value": 1}]}), True, "classes[0].color: is missing"),
-    ("misspelt key", _bytes(_with_class(colour="#ffffff")), True, "classes[1]: unknown key 'colour' (allowed: name, value, color, description)"),
-    ("key given twice", b'{"format": "rwth-sam-profile", "version": 1, "name": "a", "name": "b"}', True, "the key 'name' is given twice in one object; each key may appear once"),
-    ("duplicate class names", _bytes(_with_class(name="CASING")), True, "classes[1].name: 'CASING' is already the name of classes[0]; class names must be unique"),
-    ("duplicate label values", _bytes(_with_class(value=1)), True, "classes[1].value: 1 is already the label value of classes[0] ('casing'); label values must be unique"),
-    ("background as a class", _bytes(_with_class(name="Background")), True, "classes[1].name: 'Background' is reserved for label value 0 (unlabelled pixels)"),
-    ("label value 0", _bytes(_with_class(value=0)), True, "classes[1].value: must be from 1 to 2147483647 (0 is the background), not 0"),
-    ("negative label value", _bytes(_with_class(value=-7)), True, "classes[1].value: must be from 1 to 2147483647 (0 is the background), not -7"),
-    ("label value 2**31", _bytes(_with_class(value=2**31)), True, "classes[1].value: must be from 1 to 2147483647 (0 is the background), not 2147483648"),
-    ("label value of 5000 digits", _bytes(valid_dict())[:-3] + b", \"value\": " + b"9" * 5000 + b"}]}", True, "a number of 5000 digits is too long for a label value"),
-    ("float label value", _bytes(_with_class(value=2.0)), True, "classes[1].value: must be a whole number from 1 to 2147483647, not 2.0"),
-    ("NaN label value", _bytes(_with_class(value=float("nan"))), True, "classes[1].value: must be a whole number from 1 to 2147483647, not nan"),
-    ("boolean label value", _bytes(_with_class(value=True)), True, "classes[1].value: must be a whole number from 1 to 2147483647, not True"),
-    ("label value as a string", _bytes(_with_class(value="3")), True, "classes[1].value: must be a whole number from 1 to 2147483647, not '3'"),
-    ("nested label value", _bytes(_with_class(value=_nested(50))), True, "classes[1].value: must be a whole number from 1 to 2147483647, not [[[[...]]]]"),
-    ("named colour", _bytes(_with_class(color="red")), True, "classes[1].color: 'red' is not a colour of the form #rrggbb (e.g. #ff8800)"),
-    ("short colour", _bytes(_with_class(color="#fff")), True, "classes[1].color: '#fff' is not a colour of the form #rrggbb (e.g. #ff8800)"),
-    ("colour of a megabyte", _bytes(_with_class(color="#" + "f" * 2**20)), True, "classes[1].color: '#" + "f" * 26 + "..." + "f" * 28 + "' is not a colour of the form #rrggbb (e.g. #ff8800)"),
-    ("lone surrogate in a name", _valid_text().replace('"anode"', '"an\\ud800ode"').encode(), True, "classes[1].name: holds '\\ud800', half of a surrogate pair, which is no character"),
-    ("too many classes", _too_many_classes(), True, "classes: 5001 classes are too many: a profile may hold at most 5000"),
-    ("a 64 MiB profile", 64 * 2**20, True, "the file is 67108864 bytes (64.0 MiB); a profile file may be at most 4194304 bytes (4 MiB)"),
-    ("one byte too large", HEAD + b" " * (MAX_PROFILE_BYTES - len(HEAD) - 1) + b"]}", True, "the file is 4194305 bytes (4.0 MiB); a profile file may be at most 4194304 bytes (4 MiB)"),
-    ("deep nesting", b"[" * 100_000 + b"]" * 100_000, False, "not valid JSON for a profile: it is nested too deeply"),
-    ("deep nesting in a profile", HEAD + b"[" * 100_000 + b"]" * 100_000 + b"]}", True, "not valid JSON for a profile: it is nested too deeply"),
-    ("UTF-16 with a byte order mark", _valid_text().encode("utf-16"), False, "it is not a UTF-8 text file: it starts with a UTF-16 byte order mark (save it as UTF-8)"),
-    ("UTF-16 without a byte order mark", _valid_text().encode("utf-16-le"), False, "it is not a UTF-8 text file: it holds NUL bytes (a binary file, or UTF-16 text)"),
-    ("latin-1 bytes", _valid_text().replace("steel can", "Stahlbecher Ü").encode("latin-1"), True, "it is not a UTF-8 text file: byte 0xdc at position 183 is not UTF-8 (save it as UTF-8)"),
-    ("binary garbage", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xd8", False, "it is not a UTF-8 text file: byte 0x89 at position 0 is not UTF-8 (save it as UTF-8)"),
-    ("empty file", b"", False, "the file is empty"),
-    ("only a byte order mark and spaces", codecs.BOM_UTF8 + b" \n\t ", False, "the file is empty"),
-    ("a directory", DIRECTORY, False, "Is a directory"),
-    ("a nonexistent path", MISSING, False, "No such file or directory"),
-]  # fmt: skip
-
-
-def write_case(folder: Path, content) -> Path:
-    path = folder / "case.json"
-    if content == DIRECTORY:
-        path.mkdir()
-    elif isinstance(content, int):
-        with path.open("wb") as file:
-            file.write(HEAD)
-            file.truncate(content)  # sparse: the test writes 70 bytes, not 64 MiB
-    elif content != MISSING:
-        path.write_bytes(content)
-    return path
-
-
-@pytest.fixture
-def errors():
-    """The error notifications napari shows while the test runs (no Qt needed)."""
-    seen = []
-
-    def record(notification):
-        if notification.severity == NotificationSeverity.ERROR:
-            seen.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
-
-
-@pytest.fixture
-def store():
-    """The session's profile store, back to the examples before and after."""
-    PROFILES.reset()
-    yield PROFILES
-    PROFILES.reset()
-
-
 @pytest.mark.parametrize(
     ("content", "claimed", "problem"), [case[1:] for case in CATALOGUE], ids=[c[0] for c in CATALOGUE]
 )
-def test_catalogue_of_bad_profile_files(tmp_path, errors, store, content, claimed, problem):
+def test_catalogue_of_bad_profile_files(tmp_path, notifications, profile_store, content, claimed, problem):
     """Each bad file is refused with its clear message, by Profile.load and by the reader (File > Open), quickly,
     and the session's profiles stay as they were."""
     path = write_case(tmp_path, content)
-    before = store.profiles
+    before = profile_store.profiles
     started = time.perf_counter()
     with pytest.raises(ProfileError) as caught:
         Profile.load(path)
@@ -438,6 +421,7 @@ def test_catalogue_of_bad_profile_files(tmp_path, errors, store, content, claime
     assert is_profile_file(path) is claimed
 
     assert reader.read_profiles(str(path)) == reader.NO_LAYERS
+    errors = messages(notifications, NotificationSeverity.ERROR)
     if claimed:
         assert errors == [str(caught.value)]
     else:  # only when no other plugin reads *.json does napari hand such a file to rwth-sam
@@ -445,30 +429,30 @@ def test_catalogue_of_bad_profile_files(tmp_path, errors, store, content, claime
             "case.json is not a segmentation profile, and no other installed plugin reads .json files, so nothing "
             f"was opened. {caught.value}"
         ]
-    assert store.profiles == before
+    assert profile_store.profiles == before
 
 
 @pytest.mark.parametrize("bom", [codecs.BOM_UTF8, codecs.BOM_UTF8 + b"\n  "], ids=["BOM", "BOM and spaces"])
-def test_a_profile_saved_with_a_byte_order_mark_opens(tmp_path, errors, store, bom):
+def test_a_profile_saved_with_a_byte_order_mark_opens(tmp_path, notifications, profile_store, bom):
     """Windows Notepad saves UTF-8 with a byte order mark."""
     path = tmp_path / "notepad.json"
-    path.write_bytes(bom + _valid_text().encode("utf-8"))
+    path.write_bytes(bom + example_profile_text().encode("utf-8"))
     assert is_profile_file(path)
-    assert Profile.load(path) == example()
+    assert Profile.load(path) == example_profile()
     assert reader.read_profiles(str(path)) == reader.NO_LAYERS
-    assert errors == [] and store.names == ["Abdominal CT", "Li-ion cylindrical cell", "Cell"]
-    assert store.get("Cell") == example()
+    assert messages(notifications, NotificationSeverity.ERROR) == [] and profile_store.names == ["Abdominal CT", "Li-ion cylindrical cell", "Cell"]
+    assert profile_store.get("Cell") == example_profile()
 
 
-def test_an_unexpected_failure_while_reading_is_a_short_message(tmp_path, errors, store, monkeypatch):
+def test_an_unexpected_failure_while_reading_is_a_short_message(tmp_path, notifications, profile_store, monkeypatch):
     """A fault nobody anticipated (here: in the store) is told in one line, not as napari's traceback dialog."""
-    path = example().save(tmp_path / "cell.json")
+    path = example_profile().save(tmp_path / "cell.json")
 
     def fail(profile):
         raise RuntimeError("the disk went away")
 
     with monkeypatch.context() as failing:
-        failing.setattr(store, "add", fail)
+        failing.setattr(profile_store, "add", fail)
         assert reader.read_profiles(str(path)) == reader.NO_LAYERS
-    assert errors == ["Opening cell.json failed (RuntimeError: the disk went away). Nothing was changed."]
-    assert store.names == ["Abdominal CT", "Li-ion cylindrical cell"]
+    assert messages(notifications, NotificationSeverity.ERROR) == ["Opening cell.json failed (RuntimeError: the disk went away). Nothing was changed."]
+    assert profile_store.names == ["Abdominal CT", "Li-ion cylindrical cell"]

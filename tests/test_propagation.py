@@ -13,8 +13,8 @@ from scipy import ndimage
 from rwth_sam import Embedding, InputError, Prediction, Predictor, Segmenter
 from rwth_sam.core.embeddings.cache import EmbeddingCache
 from rwth_sam.core.phantom import CAN, VOID, battery_phantom
-from rwth_sam.core.tasks import propagation
 from rwth_sam.core.tasks.propagation import PropagationResult, VideoFrames, propagate
+from rwth_sam.core.upstream.sam2 import fix_memory_dtype
 
 from conftest import SAM2_TINY_256, count_embeds, random_model
 
@@ -39,7 +39,7 @@ def upstream_video():
     video.load_state_dict(model.state_dict(), strict=True)
     # upstream fails in float32 on a frame with no object pointer yet (bfloat16 memory alone):
     # the same cast as the plugin's, which equals upstream's own dtype promotion everywhere else
-    propagation.fix_memory_dtype(video)
+    fix_memory_dtype(video)
     return video
 
 
@@ -57,7 +57,9 @@ def _upstream_run(video, source, start, cond, from_index, directions):
             for obj_id, mask in sorted(cond[index].items()):
                 video.add_new_mask(state, index - start, obj_id, mask)
         for reverse in directions:
-            for frame_idx, obj_ids, logits in video.propagate_in_video(state, start_frame_idx=from_index - start, reverse=reverse):
+            for frame_idx, obj_ids, logits in video.propagate_in_video(
+                state, start_frame_idx=from_index - start, reverse=reverse
+            ):
                 masks[start + frame_idx] = {int(o): (logits[k, 0] > 0).numpy() for k, o in enumerate(obj_ids)}
     return masks
 
@@ -79,7 +81,9 @@ def test_frames_equal_upstream_loader(phantom8, tmp_path):
     image, _ = phantom8
     segmenter = Segmenter(random_model(SAM2_TINY_256), image)
     folder = _write_lossless_frames(segmenter, 0, 2, 5, tmp_path / "frames")
-    upstream, height, width = load_video_frames(str(folder), 256, offload_video_to_cpu=True, compute_device=torch.device("cpu"))
+    upstream, height, width = load_video_frames(
+        str(folder), 256, offload_video_to_cpu=True, compute_device=torch.device("cpu")
+    )
     ours = VideoFrames(segmenter, 0, 2, 5)
     assert (height, width) == (256, 256) and len(ours) == 4
     assert torch.equal(ours.stacked(), upstream)
@@ -99,8 +103,16 @@ def test_sam2_equals_upstream_video_predictor(phantom8, upstream_video, tmp_path
     if extra:  # a user correction on slice 5, kept as a conditioning slice
         cond[5] = {1: labels[5] == VOID}
     progress = []
-    result = propagate(segmenter, 0, end, start, cond, direction=direction, from_index=from_index,
-                       on_slice=lambda done, total: progress.append((done, total)))
+    result = propagate(
+        segmenter,
+        0,
+        end,
+        start,
+        cond,
+        direction=direction,
+        from_index=from_index,
+        on_slice=lambda done, total: progress.append((done, total)),
+    )
     first = 4 if from_index is None else from_index
     directions = {"both": [False, True], "forward": [False], "backward": [True]}[direction]
     folder = _write_lossless_frames(segmenter, 0, start, end, tmp_path / "frames")
@@ -127,20 +139,49 @@ def test_sam2_equals_upstream_video_predictor(phantom8, upstream_video, tmp_path
 
 
 def test_sam2_builds_video_predictor_once_and_shares_weights():
+    from sam2.sam2_video_predictor import SAM2VideoPredictor
+
     predictor = random_model(SAM2_TINY_256)
-    video = propagation.video_predictor(predictor)
-    assert propagation.video_predictor(predictor) is video
-    assert type(video).__name__ == "SAM2VideoPredictor"
+    video = predictor.video_predictor()
+    assert predictor.video_predictor() is video
+    assert isinstance(video, SAM2VideoPredictor)
     for a, b in zip(predictor.model.parameters(), video.parameters(), strict=True):
         assert a.data_ptr() == b.data_ptr()
+
+
+def test_sam2_without_a_config_adopts_the_image_model_and_tracks_the_same(phantom8):
+    """A SAM 2 model registered without its hydra config (a third party's ModelSpec): its video
+    predictor is made of the image model's own modules, with the same settings and results."""
+    from rwth_sam.core.models.predictors.sam2 import Sam2Predictor
+
+    image, labels = phantom8
+    predictor = random_model(SAM2_TINY_256)
+    adopted = Sam2Predictor(predictor.model, predictor.name, predictor.device)
+    assert adopted.hydra_config is None and predictor.hydra_config is not None
+    video = adopted.video_predictor()
+    assert video.image_encoder is predictor.model.image_encoder  # the same modules, not a copy
+    cond = {2: {1: labels[2] == VOID}}
+    expected = propagate(Segmenter(predictor, image), 0, 0, 4, cond)
+    result = propagate(Segmenter(adopted, image), 0, 0, 4, cond)
+    assert result.finished == expected.finished == [0, 1, 2, 3, 4]
+    for index in (0, 1, 3, 4):
+        assert np.array_equal(result.masks[index][1], expected.masks[index][1]), index
+    assert result.object_scores == expected.object_scores
 
 
 def test_sam2_cancel_keeps_finished_slices(phantom8):
     image, labels = phantom8
     segmenter = Segmenter(random_model(SAM2_TINY_256), image)
     done = []
-    result = propagate(segmenter, 0, 0, 7, {4: {1: labels[4] == VOID}},
-                       on_slice=lambda d, t: done.append(d), should_stop=lambda: len(done) >= 3)
+    result = propagate(
+        segmenter,
+        0,
+        0,
+        7,
+        {4: {1: labels[4] == VOID}},
+        on_slice=lambda d, t: done.append(d),
+        should_stop=lambda: len(done) >= 3,
+    )
     assert result.cancelled
     assert result.finished == [4, 5, 6]
     assert sorted(result.masks) == [4, 5, 6] and sorted(result.object_scores) == [4, 5, 6]
@@ -179,7 +220,7 @@ def test_sam2_reuses_and_fills_the_embedding_cache(phantom8, monkeypatch):
     for index in range(2, 6):
         segmenter.embed(segmenter.plane(0, index))
     ours = count_embeds(monkeypatch, predictor)
-    upstreams = _count_forward_calls(monkeypatch, propagation.video_predictor(predictor).image_encoder)
+    upstreams = _count_forward_calls(monkeypatch, predictor.video_predictor().image_encoder)
     result = propagate(segmenter, 0, 0, 7, {4: {1: labels[4] == VOID}})
     assert result.finished == list(range(8))
     assert len(ours) == 4 and len(upstreams) == 0  # slices 0, 1, 6 and 7, once each
@@ -324,8 +365,15 @@ def test_projection_cancel():
     labels = _truth()
     segmenter = Segmenter(OraclePredictor(), (labels * 100).astype(np.uint8))
     done = []
-    result = propagate(segmenter, 0, 0, 15, {8: {1: labels[8] == 1}},
-                       on_slice=lambda d, t: done.append(d), should_stop=lambda: len(done) >= 4)
+    result = propagate(
+        segmenter,
+        0,
+        0,
+        15,
+        {8: {1: labels[8] == 1}},
+        on_slice=lambda d, t: done.append(d),
+        should_stop=lambda: len(done) >= 4,
+    )
     assert isinstance(result, PropagationResult) and result.cancelled
     assert result.finished == [8, 9, 10, 11] and sorted(result.masks) == [8, 9, 10, 11]
 

@@ -14,7 +14,9 @@ def test_readme_python_api_example_runs(monkeypatch, mobile_sam):
     text = README.read_text()
     section = text[text.index("## Python API") : text.index("## Layout")]
     code = "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
-    monkeypatch.setattr(rwth_sam, "load_model", lambda name, **kwargs: mobile_sam if name == "mobile_sam_vit_t" else None)
+    monkeypatch.setattr(
+        rwth_sam, "load_model", lambda name, **kwargs: mobile_sam if name == "mobile_sam_vit_t" else None
+    )
     namespace = {}
     exec(compile(code, str(README), "exec"), namespace)
     labels, refined, result = namespace["labels"], namespace["refined"], namespace["result"]

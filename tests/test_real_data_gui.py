@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rwth_sam.ui.profile_store import PROFILES
+from rwth_sam.core.labels.profile_store import PROFILES
 from rwth_sam.ui.widget import AUTOMATIC_MODE
 
 from conftest import PERMISSIVE

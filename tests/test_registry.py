@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
 import torch
 
@@ -163,10 +165,10 @@ def test_entry_points_add_models(isolated_registry, monkeypatch):
     single = make_spec("plugin_single")
     many = [make_spec("plugin_a"), make_spec("plugin_b")]
     entries = [
-        FakeEntryPoint("factory", lambda: (lambda: make_spec("plugin_factory"))),
+        FakeEntryPoint("factory", lambda: lambda: make_spec("plugin_factory")),
         FakeEntryPoint("spec", lambda: single),
         FakeEntryPoint("list", lambda: many),
-        FakeEntryPoint("list_factory", lambda: (lambda: [make_spec("plugin_c")])),
+        FakeEntryPoint("list_factory", lambda: lambda: [make_spec("plugin_c")]),
     ]
     calls = fake_entry_points(monkeypatch, *entries)
 
@@ -214,3 +216,60 @@ def test_a_broken_entry_point_warns_and_the_others_still_load(isolated_registry,
     assert len(messages) == 4
     assert "plugin_before" in names and "plugin_after" in names
     assert rwth_sam.get_model_spec("sam_vit_b").family == "SAM"  # the clash did not replace it
+
+
+# ---------------------------------------------------------------------------------------------
+# What each family can do
+
+
+FAMILY_CAPABILITIES = {
+    "SAM": rwth_sam.Capabilities(mask_generator=True),
+    "MobileSAM": rwth_sam.Capabilities(mask_generator=True),
+    "SAM-HQ": rwth_sam.Capabilities(mask_generator=True, hq_tokens=True),
+    "SAM 2.1": rwth_sam.Capabilities(mask_generator=True, video_propagation=True),
+}
+
+
+def test_each_built_in_family_declares_its_capabilities():
+    for name, family in BUILT_IN.items():
+        make = rwth_sam.get_model_spec(name).make_predictor
+        predictor_class = make.func if isinstance(make, partial) else make
+        assert predictor_class.capabilities == FAMILY_CAPABILITIES[family], name
+
+
+class OneMaskPredictor(rwth_sam.Predictor):
+    """A third party's family: one mask per prompt, no generator, no video predictor."""
+
+    capabilities = rwth_sam.Capabilities(multimask=False)
+
+    def __init__(self):
+        super().__init__(torch.nn.Identity(), "one-mask", torch.device("cpu"))
+        self.asked_multimask = []
+
+    @property
+    def input_size(self) -> int:
+        return 64
+
+    def _embed(self, rgb):
+        return rwth_sam.Embedding(None, rgb.shape[:2], self.name)
+
+    def _predict(self, embedding, prompts, multimask, all_masks):
+        self.asked_multimask.append(multimask)
+        shape = embedding.image_size
+        return rwth_sam.Prediction(
+            np.ones((1, *shape), bool), np.ones(1, np.float32), np.zeros((1, 16, 16), np.float32)
+        )
+
+
+def test_a_capability_the_predictor_lacks_is_refused_with_its_name():
+    predictor = OneMaskPredictor()
+    embedding = predictor.embed(np.zeros((8, 8, 3), np.uint8))
+    lone_point = rwth_sam.Prompts.make(points=[(2, 2)])
+    assert predictor.predict(embedding, lone_point).mask.shape == (8, 8)
+    assert predictor.asked_multimask == [False]  # a lone point asks for one mask here
+    with pytest.raises(rwth_sam.InputError, match="^one-mask predicts one mask per prompt: it has no multimask output"):
+        predictor.predict(embedding, lone_point, multimask=True)
+    with pytest.raises(rwth_sam.InputError, match="^one-mask has no automatic mask generator.$"):
+        predictor.make_mask_generator({})
+    with pytest.raises(rwth_sam.InputError, match="^one-mask has no video predictor.$"):
+        predictor.video_predictor()

@@ -8,20 +8,23 @@ labels between start and end.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from vispy.util import keys
 
 import rwth_sam
+from rwth_sam.core.embeddings.segmenter import Segmenter
+from rwth_sam.core.labels.profile_store import PROFILES
 from rwth_sam.core.phantom import VOID, battery_phantom
-from rwth_sam.ui.profile_store import PROFILES
-from rwth_sam.ui.volume_panel import _describe_flags
 from rwth_sam.ui.widget import VOLUME_MODE
 
-from conftest import count_embeds, dice
+from conftest import ORACLE, OraclePredictor, count_embeds, dice
 from napari_helpers import SCREENSHOTS, dock, middle_click, middle_drag, run_3d, wait_idle
 
 pytestmark = pytest.mark.gui
+
 
 @pytest.mark.parametrize(
     "order, start, end",
@@ -35,7 +38,9 @@ def test_oracle_reproduces_liver_and_kidney_between_start_and_end(
     folder = shared_data / "medct_totalseg_wholebody"
     ct = np.asarray(nibabel.load(folder / "example_ct.nii.gz").dataobj).astype(np.int16)
     truth = np.asarray(nibabel.load(folder / "example_seg_fast_force_split.nii.gz").dataobj)
-    widget, labels, panel = run_3d(viewer, qtbot, oracle_checkpoint, ct, truth, order, start, end, ["liver", "kidney right"])
+    widget, labels, panel = run_3d(
+        viewer, qtbot, oracle_checkpoint, ct, truth, order, start, end, ["liver", "kidney right"]
+    )
     panel.full.clicked.emit()
     wait_idle(qtbot, widget, timeout=120_000)
     SCREENSHOTS.mkdir(exist_ok=True)
@@ -65,8 +70,8 @@ def test_cancel_keeps_finished_slices_and_undo_removes_them(viewer, qtbot, share
         if done == 5:
             panel.cancel.clicked.emit()
 
-    panel.progress.advanced.connect(cancel_after_five)
     panel.full.clicked.emit()
+    panel.current_run.advanced.connect(cancel_after_five)
     wait_idle(qtbot, widget, timeout=120_000)
     written = sorted({int(i) for i in np.nonzero(labels.data == 5)[0]})
     assert 5 <= len(written) < 41, written
@@ -83,7 +88,7 @@ def test_a_corrected_slice_is_propagated_onward(viewer, qtbot, shared_data, orac
     ct = np.asarray(nibabel.load(folder / "example_ct.nii.gz").dataobj).astype(np.int16)
     truth = np.asarray(nibabel.load(folder / "example_seg_fast_force_split.nii.gz").dataobj)
     widget, labels, panel = run_3d(viewer, qtbot, oracle_checkpoint, ct, truth, (0, 1, 2), 60, 80, ["liver"])
-    panel.conditioning[70][1][:] = False  # as if the model had lost the liver on the middle slice
+    panel.session.conditioning[70][1][:] = False  # as if the model had lost the liver on the middle slice
     panel.full.clicked.emit()
     wait_idle(qtbot, widget, timeout=120_000)
     assert not (labels.data[71:81] == 5).any()
@@ -95,7 +100,7 @@ def test_a_corrected_slice_is_propagated_onward(viewer, qtbot, shared_data, orac
     wait_idle(qtbot, widget)
     panel.correct.clicked.emit()
     wait_idle(qtbot, widget, timeout=120_000)
-    assert 75 in panel.conditioning, "the correction must stay as a conditioning slice"
+    assert 75 in panel.session.conditioning, "the correction must stay as a conditioning slice"
     corrected = slice(75, 81)
     assert dice(labels.data[corrected] == 5, truth[corrected] == 5) >= 0.99
     assert not (labels.data[71:75] == 5).any(), "only slices from the correction onward are re-propagated"
@@ -126,7 +131,7 @@ def test_the_range_is_embedded_ahead_so_propagation_only_tracks(viewer, qtbot, c
     encodings = count_embeds(monkeypatch, widget.workspace.loaded)
     panel.full.clicked.emit()
     wait_idle(qtbot, widget)
-    assert panel.propagated and "Propagation done: 8 slices" in widget.status.value
+    assert panel.session.propagated and "Propagation done: 8 slices" in widget.status.value
     assert encodings == []
     assert (labels.data[2:10] == widget.label_value.value).any()
 
@@ -140,7 +145,7 @@ def test_brush_edits_set_an_object_on_a_slice_and_replace_its_earlier_result(vie
     truth = np.zeros((20, 48, 56), np.uint8)
     liver = PROFILES.get("Abdominal CT").class_by_name("liver").value
     truth[((z - 9.5) / 12) ** 2 + ((y - 24) / 16) ** 2 + ((x - 28) / 20) ** 2 <= 1] = liver
-    ct = (truth.astype(np.int16) * 40 - 100 + (z * 3).astype(np.int16))  # every slice looks different
+    ct = truth.astype(np.int16) * 40 - 100 + (z * 3).astype(np.int16)  # every slice looks different
     scale = (4.0, 0.7, 0.9)  # anisotropic voxels: slices 4 mm apart
     widget, labels, panel = run_3d(viewer, qtbot, oracle_checkpoint, ct, truth, (0, 1, 2), 2, 17, ["liver"], scale)
 
@@ -168,12 +173,12 @@ def test_brush_edits_set_an_object_on_a_slice_and_replace_its_earlier_result(vie
     panel.correct.clicked.emit()
     wait_idle(qtbot, widget)
     assert not labels.data.any(), "before the full segmentation, an edit only changes the object's mask"
-    assert np.array_equal(panel.conditioning[9][1], edited_middle)
+    assert np.array_equal(panel.session.conditioning[9][1], edited_middle)
 
     users_own = np.zeros(truth.shape, bool)
     users_own[12:18, 30:, 40:] = True  # a label of the user's, under the liver's lower right part
     labels.data[users_own] = 7
-    widget.overwrite.value = True
+    widget.overwrite_labels.value = True
     panel.full.clicked.emit()
     wait_idle(qtbot, widget)
     assert np.array_equal(labels.data[9] == liver, edited_middle)
@@ -192,7 +197,7 @@ def test_brush_edits_set_an_object_on_a_slice_and_replace_its_earlier_result(vie
     assert (erased & users_own[14]).any()
     assert (labels.data[14][erased & users_own[14]] == 7).all(), "the overwritten label of the user's must come back"
     assert not labels.data[14][erased & ~users_own[14]].any()
-    assert np.array_equal(panel.conditioning[14][1], edited)
+    assert np.array_equal(panel.session.conditioning[14][1], edited)
     assert np.array_equal(labels.data[:14], before[:14]), "slices before the correction must not change"
     assert np.array_equal(labels.data[15:18] == liver, truth[15:18] == liver)
     assert (labels.data[users_own & (truth != liver)] == 7).all()
@@ -212,7 +217,7 @@ def test_flagged_slices_are_listed_and_shown_in_turn(viewer, qtbot, oracle_check
     assert not panel.next_flag.enabled
     panel.full.clicked.emit()
     wait_idle(qtbot, widget)
-    assert [flag[:2] for flag in panel.flags] == [(9, 1)]
+    assert [flag[:2] for flag in panel.session.flags] == [(9, 1)]
     assert "slice 9" in panel.flags_label.value and panel.next_flag.enabled
     viewer.dims.set_point(0, 12 * 3.0)
     panel.next_flag.clicked.emit()  # after the last flagged slice: back to the first
@@ -220,9 +225,84 @@ def test_flagged_slices_are_listed_and_shown_in_turn(viewer, qtbot, oracle_check
     assert widget.status.value.startswith("Slice 9: object 1: area")
 
 
-def test_the_flag_list_stays_short():
-    """Many flags: slices once each, the first six and a count (the reasons come with the button)."""
-    flags = [(index, obj, "a long reason " * 5) for index in range(20, 10, -1) for obj in (1, 2)]
-    assert _describe_flags(flags) == "To check: slices 11, 12, 13, 14, 15, 16 and 4 more"
-    assert _describe_flags([(9, 1, "area")]) == "To check: slice 9"
-    assert _describe_flags([]) == ""
+def liver_volume():
+    """A synthetic liver over slices 0–19 of a (20, 48, 56) CT, every slice looking different."""
+    z, y, x = np.mgrid[:20, :48, :56]
+    truth = np.zeros((20, 48, 56), np.uint8)
+    liver = PROFILES.get("Abdominal CT").class_by_name("liver").value
+    truth[((z - 9.5) / 12) ** 2 + ((y - 24) / 16) ** 2 + ((x - 28) / 20) ** 2 <= 1] = liver
+    return truth.astype(np.int16) * 40 - 100 + (z * 3).astype(np.int16), truth, liver
+
+
+def test_refine_after_the_intensity_window_changed_starts_from_the_box(viewer, qtbot, oracle_checkpoint, monkeypatch):
+    """The defect: the 3D session was reset only when the sliced axis changed, so after a change of
+    the intensity window *Refine* fed the model the logits it had predicted under the old window
+    (from another embedding). Now they are dropped; the session (range, objects, masks) stays."""
+    ct, truth, liver = liver_volume()
+    widget, labels, panel = run_3d(viewer, qtbot, oracle_checkpoint, ct, truth, (0, 1, 2), 2, 17, ["liver"], (1, 1, 1))
+    image = viewer.layers["ct"]
+    fed = []
+    original = Segmenter.predict
+
+    def recording(self, plane, points=None, labels=None, box=None, mask_logits=None, **kwargs):
+        if points is not None and box is not None:  # a refinement: the clicks with the object's box
+            fed.append(mask_logits)
+        return original(self, plane, points, labels, box=box, mask_logits=mask_logits, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "predict", recording)
+
+    def refine():
+        middle_click(viewer, image.data_to_world((9, 24, 28)))
+        wait_idle(qtbot, widget)
+        panel.refine.clicked.emit()
+        wait_idle(qtbot, widget)
+
+    refine()
+    assert len(fed) == 1 and fed[0] is not None, "under the same window, Refine goes on from the last logits"
+    image.contrast_limits = (-200, 300)
+    window = rwth_sam.IntensityWindow(-200, 300)
+    for index in range(ct.shape[0]):  # the oracle recognises the slices under the new window too
+        rgb = rwth_sam.to_rgb(ct[index], window)
+        OraclePredictor.truth_by_slice[hashlib.blake2b(rgb.tobytes()).digest()] = truth[index]
+    qtbot.wait(500)  # the widget re-segments once the contrast limits stop changing
+    wait_idle(qtbot, widget)
+    refine()
+    assert len(fed) == 2 and fed[1] is None, "the old window's logits were fed after the window changed"
+    assert (
+        panel.range_label.value == "Slices 2–17 (axis 0), middle 9" and panel.objects_label.value == "Objects: 1 liver"
+    )
+    assert np.array_equal(panel.session.conditioning[9][1], truth[9] == liver)
+    refine()
+    assert len(fed) == 3 and fed[2] is not None, "the new window's logits serve the next refinement"
+
+
+@pytest.mark.parametrize("switch", ["another image", "another model"])
+def test_after_switching_the_image_or_the_model_nothing_of_the_old_session_is_used(
+    viewer, qtbot, oracle_checkpoint, switch
+):
+    ct, truth, liver = liver_volume()
+    widget, labels, panel = run_3d(viewer, qtbot, oracle_checkpoint, ct, truth, (0, 1, 2), 2, 17, ["liver"], (1, 1, 1))
+    panel.full.clicked.emit()
+    wait_idle(qtbot, widget)
+    assert "Propagation done: 16 slices" in widget.status.value
+    written = labels.data.copy()
+    if switch == "another image":
+        widget.image_picker.value = viewer.add_image(ct.copy(), name="ct 2", contrast_limits=(-160, 240))
+    else:
+        widget.model.changed.emit(ORACLE)
+    assert panel.range_label.value == "Range: not set" and panel.objects_label.value == "Objects: none"
+    assert panel.object_choice.choices == () and panel.flags_label.value == "" and not panel.next_flag.enabled
+    panel.full.clicked.emit()
+    assert widget.status.value == "Segment the middle slice first."
+    panel.refine.clicked.emit()
+    assert widget.status.value == "Set the start and the end slice first."
+    viewer.dims.set_point(0, 2)
+    panel.set_start.clicked.emit()
+    viewer.dims.set_point(0, 17)
+    panel.set_end.clicked.emit()
+    panel.correct.clicked.emit()
+    assert widget.status.value == "Add a box for at least one object first."
+    panel.segment_middle.clicked.emit()
+    assert widget.status.value == "Add a box for at least one object first."
+    wait_idle(qtbot, widget)
+    assert np.array_equal(labels.data, written)

@@ -221,7 +221,6 @@ class FakeProgress:
         self.closed = True
 
 
-
 def test_download_verifies_caches_and_then_works_offline(mobile_checkpoint, server, cache, register):
     weights = make_weights(mobile_checkpoint, server.url("ckpt.pt"))
     name = register(weights)

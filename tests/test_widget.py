@@ -39,7 +39,9 @@ def test_widget_docks_from_the_manifest(viewer, checkpoint):
 
 def test_click_box_and_submit_on_a_3d_volume(viewer, checkpoint, qtbot, rng):
     volume = rng.integers(0, 4000, (5, 60, 80)).astype(np.int16)
-    image = viewer.add_image(volume, name="volume", scale=(3.0, 0.5, 0.5), translate=(10, -4, 7), contrast_limits=(500, 3000))
+    image = viewer.add_image(
+        volume, name="volume", scale=(3.0, 0.5, 0.5), translate=(10, -4, 7), contrast_limits=(500, 3000)
+    )
     widget = dock(viewer, checkpoint)
     labels = widget.create_labels_layer()
     viewer.dims.set_point(0, image.data_to_world((2, 0, 0))[0])
@@ -61,7 +63,9 @@ def test_click_box_and_submit_on_a_3d_volume(viewer, checkpoint, qtbot, rng):
     middle_click(viewer, image.data_to_world((2, 10, 12)), keys.CONTROL)
     wait_idle(qtbot, widget)
     assert widget.prompts.labels == [1, 0]
-    second = expected_mask(volume, plane, window, points=widget.prompts.points, labels=[1, 0], mask_logits=first.best_logits)
+    second = expected_mask(
+        volume, plane, window, points=widget.prompts.points, labels=[1, 0], mask_logits=first.best_logits
+    )
     np.testing.assert_array_equal(widget.preview_mask(plane), second.mask)
 
     # Shift+middle drag: a rectangle is visible while dragging, then becomes the box prompt
@@ -123,7 +127,7 @@ def test_submit_keeps_other_labels_unless_overwrite(viewer, checkpoint, qtbot, r
     assert "kept" in widget.status.value
     middle_click(viewer, image.data_to_world((20, 20)))
     wait_idle(qtbot, widget)
-    widget.overwrite.value = True
+    widget.overwrite_labels.value = True
     widget.submit()
     assert np.array_equal(labels.data == 2, preview)
 
@@ -226,7 +230,9 @@ def test_prompts_made_while_busy_coalesce_and_stale_results_are_dropped(viewer, 
     gate.set()
     wait_idle(qtbot, widget)
     assert shown.count(True) == 1, "a stale preview was shown"
-    expected = expected_mask(volume, rwth_sam.SlicePlane.of(volume.shape), None, points=widget.prompts.points, labels=[1, 1, 1])
+    expected = expected_mask(
+        volume, rwth_sam.SlicePlane.of(volume.shape), None, points=widget.prompts.points, labels=[1, 1, 1]
+    )
     np.testing.assert_array_equal(widget._preview_layer.data == 1, expected.mask)
 
 
@@ -245,7 +251,9 @@ def test_select_and_delete_prompt_points_with_keys(viewer, checkpoint, qtbot, rn
     press_key(viewer, "Ctrl+K")
     wait_idle(qtbot, widget)
     assert widget.prompts.labels == [1, 1] and widget.prompts.selected == set()
-    expected = expected_mask(volume, rwth_sam.SlicePlane.of(volume.shape), None, points=widget.prompts.points, labels=[1, 1])
+    expected = expected_mask(
+        volume, rwth_sam.SlicePlane.of(volume.shape), None, points=widget.prompts.points, labels=[1, 1]
+    )
     np.testing.assert_array_equal(widget._preview_layer.data == 1, expected.mask)
 
     press_key(viewer, "Ctrl+Shift+K")
@@ -282,7 +290,7 @@ def test_contrast_change_resegments_with_the_new_window(viewer, checkpoint, qtbo
     points = widget.prompts.points
     for limits in [(100, 3000), (200, 2500), (1000, 2000)]:  # a slider drag: one re-segmentation at the end
         image.contrast_limits = limits
-    qtbot.waitUntil(lambda: not widget._window_timer.isActive(), timeout=5_000)
+    qtbot.waitUntil(lambda: widget.prompts.identity.window[1] == (1000, 2000), timeout=5_000)
     wait_idle(qtbot, widget)
     expected = expected_mask(volume, plane, rwth_sam.IntensityWindow(1000, 2000), points=points, labels=[1])
     np.testing.assert_array_equal(widget._preview_layer.data == 1, expected.mask)
@@ -291,7 +299,7 @@ def test_contrast_change_resegments_with_the_new_window(viewer, checkpoint, qtbo
 
 
 def test_submit_to_a_profile_class_and_in_instance_mode(viewer, checkpoint, qtbot, rng):
-    from rwth_sam.ui.profile_store import PROFILES
+    from rwth_sam.core.labels.profile_store import PROFILES
 
     image = viewer.add_image(rng.integers(0, 255, (48, 64)).astype(np.uint8))
     widget = dock(viewer, checkpoint)
@@ -308,7 +316,9 @@ def test_submit_to_a_profile_class_and_in_instance_mode(viewer, checkpoint, qtbo
     first = widget.prompts.prediction.mask.copy()
     widget.submit()
     assert np.array_equal(labels.data == anode.value, first)
-    np.testing.assert_allclose(labels.colormap.map(anode.value)[:3], np.array(tuple(int(anode.color[i : i + 2], 16) for i in (1, 3, 5))) / 255)
+    np.testing.assert_allclose(
+        labels.colormap.map(anode.value)[:3], np.array(tuple(int(anode.color[i : i + 2], 16) for i in (1, 3, 5))) / 255
+    )
     assert "anode" in list(labels.features["class"])
 
     # instance mode: each object a new id, its class in the features table
@@ -318,7 +328,7 @@ def test_submit_to_a_profile_class_and_in_instance_mode(viewer, checkpoint, qtbo
         widget.classes.value = cls
         middle_click(viewer, image.data_to_world((24, col)))
         wait_idle(qtbot, widget)
-        widget.overwrite.value = True
+        widget.overwrite_labels.value = True
         widget.submit()
     assert set(np.unique(labels.data)) <= {0, 1, 2} and (labels.data == 2).any()
     table = labels.features.set_index("index")["class"]
@@ -335,7 +345,10 @@ def test_moving_through_slices_embeds_the_shown_slice_first_then_neighbours(view
     embedded = []
     predictor = widget.workspace.loaded
     encode = predictor._embed
-    predictor._embed = lambda rgb: (embedded.append(next(i for i in range(8) if np.array_equal(rgb[..., 0], volume[i]))), encode(rgb))[1]
+    predictor._embed = lambda rgb: (
+        embedded.append(next(i for i in range(8) if np.array_equal(rgb[..., 0], volume[i]))),
+        encode(rgb),
+    )[1]
     viewer.dims.set_point(0, 6)
     wait_idle(qtbot, widget)
     assert embedded[0] == 6, "the shown slice must be embedded first"

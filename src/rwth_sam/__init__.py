@@ -14,7 +14,7 @@ from rwth_sam.core.coordinates import LayerGeometry, SlicePlane
 from rwth_sam.core.embeddings.segmenter import EmbeddingCache, Segmenter
 from rwth_sam.core.errors import InputError, RwthSamError, WeightsError
 from rwth_sam.core.models.loading import load_model, wrap_module
-from rwth_sam.core.models.predictors import Embedding, Prediction, Predictor, Prompts
+from rwth_sam.core.models.predictors import Capabilities, Embedding, Prediction, Predictor, Prompts
 from rwth_sam.core.models.registry import ModelSpec, get_model_spec, model_specs, register_model, unregister_model
 from rwth_sam.core.models.weights import Weights
 from rwth_sam.core.preprocessing import CT_WINDOWS, IntensityWindow, to_rgb
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CT_WINDOWS",
+    "Capabilities",
     "Embedding",
     "EmbeddingCache",
     "InputError",

@@ -13,7 +13,9 @@ from rwth_sam.core.models.weights import CHECKPOINT_ENV_VAR, MODEL_ENV_VAR
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rwth_sam", description=__doc__.splitlines()[0])
-    parser.add_argument("image", nargs="?", help="an image file or folder napari can open (default: the battery sample)")
+    parser.add_argument(
+        "image", nargs="?", help="an image file or folder napari can open (default: the battery sample)"
+    )
     parser.add_argument("--model", help=f"the model to start with (a registry name; default: ${MODEL_ENV_VAR})")
     parser.add_argument(
         "--checkpoint", type=Path, help=f"a local checkpoint file for it, used offline (default: ${CHECKPOINT_ENV_VAR})"

@@ -69,11 +69,15 @@ class SlicePlane:
             raise InputError(f"rwth-sam segments 2D images and 3D volumes, not {ndim}D data {self.shape}.")
         axes = {self.row_axis, self.col_axis, self.axis} - {None}
         if len(axes) != ndim or not axes <= set(range(ndim)):
-            raise InputError(f"Axes rows={self.row_axis}, cols={self.col_axis}, sliced={self.axis} do not fit {ndim}D data.")
+            raise InputError(
+                f"Axes rows={self.row_axis}, cols={self.col_axis}, sliced={self.axis} do not fit {ndim}D data."
+            )
         if ndim == 3 and self.index is None:
             raise InputError(f"A slice of a volume needs a slice index along axis {self.axis}.")
         if ndim == 3 and not 0 <= self.index < self.shape[self.axis]:
-            raise InputError(f"Slice {self.index} is outside the volume (axis {self.axis} has {self.shape[self.axis]} slices).")
+            raise InputError(
+                f"Slice {self.index} is outside the volume (axis {self.axis} has {self.shape[self.axis]} slices)."
+            )
 
     @classmethod
     def of(cls, shape: Sequence[int], axis: int | None = None, index: int | None = None) -> SlicePlane:

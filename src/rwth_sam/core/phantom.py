@@ -11,7 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 BACKGROUND, CAN, CATHODE, ANODE, SEPARATOR, VOID, PORE = range(7)
-CLASS_NAMES = {CAN: "casing", CATHODE: "cathode", ANODE: "anode", SEPARATOR: "separator", VOID: "central void", PORE: "pore"}
+CLASS_NAMES = {
+    CAN: "casing",
+    CATHODE: "cathode",
+    ANODE: "anode",
+    SEPARATOR: "separator",
+    VOID: "central void",
+    PORE: "pore",
+}
 _INTENSITY = {BACKGROUND: 10, CAN: 230, CATHODE: 170, ANODE: 90, SEPARATOR: 45, VOID: 20, PORE: 25}
 
 
@@ -48,7 +55,9 @@ def battery_phantom(
         size = rng.uniform(2.0, 4.0)
         labels[(zz - center[0]) ** 2 + (yy - center[1]) ** 2 + (xx - center[2]) ** 2 <= size**2] = PORE
     crack_angle = rng.uniform(-np.pi, np.pi)
-    on_crack = (np.abs(np.angle(np.exp(1j * (angle - crack_angle)))) * radius < 1.0) & (radius > core) & (radius < can_inner)
+    on_crack = (
+        (np.abs(np.angle(np.exp(1j * (angle - crack_angle)))) * radius < 1.0) & (radius > core) & (radius < can_inner)
+    )
     labels[depth // 3 : 2 * depth // 3][:, on_crack] = PORE
 
     lookup = np.zeros(256, np.float32)

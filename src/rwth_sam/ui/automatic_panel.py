@@ -4,9 +4,11 @@ Every generator setting is a control with its explanation as tooltip, bounded as
 and the panel shows what a slice will cost (prompt points, decoder batches, crops) before a run.
 Results go into a labels layer of their own (one per image, every write undoable, never offered as
 a target); the user then clicks an object there (left click) and assigns it to the selected class,
-which writes it into the labels layer like a submit. Both runs show progress and can be cancelled
-between decoder batches: a cancelled slice writes nothing, a cancelled volume keeps finished slices.
-A result whose image was removed or changed during the run is not written.
+which writes it into the labels layer like a submit. Both runs are napari generator workers with a
+progress bar of their own and *Cancel* (their ``quit()``), which stops them between decoder batches:
+a cancelled slice writes nothing, a cancelled volume keeps finished slices. While one runs, the run
+buttons are disabled. A result whose image was removed or changed during the run is not written.
+The panel uses nothing of the main widget but its ``PanelContext``.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from rwth_sam.core.tasks.automatic import (
     generate_volume,
     setting_label,
 )
+from rwth_sam.ui.context import PanelContext
 from rwth_sam.ui.labels_io import commit_block, commit_voxels
 from rwth_sam.ui.reporting import guarded
-from rwth_sam.ui.runner import AUTOMATIC, SliceProgress
+from rwth_sam.ui.runner import AUTOMATIC, Run
 
 RESULT_METADATA = {"rwth_sam_helper": "automatic result"}  # the main widget offers no such layer as a target
 _FLOAT_STEPS = {"stability_score_offset": 0.1}
@@ -43,12 +46,12 @@ _INT32_MAX = 2**31 - 1  # the largest value a spin box holds (min mask region ar
 
 
 def _reported(what: str):
-    """``guarded`` for a panel method: whatever it raises becomes a short message in the owner's status."""
+    """``guarded`` for a panel method: whatever it raises becomes a short message in the status line."""
 
     def decorate(method):
         @functools.wraps(method)
         def run(self, *args, **kwargs):
-            return guarded(what, self.owner.report_error)(method)(self, *args, **kwargs)
+            return guarded(what, self.context.report_error)(method)(self, *args, **kwargs)
 
         return run
 
@@ -56,10 +59,10 @@ def _reported(what: str):
 
 
 class AutomaticPanel(Container):
-    def __init__(self, owner):
+    def __init__(self, context: PanelContext):
         super().__init__(labels=True)
-        self.owner = owner
-        self.viewer: napari.viewer.Viewer = owner.viewer
+        self.context = context
+        self.viewer: napari.viewer.Viewer = context.viewer
         self.setting_controls = {}
         for item in fields(AutomaticSettings):
             label = setting_label(item.name)
@@ -89,7 +92,8 @@ class AutomaticPanel(Container):
         self.run_slice.changed.connect(self.segment_slice)
         self.run_volume.changed.connect(self.segment_volume)
         self.assign.changed.connect(self.assign_selected)
-        self.progress = SliceProgress(self.cancel, owner.status)
+        self.cancel.changed.connect(self._on_cancel)
+        self.current_run: Run | None = None
         self.result_layer: napari.layers.Labels | None = None
         self._result_image = None  # the image layer the result layer belongs to
         self._highest_id = 0  # the highest object id written into it (its max over the volume cost 0.1 s a run)
@@ -114,41 +118,43 @@ class AutomaticPanel(Container):
             text += f" (large: {work.points / default:.0f} times SAM's default, a slice takes long)"
         self.workload.value = text
 
-    def cancel_runs(self) -> None:
-        """Stop any automatic run at its next decoder batch (the main widget calls this when closed,
-        so the process need not wait for a run nobody sees)."""
-        self.progress.cancel_requested.set()
+    def cancel_runs(self, *_) -> None:
+        """*Cancel*: stop the automatic run at its next decoder batch (the main widget calls this too
+        when closed, so the process need not wait for a run nobody sees)."""
+        if self.current_run is not None:
+            self.current_run.quit()
+
+    def _on_cancel(self, *_) -> None:
+        if self.current_run is not None:
+            self.context.say("Cancelling…")
+            self.cancel_runs()
 
     # ----------------------------------------------------------------- runs
     @_reported("Segment everything on this slice")
     def segment_slice(self) -> None:
-        owner = self.owner
+        context = self.context
         self._refuse_a_second_run()
         settings = self.settings()
-        plane = owner.plane_under(self.viewer.dims.point)[0]
-        image = owner.image_layer
-        request = owner.model_request()
-        started = self._start_run(image, settings.workload().batches, "Segmenting this slice")
-        should_stop = self.progress.cancel_requested.is_set
-        advanced = self.progress.advanced.emit
+        plane = context.plane_under(self.viewer.dims.point)[0]
+        image = context.image_layer
+        request = context.model_request()
+        started = self._started(image)
 
-        def job():
-            segmenter = owner.segmenter_for(request)
+        def job(step, should_stop):
+            segmenter = context.segmenter_for(request)
             rgb = segmenter.slice_rgb(plane)
-            return plane, generate_slice(segmenter.predictor, rgb, settings, on_batch=advanced, should_stop=should_stop)
+            return plane, generate_slice(segmenter.predictor, rgb, settings, on_batch=step, should_stop=should_stop)
 
-        owner.status.value = "Segmenting everything on this slice…"
-        owner.runner.submit(
-            AUTOMATIC, job, lambda result: self._on_slice_result(image, started, result), "Segmenting everything",
-            on_finished=self.progress.finish,
-        )  # fmt: skip
+        context.say("Segmenting everything on this slice…")
+        self._run(job, lambda result: self._on_slice_result(image, started, result), "Segmenting this slice",
+                  settings.workload().batches, request)  # fmt: skip
 
     @_reported("Writing the automatic result")
     def _on_slice_result(self, image, started, result) -> None:
         plane, objects = result
         self._check_image(image, started)
         if objects is None:
-            self.owner.status.value = "Automatic: cancelled, nothing was written."
+            self.context.say("Automatic: cancelled, nothing was written.")
             return
         layer, note = self._result_for(image, started)
         new = np.zeros(plane.alone.shape, dtype=layer.data.dtype)
@@ -156,39 +162,35 @@ class AutomaticPanel(Container):
         plane.alone.take(new)[...] = np.where(objects > 0, objects + offset, 0)
         commit_block(layer, plane.block, new)
         self._highest_id = offset + int(objects.max(initial=0))
-        self.owner.status.value = f"Automatic: {int(objects.max(initial=0))} objects on this slice.{note}"
+        self.context.say(f"Automatic: {int(objects.max(initial=0))} objects on this slice.{note}")
 
     @_reported("Segment everything in the volume")
     def segment_volume(self) -> None:
-        owner = self.owner
+        context = self.context
         self._refuse_a_second_run()
         settings = self.settings()
-        plane = owner.plane_under(self.viewer.dims.point)[0]
+        plane = context.plane_under(self.viewer.dims.point)[0]
         if plane.axis is None:
             raise InputError("The image is 2D: use 'Segment everything on this slice'.")
-        image = owner.image_layer
-        request = owner.model_request()
-        started = self._start_run(image, plane.shape[plane.axis], "Segmenting the volume")
-        should_stop = self.progress.cancel_requested.is_set
-        advanced = self.progress.advanced.emit
+        image = context.image_layer
+        request = context.model_request()
+        started = self._started(image)
 
-        def job():
-            segmenter = owner.segmenter_for(request)
-            result = generate_volume(segmenter, plane.axis, settings, on_slice=advanced, should_stop=should_stop)
+        def job(step, should_stop):
+            segmenter = context.segmenter_for(request)
+            result = generate_volume(segmenter, plane.axis, settings, on_slice=step, should_stop=should_stop)
             return plane.axis, result
 
-        owner.status.value = "Segmenting everything in the volume…"
-        owner.runner.submit(
-            AUTOMATIC, job, lambda result: self._on_volume_result(image, started, result), "Segmenting the volume",
-            on_finished=self.progress.finish,
-        )  # fmt: skip
+        context.say("Segmenting everything in the volume…")
+        self._run(job, lambda result: self._on_volume_result(image, started, result), "Segmenting the volume",
+                  plane.shape[plane.axis], request)  # fmt: skip
 
     @_reported("Writing the automatic result")
     def _on_volume_result(self, image, started, axis_and_result) -> None:
         axis, result = axis_and_result
         self._check_image(image, started)
         if not result.finished:
-            self.owner.status.value = "Automatic: cancelled before the first slice finished, nothing was written."
+            self.context.say("Automatic: cancelled before the first slice finished, nothing was written.")
             return
         layer, note = self._result_for(image, started)
         region = np.zeros(layer.data.shape, dtype=bool)
@@ -198,22 +200,37 @@ class AutomaticPanel(Container):
         self._highest_id = max(self._highest_id, int(result.labels.max(initial=0)))
         state = "cancelled, kept" if result.cancelled else "done:"
         count = int(result.labels.max())
-        self.owner.status.value = f"Automatic {state} {len(result.finished)} slices, {count} objects.{note}"
+        self.context.say(f"Automatic {state} {len(result.finished)} slices, {count} objects.{note}")
 
     @property
     def running(self) -> bool:
-        """One automatic run at a time: they share the progress bar and Cancel."""
-        return self.progress.running
+        """One automatic run at a time: they share Cancel."""
+        return self.current_run is not None
 
     def _refuse_a_second_run(self) -> None:
         if self.running:
             raise InputError("An automatic run is in progress: wait for it to finish or Cancel it.")
 
-    def _start_run(self, image, total: int, description: str) -> dict:
-        """Progress and Cancel for a run; what its result is checked against when it comes back."""
-        self.progress.start(total, description)
+    def _started(self, image) -> dict:
+        """What a run's result is checked against when it comes back."""
         result = self.result_layer if self.result_layer in self.viewer.layers else None
         return dict(data=image.data, result=result)
+
+    def _run(self, job, on_result, description: str, total: int, request) -> None:
+        """Start a run (its own progress bar, *Cancel* its ``quit()``; the request's download bar
+        while the model downloads); the run buttons wait for its end."""
+        self.current_run = self.context.runner.submit_run(
+            AUTOMATIC, job, on_result, description, total, on_finished=self._on_run_finished, bar=request.download
+        )
+        self._show_running(True)
+
+    def _on_run_finished(self) -> None:
+        self.current_run = None
+        self._show_running(False)
+
+    def _show_running(self, running: bool) -> None:
+        self.run_slice.enabled = self.run_volume.enabled = not running
+        self.cancel.enabled = running
 
     def _check_image(self, image, started: dict) -> None:
         """Refuse a result whose image was removed or given other data while the run went (the
@@ -270,13 +287,13 @@ class AutomaticPanel(Container):
     @_reported("Assigning the object to the class")
     def assign_selected(self) -> None:
         """Write the selected object into the labels layer with the chosen class, as one undoable step."""
-        owner = self.owner
+        context = self.context
         result = self.result_layer
         if self.selected_object is None or result is None:
             raise InputError("Select an object of the automatic result first (left click).")
         if result not in self.viewer.layers:
             raise InputError("The automatic result layer was deleted: run automatic segmentation again.")
-        labels = owner.target_labels()
+        labels = context.target_labels()
         if tuple(result.data.shape) != tuple(labels.data.shape):
             raise InputError(
                 f"The automatic result has shape {tuple(result.data.shape)} but the labels layer '{labels.name}' "
@@ -286,6 +303,6 @@ class AutomaticPanel(Container):
         indices = compact_indices(np.nonzero(data == self.selected_object), data.shape)
         if len(indices[0]) == 0:
             raise InputError(f"Object {self.selected_object} is no longer in the automatic result: select another.")
-        value = owner.submit_value(labels)
-        written, kept = commit_voxels(labels, indices, value, owner.overwrite.value)
-        owner.record_submission(labels, value, written, kept)
+        value = context.submit_value(labels)
+        written, kept = commit_voxels(labels, indices, value, context.overwrite)
+        context.record_submission(labels, value, written, kept)

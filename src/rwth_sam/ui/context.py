@@ -8,7 +8,8 @@ implements, instead of reaching into the widget's members.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -19,7 +20,18 @@ if TYPE_CHECKING:
     from rwth_sam.core.embeddings.segmenter import Segmenter
     from rwth_sam.core.labels.profiles import SegmentationClass
     from rwth_sam.core.tasks.prompt_session import PromptSession
-    from rwth_sam.ui.runner import LatestJobRunner
+    from rwth_sam.ui.runner import JobBar, LatestJobRunner
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What a worker needs to get the segmenter, read on the GUI thread (widgets and layers are not
+    thread-safe). ``download`` is the job's own bar when the model must be downloaded first: hand
+    it to the runner with the job (``bar=``), which shows it while the job waits and runs."""
+
+    model: tuple  # (name, checkpoint or None, device)
+    image: tuple  # (data, rgb, window choice, contrast limits)
+    download: JobBar | None = None
 
 
 class PanelContext(Protocol):
@@ -42,10 +54,10 @@ class PanelContext(Protocol):
     def model_loaded(self) -> bool:
         """Whether a model is loaded (background work waits for the first click to load one)."""
 
-    def model_request(self) -> Any:
+    def model_request(self) -> ModelRequest:
         """What a worker needs to get the segmenter, read on the GUI thread."""
 
-    def segmenter_for(self, request: Any) -> Segmenter:
+    def segmenter_for(self, request: ModelRequest) -> Segmenter:
         """In a worker: the segmenter of the request's (image, model, window), loading the model if needed."""
 
     # ------------------------------------------------------------------ image and slices

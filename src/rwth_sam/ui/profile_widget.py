@@ -1,8 +1,9 @@
 """Plugins > RWTH SAM > Segmentation profiles: pick, create and edit profiles, and apply one to a labels layer.
 
 A profile is a named list of classes (name, label value, colour, description); see
-``rwth_sam.core.labels.profiles``. Every edit goes through the core's validation and into the session's
-``PROFILES`` store at once, so other widgets see it. ``apply_profile`` colours a labels layer by
+``rwth_sam.core.labels.profiles``, which also holds the rules for new classes and the wording of errors
+in the table. Every edit goes through the core's validation and into the session's ``PROFILES`` store
+(``rwth_sam.core.labels.profile_store``) at once, so other widgets see it. ``apply_profile`` colours a labels layer by
 class and gives it the class names as features, which napari's status bar shows on hover.
 
 The class table is a ``QTableView`` over a model of the profile's classes: cells are drawn on demand
@@ -13,9 +14,7 @@ failure is a short message in the status line and a notification, never a traceb
 
 from __future__ import annotations
 
-import colorsys
 import functools
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -43,17 +42,23 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from superqt.utils import signals_blocked
 
 from rwth_sam.core.errors import RwthSamError
-from rwth_sam.core.labels.profiles import MAX_LABEL_VALUE, Profile, ProfileError, SegmentationClass
-from rwth_sam.ui.profile_store import PROFILES, ProfileStore
+from rwth_sam.core.labels.profile_store import PROFILES, ProfileStore
+from rwth_sam.core.labels.profiles import (
+    MAX_LABEL_VALUE,
+    UNKNOWN_LABEL_COLOR,
+    Profile,
+    ProfileError,
+    SegmentationClass,
+    readable_text_color,
+)
 from rwth_sam.ui.reporting import guarded
 
-UNKNOWN_LABEL_COLOR = "#808080"  # label values that are not in the profile stay visible, in grey
 NAME, VALUE, COLOR, DESCRIPTION = range(4)
 COLUMNS = ("Name", "Value", "Colour", "Description")
 FIELDS = ("name", "value", "color", "description")  # the SegmentationClass field of each column
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
 
 
 def apply_profile(profile: Profile, labels_layer: napari.layers.Labels, unknown: str = UNKNOWN_LABEL_COLOR) -> None:
@@ -65,41 +70,9 @@ def apply_profile(profile: Profile, labels_layer: napari.layers.Labels, unknown:
     labels_layer.features = profile.features()
 
 
-def _free_color(profile: Profile) -> str:
-    """A colour no class of the profile has yet: the palette first, then spread-out hues."""
-    used = {item.color for item in profile.classes}
-    for color in PALETTE:
-        if color not in used:
-            return color
-    for step in range(len(used) + 1):
-        red, green, blue = colorsys.hsv_to_rgb((step * 0.618034) % 1.0, 0.75, 0.9)
-        color = f"#{round(red * 255):02x}{round(green * 255):02x}{round(blue * 255):02x}"
-        if color not in used:
-            return color
-    return "#ffffff"
-
-
-def _text_color(color: str) -> str:
-    qcolor = QColor(color)
-    luminance = 0.299 * qcolor.red() + 0.587 * qcolor.green() + 0.114 * qcolor.blue()
-    return "#000000" if luminance > 140 else "#ffffff"
-
-
 def _user_message(error: RwthSamError) -> str:
-    """An edit's error as the table shows it: rows counted from 1, not ``classes[i]`` (a file's error names
-    its place in the file, and is shown as it is)."""
-    if not isinstance(error, ProfileError) or error.path is None:
-        return str(error)
-    problem = re.sub(r"classes\[(\d+)\]", lambda m: f"row {int(m[1]) + 1}", error.problem)
-    match = re.fullmatch(r"classes\[(\d+)\]\.?(.*)", error.path)
-    if match:
-        field = {"color": "colour", "value": "label value"}.get(match[2], match[2])
-        where = f"Row {int(match[1]) + 1}" + (f", {field}" if field else "")
-        return f"{where}: {problem}"
-    where = {"name": "Profile name", "description": "Profile description", "classes": "Classes"}.get(
-        error.path, error.path
-    )
-    return f"{where}: {problem}" if where else problem
+    """An error as the widget shows it: a profile's error in the table's words (rows, columns)."""
+    return error.table_message() if isinstance(error, ProfileError) else str(error)
 
 
 class ClassTableModel(QAbstractTableModel):
@@ -140,7 +113,7 @@ class ClassTableModel(QAbstractTableModel):
         if column == COLOR:
             return {
                 Qt.BackgroundRole: QColor(item.color),
-                Qt.ForegroundRole: QColor(_text_color(item.color)),
+                Qt.ForegroundRole: QColor(readable_text_color(item.color)),
                 Qt.ToolTipRole: "Double-click (or Enter) to pick the class's colour",
             }.get(role)
         if column == DESCRIPTION and role == Qt.ToolTipRole:
@@ -356,17 +329,10 @@ class ProfileWidget(QWidget):
         profile = self.profile
         if profile is None:
             profile = self.new_profile()
-        if name is None:
-            number = len(profile.classes) + 1
-            while profile.class_by_name(f"class {number}") is not None:
-                number += 1
-            name = f"class {number}"
         try:
-            item = SegmentationClass(
-                name, profile.next_free_value() if value is None else value, color or _free_color(profile), description
-            )
+            item = profile.new_class(name, value, color, description)
         except ProfileError as error:
-            return self._report(error.within(f"classes[{len(profile.classes)}]"))
+            return self._report(error)
         if self._commit(classes=(*profile.classes, item)) is None:
             return None
         self.set_current_cell(len(profile.classes), NAME)
@@ -379,7 +345,7 @@ class ProfileWidget(QWidget):
             item = replace(profile.classes[row], **changes)
         except ProfileError as error:
             self._refresh()
-            return self._report(error.within(f"classes[{row}]"))
+            return self._report(error.in_class(row))
         classes = list(profile.classes)
         classes[row] = item
         return item if self._commit(classes=tuple(classes)) is not None else None
@@ -458,8 +424,7 @@ class ProfileWidget(QWidget):
         profile = self.profile
         if profile is not None and profile.name in self.paths:
             return str(self.paths[profile.name])
-        stem = re.sub(r"[^\w-]+", "_", profile.name.lower()).strip("_") if profile else "profile"
-        return f"{stem or 'profile'}.json"
+        return profile.file_name() if profile is not None else "profile.json"
 
     def _save_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
@@ -505,16 +470,15 @@ class ProfileWidget(QWidget):
     def _refresh_layers(self, *_) -> None:
         current = self.labels_layer
         self._labels_layers = [layer for layer in self.viewer.layers if isinstance(layer, napari.layers.Labels)]
-        self.layer_combo.blockSignals(True)
-        self.layer_combo.clear()
-        self.layer_combo.addItems([layer.name for layer in self._labels_layers])
-        if current in self._labels_layers:
-            self.layer_combo.setCurrentIndex(self._labels_layers.index(current))
-        elif self._labels_layers:
-            active = self.viewer.layers.selection.active
-            index = self._labels_layers.index(active) if active in self._labels_layers else len(self._labels_layers) - 1
-            self.layer_combo.setCurrentIndex(index)
-        self.layer_combo.blockSignals(False)
+        with signals_blocked(self.layer_combo):
+            self.layer_combo.clear()
+            self.layer_combo.addItems([layer.name for layer in self._labels_layers])
+            if current in self._labels_layers:
+                self.layer_combo.setCurrentIndex(self._labels_layers.index(current))
+            elif self._labels_layers:
+                active = self.viewer.layers.selection.active
+                labels = self._labels_layers
+                self.layer_combo.setCurrentIndex(labels.index(active) if active in labels else len(labels) - 1)
         self.apply_button.setEnabled(bool(self._labels_layers) and self.profile is not None)
 
     # ----------------------------------------------------------------- view
@@ -525,12 +489,11 @@ class ProfileWidget(QWidget):
             self.current_name = names[0] if names else None
         profile = self.profile
 
-        self.profile_combo.blockSignals(True)
-        if [self.profile_combo.itemText(i) for i in range(self.profile_combo.count())] != names:
-            self.profile_combo.clear()
-            self.profile_combo.addItems(names)
-        self.profile_combo.setCurrentIndex(names.index(self.current_name) if profile else -1)
-        self.profile_combo.blockSignals(False)
+        with signals_blocked(self.profile_combo):
+            if [self.profile_combo.itemText(i) for i in range(self.profile_combo.count())] != names:
+                self.profile_combo.clear()
+                self.profile_combo.addItems(names)
+            self.profile_combo.setCurrentIndex(names.index(self.current_name) if profile else -1)
         for edit, text in ((self.name_edit, profile.name if profile else ""),
                            (self.description_edit, profile.description if profile else "")):  # fmt: skip
             if edit.text() != text:

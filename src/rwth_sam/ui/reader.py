@@ -20,8 +20,8 @@ from pathlib import Path
 from napari.utils.notifications import show_error, show_info
 from npe2 import PluginManager
 
+from rwth_sam.core.labels.profile_store import PROFILES
 from rwth_sam.core.labels.profiles import Profile, ProfileError, is_profile_file
-from rwth_sam.ui.profile_store import PROFILES
 from rwth_sam.ui.reporting import show_user_error
 
 NO_LAYERS = [(None,)]

@@ -4,19 +4,26 @@ Prompts arrive faster than a CPU can answer them: while a job runs, only the new
 of each kind is kept (older ones are dropped unseen). A waiting prediction runs before a waiting
 embed-ahead, so scrolling never delays the answer to a click; embedding a 3D range ahead comes last.
 
-One napari progress bar shows the runner's work: made when it gets busy, renamed for each job, and
-closed once it has been idle a moment. (A bar per job cost the GUI thread 50 ms at every click.)
+One napari progress bar shows the runner's short jobs: made when it gets busy, renamed for each job,
+and closed once it has been idle a moment. (A bar per job cost the GUI thread 50 ms at every click.)
+A long run (``submit_run``: an automatic slice or volume, a 3D propagation) is a napari generator
+worker with a bar of its own, driven by its yields and closed by napari when it ends; its ``quit()``
+is *Cancel*. A job that may download the model owns a ``JobBar``: made when the job is submitted,
+closed when it ends however it ends, dropped unrun too.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any
 
-from napari.qt.threading import create_worker
+from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
-from qtpy.QtCore import QObject, QTimer, Signal
+from psygnal import Signal as EventedSignal
+from qtpy.QtCore import QTimer
 
 from rwth_sam.ui.reporting import as_user_error
 
@@ -27,6 +34,84 @@ EMBED_AHEAD = "embed ahead"
 EMBED_RANGE = "embed range"
 _PRIORITY = (PREDICT, AUTOMATIC, PROPAGATE, EMBED_AHEAD, EMBED_RANGE)
 IDLE_BEFORE_CLOSING_MS = 1500
+
+Step = Callable[[int, int], None]  # step(done, total), the core's on_batch / on_slice
+
+
+class Run:
+    """A long run's handle on the GUI thread: ``quit()`` is *Cancel* (the run stops at its next
+    step and still hands back what it finished); ``advanced(done, total)`` follows its steps."""
+
+    advanced = EventedSignal(int, int)
+
+    def __init__(self):
+        self.stop_requested = threading.Event()
+
+    def quit(self) -> None:
+        self.stop_requested.set()
+
+
+class JobBar:
+    """The progress bar of a job that may download (the model's weights), for the download to fill
+    from the worker. The runner opens it when the job is submitted, from the event loop (napari's
+    bar processes events, which must not happen inside a mouse callback), and closes it when the
+    job ends, however it ends: a job dropped unrun leaves no bar behind."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self._bar: progress | None = None
+        self._submitted = self._closed = False
+        self._settled = threading.Event()  # opened, or closed before it was
+
+    def _open_soon(self) -> None:
+        self._submitted = True
+        QTimer.singleShot(0, self._open)
+
+    def _open(self) -> None:
+        if not self._closed:
+            bar = progress(desc=self.description)  # napari processes events here: the job may end meanwhile
+            if self._closed:
+                bar.close()
+            else:
+                self._bar = bar
+        self._settled.set()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._settled.set()
+        if self._bar is not None:  # (not `if bar`: a bar of unknown length has no truth value)
+            self._bar.close()
+            self._bar = None
+
+    def bar(self) -> progress | None:
+        """In the job's worker: the bar, once the event loop has made it (none for a job run
+        without the runner)."""
+        if self._submitted:
+            self._settled.wait()
+        return self._bar
+
+
+class _RunWorker(GeneratorWorker):
+    """napari's generator worker, except that ``quit()`` (napari's own cancel button calls it too)
+    asks the run to stop at its next step, and the run's result still comes back: napari's would
+    drop it, and a cancelled volume keeps its finished slices."""
+
+    def __init__(self, func, run: Run, *args, **kwargs):
+        super().__init__(func, run, *args, **kwargs)
+        self._run = run
+
+    def quit(self) -> None:
+        self._run.quit()
+
+
+@dataclass
+class _Job:
+    job: Callable
+    on_result: Callable[[Any], None]
+    description: str
+    on_finished: Callable[[], None] | None
+    run: Run | None = None  # a long run's handle (then job takes step and should_stop)
+    total: int = 0
 
 
 class LatestJobRunner:
@@ -40,7 +125,7 @@ class LatestJobRunner:
     def __init__(self, on_error: Callable[[Exception], None]):
         self._on_error = on_error
         self._worker = None
-        self._pending: dict[str, tuple] = {}
+        self._pending: dict[str, _Job] = {}
         self._shut_down = False
         self._bar = None
         self._close_bar = QTimer(singleShot=True, interval=IDLE_BEFORE_CLOSING_MS)
@@ -62,25 +147,50 @@ class LatestJobRunner:
         on_result: Callable[[Any], None],
         description: str,
         on_finished: Callable[[], None] | None = None,
+        bar: JobBar | None = None,
     ) -> None:
         """Run ``job`` in a worker when the current one ends; ``on_finished`` follows success or error,
-        or the job being dropped unrun (a newer one of its kind came first)."""
+        or the job being dropped unrun (a newer one of its kind came first). ``bar`` is the job's own
+        (a download's), open from now until then."""
         if self._shut_down:
             return
+        self._queue(kind, _Job(job, on_result, description, on_finished), bar)
+
+    def _queue(self, kind: str, job: _Job, bar: JobBar | None) -> None:
+        if bar is not None:
+            bar._open_soon()
+            job.on_finished = _closing(bar, job.on_finished)
         dropped = self._pending.get(kind)
-        self._pending[kind] = (job, on_result, description, on_finished)
-        if dropped is not None and dropped[3] is not None:
-            self._handle(dropped[3], description)
+        self._pending[kind] = job
+        if dropped is not None and dropped.on_finished is not None:
+            self._handle(dropped.on_finished, job.description)
         if self._worker is None:
             self._start_next()
+
+    def submit_run(
+        self,
+        kind: str,
+        job: Callable[[Step, Callable[[], bool]], Any],
+        on_result: Callable[[Any], None],
+        description: str,
+        total: int,
+        on_finished: Callable[[], None] | None = None,
+        bar: JobBar | None = None,
+    ) -> Run:
+        """Like ``submit``, for a run of ``total`` steps: ``job(step, should_stop)`` hands both to the
+        core, which calls ``step(done, total)`` after each step and stops when ``should_stop()``."""
+        run = Run()
+        if not self._shut_down:
+            self._queue(kind, _Job(job, on_result, description, on_finished, run, total), bar)
+        return run
 
     def shut_down(self) -> None:
         """The widget was closed: drop waiting jobs (running their ``on_finished``) and every later result."""
         dropped = list(self._pending.values())
         self._pending.clear()
-        for _, _, description, on_finished in dropped:
-            if on_finished is not None:
-                self._handle(on_finished, description)
+        for job in dropped:
+            if job.on_finished is not None:
+                self._handle(job.on_finished, job.description)
         self._shut_down = True
         self._close_bar.stop()
         self._on_idle()
@@ -105,12 +215,21 @@ class LatestJobRunner:
         kind = next((k for k in _PRIORITY if k in self._pending), None)
         if kind is None:
             return
-        job, on_result, description, on_finished = self._pending.pop(kind)
+        job = self._pending.pop(kind)
+        on_result, description, on_finished, run = job.on_result, job.description, job.on_finished, job.run
         self._close_bar.stop()
-        worker = create_worker(_outcome_of(job), _ignore_errors=True)
-        # shown from the event loop: napari's bar processes events, which must not happen inside a
-        # mouse callback (its drag generator would be re-entered)
-        worker.started.connect(lambda: self._show(description))
+        if run is None:
+            worker = create_worker(_outcome_of(job.job), _ignore_errors=True)
+            # shown from the event loop: napari's bar processes events, which must not happen inside
+            # a mouse callback (its drag generator would be re-entered)
+            worker.started.connect(lambda: self._show(worker, description))
+        else:
+            self._on_idle()  # the run has a bar of its own: one bar, not two
+            worker = create_worker(
+                _steps_of, run, job.job, _worker_class=_RunWorker, _ignore_errors=True,
+                _progress={"total": job.total, "desc": description},
+            )  # fmt: skip
+            worker.yielded.connect(lambda step: run.advanced.emit(*step))
         worker.returned.connect(lambda outcome: self._returned(outcome, on_result, description))
         if on_finished is not None:
             worker.finished.connect(lambda: self._handle(on_finished, description))
@@ -124,18 +243,55 @@ class LatestJobRunner:
         if self._worker is None and not self._shut_down:
             self._close_bar.start()
 
-    def _show(self, description: str) -> None:
-        if self._shut_down:
+    def _show(self, worker, description: str) -> None:
+        if self._shut_down or worker is not self._worker:
             return
-        if self._bar is None:
-            self._bar = progress(total=0, desc=description)
-        else:
+        if self._bar is not None:
             self._bar.set_description(description)
+            return
+        bar = progress(total=0, desc=description)
+        # napari processed events there: jobs may have ended and started meanwhile (a run, with its
+        # own bar), and one of them may have made the shared bar already
+        if self._bar is None and worker is self._worker and not self._shut_down:
+            self._bar = bar
+        else:
+            bar.close()
 
     def _on_idle(self) -> None:  # the timer only runs while no worker does (_start_next stops it)
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _closing(bar: JobBar, on_finished: Callable[[], None] | None) -> Callable[[], None]:
+    """``on_finished``, closing the job's bar first."""
+
+    def finished() -> None:
+        bar._close()
+        if on_finished is not None:
+            on_finished()
+
+    return finished
+
+
+def _steps_of(run: Run, job: Callable[[Step, Callable[[], bool]], Any]) -> Generator[tuple[int, int], None, tuple]:
+    """The core's step callbacks as a generator's yields (what napari's workers and bars follow):
+    ``job`` runs on a thread of its own and its steps queue up here, until it ends. Returns
+    (True, its result) or (False, its exception), as ``_outcome_of``."""
+    steps: queue.SimpleQueue = queue.SimpleQueue()
+    ended = object()
+    outcome = []
+
+    def target():
+        outcome.append(
+            _outcome_of(lambda: job(lambda done, total: steps.put((done, total)), run.stop_requested.is_set))()
+        )
+        steps.put(ended)
+
+    threading.Thread(target=target, name="rwth-sam run", daemon=True).start()
+    while (step := steps.get()) is not ended:
+        yield step
+    return outcome[0]
 
 
 def _outcome_of(job: Callable[[], Any]) -> Callable[[], tuple[bool, Any]]:
@@ -152,50 +308,3 @@ def _outcome_of(job: Callable[[], Any]) -> Callable[[], tuple[bool, Any]]:
             return False, error
 
     return run
-
-
-class SliceProgress(QObject):
-    """Progress bar and Cancel button of a run over many slices.
-
-    The worker reports each finished slice through ``advanced`` (Qt queues it to the GUI thread,
-    where the bar moves) and asks ``cancel_requested.is_set`` between slices; Cancel sets it.
-    """
-
-    advanced = Signal(int, int)
-
-    def __init__(self, cancel_button, status):
-        super().__init__()
-        self._cancel_button = cancel_button
-        self._status = status
-        self.cancel_requested = threading.Event()
-        self._bar = None
-        self.advanced.connect(self._on_advanced)
-        cancel_button.changed.connect(lambda: self.request_cancel())
-
-    @property
-    def running(self) -> bool:
-        return self._bar is not None
-
-    def start(self, total: int, description: str) -> None:
-        self.cancel_requested.clear()
-        self._bar = progress(total=total, desc=description)
-        self._cancel_button.enabled = True
-
-    def request_cancel(self, quietly: bool = False) -> None:
-        """Ask the run to stop at its next slice (``quietly``: without saying so in the status)."""
-        if self._bar is None:
-            return
-        self.cancel_requested.set()
-        if not quietly:
-            self._status.value = "Cancelling…"
-
-    def finish(self) -> None:
-        self._cancel_button.enabled = False
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-    def _on_advanced(self, done: int, total: int) -> None:
-        if self._bar is not None:
-            self._bar.n = done
-            self._bar.refresh()

@@ -8,59 +8,49 @@ embedded in the background (middle first), so the propagation itself mostly only
 are written per object with its class value as one undoable step. After that, correct an object on
 any slice (clicks, or napari's brush and eraser on the preview) and re-propagate from there in the
 direction it lies; a re-propagated slice's earlier result for the object is replaced, the user's
-own labels are kept (and those the earlier result had overwritten come back).
+own labels are kept (and those the earlier result had overwritten come back). A propagation is a
+napari run with its own progress bar; *Cancel* stops it at its next slice, keeping those finished,
+and the buttons that would change the session under it wait for its end.
+
+The panel is a view of a ``VolumeSession`` (the range, objects, masks, runs and their rules, in the
+core): its buttons forward to the session, its labels render the session's events, and it does
+only the napari work (moving the view, the preview, running jobs, writing the labels layer).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import napari
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 
-from rwth_sam.core.coordinates import SlicePlane, range_block
+from rwth_sam.core.coordinates import SlicePlane
 from rwth_sam.core.errors import InputError, RwthSamError
-from rwth_sam.core.labels.labelling import WriteRecord
 from rwth_sam.core.tasks.propagation import propagate
+from rwth_sam.core.tasks.volume_session import (
+    VolumeObject,
+    VolumeSession,
+    describe_flags,
+    run_summary,
+)
+from rwth_sam.ui.context import PanelContext
 from rwth_sam.ui.labels_io import commit_block
-from rwth_sam.ui.runner import EMBED_RANGE, PREDICT, PROPAGATE, SliceProgress
-
-
-@dataclass
-class VolumeObject:
-    """One object to propagate: its box on the middle slice and the class it belongs to."""
-
-    object_id: int
-    box: tuple[float, float, float, float]
-    value: int
-    name: str
+from rwth_sam.ui.runner import EMBED_RANGE, PREDICT, PROPAGATE
+from rwth_sam.ui.runner import Run as RunHandle
 
 
 class VolumePanel(Container):
-    def __init__(self, owner):
+    def __init__(self, context: PanelContext):
         super().__init__(labels=False)
-        self.owner = owner
-        self.viewer: napari.viewer.Viewer = owner.viewer
-        self.axis: int | None = None
-        self.bounds: dict[str, int] = {}
-        self.objects: list[VolumeObject] = []
-        self.conditioning: dict[int, dict[int, np.ndarray]] = {}
-        self.logits: dict[int, np.ndarray] = {}
-        self.propagated = False
-        self.flags: list[tuple[int, int, str]] = []  # (slice, object id, reason): what to look at
-        # what the propagations wrote, per slice: a re-propagated slice replaces it, and leaves
-        # the user's own labels alone
-        self._written = WriteRecord()
-        self._session = 0  # bumped when the session is reset: a run of an older one writes nothing
-        self._stale_reason: str | None = None
-        self._running: _Run | None = None  # the propagation in progress
+        self.context = context
+        self.viewer = context.viewer
+        self.session = VolumeSession()
         self.set_start = PushButton(text="Set start slice")
         self.set_end = PushButton(text="Set end slice")
         self.range_label = Label(value="Range: not set")
         self.add_box = PushButton(text="Add box (drawn with Shift+middle drag) for the class")
         self.objects_label = Label(value="Objects: none")
-        self.object_choice = ComboBox(label="Object", choices=self._object_choices, tooltip="The object to refine or correct")
+        self.object_choice = ComboBox(
+            label="Object", choices=self._object_choices, tooltip="The object to refine or correct"
+        )
         self.segment_middle = PushButton(text="Segment middle slice")
         self.refine = PushButton(text="Refine the object with the clicks on this slice")
         self.edit = PushButton(text="Edit the object here with the brush (in the preview)")
@@ -88,64 +78,71 @@ class VolumePanel(Container):
             (self.next_flag, "Going to the next slice to check", self.go_to_next_flag),
         ]
         for button, what, action in actions:
-            button.changed.connect(owner.guard(what, action))
-        self.progress = SliceProgress(self.cancel, owner.status)
+            button.changed.connect(context.guard(what, action))
+        self.cancel.changed.connect(self._on_cancel)
+        self.current_run: RunHandle | None = None  # the propagation going on (its quit() is Cancel)
+        session = self.session
+        session.changed.connect(self._show_state)
+        session.flags_changed.connect(self._show_flags)
+        session.restarted.connect(self.cancel_runs)  # the run would write nothing: stop it now
+        session.objects.events.removed.connect(lambda *_: self.object_choice.reset_choices())
+        session.objects.events.inserted.connect(self._on_object_added)
 
-    # ----------------------------------------------------------------- range
+    # ----------------------------------------------------------------- view
+    def _show_state(self) -> None:
+        self.range_label.value = self.session.describe_range()
+        self.objects_label.value = self.session.describe_objects()
+
+    def _show_flags(self) -> None:
+        self.flags_label.value = describe_flags(self.session.flags)
+        self.next_flag.enabled = bool(self.session.flags)
+
+    def _object_choices(self, _widget=None) -> list[tuple[str, int]]:
+        return [(f"{obj.object_id} {obj.name}", obj.object_id) for obj in self.session.objects]
+
+    def _on_object_added(self, _index: int, obj: VolumeObject) -> None:
+        self.object_choice.reset_choices()
+        self.object_choice.value = obj.object_id
+
     def _current_plane(self) -> SlicePlane:
-        plane = self.owner.plane_under(self.viewer.dims.point)[0]
+        plane = self.context.plane_under(self.viewer.dims.point)[0]
         if plane.axis is None:
             raise InputError("3D propagation needs a volume; this image is 2D.")
         return plane
 
-    def _set_bound(self, which: str) -> None:
-        try:
-            plane = self._current_plane()
-        except RwthSamError as error:
-            return self.owner.report_error(error)
-        if self.axis != plane.axis:
-            self.reset(keep_axis=False)
-            self.axis = plane.axis
-        self.bounds[which] = plane.index
-        if len(self.bounds) == 2:
-            self._go_to(self.middle)
-            self.embed_range()
-        self._show_state()
-
-    @property
-    def start(self) -> int:
-        return min(self.bounds.values())
-
-    @property
-    def end(self) -> int:
-        return max(self.bounds.values())
-
-    @property
-    def middle(self) -> int:
-        return (self.start + self.end) // 2
-
     def _go_to(self, index: int) -> None:
-        image = self.owner.image_layer
-        point = np.zeros(len(self.owner.image_shape()))
-        point[self.axis] = index
-        world_axis = self.viewer.dims.ndim - len(point) + self.axis
-        self.viewer.dims.set_point(world_axis, image.data_to_world(point)[self.axis])
+        image = self.context.image_layer
+        point = np.zeros(len(self.context.image_shape()))
+        point[self.session.axis] = index
+        world_axis = self.viewer.dims.ndim - len(point) + self.session.axis
+        self.viewer.dims.set_point(world_axis, image.data_to_world(point)[self.session.axis])
 
     def _middle_plane(self) -> SlicePlane:
-        if len(self.bounds) != 2:
-            raise InputError("Set the start and the end slice first.")
+        self.session.require_range()
         plane = self._current_plane()
-        if plane.axis != self.axis or plane.index != self.middle:
-            self._go_to(self.middle)
+        if plane.axis != self.session.axis or plane.index != self.session.middle:
+            self._go_to(self.session.middle)
             plane = self._current_plane()
         return plane
 
     def _range_plane(self) -> SlicePlane:
         """The slice shown, which must be one of the range's."""
         plane = self._current_plane()
-        if len(self.bounds) != 2 or plane.axis != self.axis or not self.start <= plane.index <= self.end:
-            raise InputError("Go to a slice between the start and the end slice first.")
+        self.session.require_in_range(plane.axis, plane.index)
         return plane
+
+    def _show_slice_preview(self, plane: SlicePlane) -> None:
+        self.context.show_preview(plane, self.session.union_on(plane.index, plane.size))
+
+    # ----------------------------------------------------------------- range
+    def _set_bound(self, which: str) -> None:
+        try:
+            plane = self._current_plane()
+        except RwthSamError as error:
+            return self.context.report_error(error)
+        if self.session.set_bound(which, plane.axis, plane.index):
+            self._go_to(self.session.middle)
+            self.embed_range()
 
     def embed_range(self) -> None:
         """Embed the range's slices in the background, from the middle outward, once a model is
@@ -154,294 +151,219 @@ class VolumePanel(Container):
         It yields to any other work (clicks, scrolling, the propagation itself) and resumes after
         it; it stops when the cache's budget is full of slices nearer the middle.
         """
-        owner = self.owner
-        if owner.workspace.loaded is None or len(self.bounds) != 2:
+        context, session = self.context, self.session
+        if not context.model_loaded or not session.has_range:
             return
         try:
-            request = owner.model_request()
+            request = context.model_request()
         except RwthSamError:
             return
-        runner, axis, start, end = owner.runner, self.axis, self.start, self.end
+        runner, axis, start, end = context.runner, session.axis, session.start, session.end
 
         def job():
-            segmenter = owner.segmenter_for(request)
+            segmenter = context.segmenter_for(request)
             plane = segmenter.plane(axis, (start + end) // 2)
             segmenter.prefetch(plane, end - start, should_stop=lambda: runner.has_waiting, within=(start, end))
             return runner.has_waiting
 
         def resume(interrupted: bool) -> None:
-            if interrupted and len(self.bounds) == 2 and (self.axis, self.start, self.end) == (axis, start, end):
+            if interrupted and session.has_range and (session.axis, session.start, session.end) == (axis, start, end):
                 self.embed_range()
 
-        runner.submit(EMBED_RANGE, job, resume, "Embedding the range ahead")
+        runner.submit(EMBED_RANGE, job, resume, "Embedding the range ahead", bar=request.download)
 
     # ----------------------------------------------------------------- objects
-    def _object_choices(self, _widget=None) -> list[tuple[str, int]]:
-        return [(f"{obj.object_id} {obj.name}", obj.object_id) for obj in self.objects]
-
-    def _selected_object(self) -> VolumeObject:
-        chosen = self.object_choice.value
-        for obj in self.objects:
-            if obj.object_id == chosen:
-                return obj
-        raise InputError("Add a box for at least one object first.")
-
     def add_object(self) -> None:
-        owner = self.owner
+        context = self.context
         try:
             plane = self._middle_plane()
-            box = owner.prompts.box
-            if box is None or owner.prompts.plane != plane:
+            box = context.prompts.box
+            if box is None or context.prompts.plane != plane:
                 raise InputError("Draw a box on the middle slice first (Shift+middle drag).")
-            labels = owner.target_labels()
-            value = owner.submit_value(labels, taken=[obj.value for obj in self.objects])
+            labels = context.target_labels()
+            value = context.submit_value(labels, taken=self.session.taken_values())
         except RwthSamError as error:
-            return owner.report_error(error)
-        segment_class = owner.classes.value
-        name = segment_class.name if segment_class is not None else f"label {value}"
-        self.objects.append(VolumeObject(len(self.objects) + 1, box, value, name))
-        self.object_choice.reset_choices()
-        self.object_choice.value = self.objects[-1].object_id
-        owner.clear_prompts()
-        self._show_state()
+            return context.report_error(error)
+        segment_class = context.selected_class
+        self.session.add_object(box, value, segment_class.name if segment_class is not None else f"label {value}")
+        context.clear_prompts()
 
     def segment_middle_slice(self) -> None:
         """The image predictor on the middle slice, one box per object."""
-        owner = self.owner
+        context, session = self.context, self.session
         try:
             plane = self._middle_plane()
-            if not self.objects:
+            if not session.objects:
                 raise InputError("Add a box for at least one object first.")
-            request = owner.model_request()
+            request = context.model_request()
         except RwthSamError as error:
-            return owner.report_error(error)
-        objects = list(self.objects)
+            return context.report_error(error)
+        objects, generation, identity = list(session.objects), session.generation, session.identity
 
         def job():
-            segmenter = owner.segmenter_for(request)
-            return plane, {obj.object_id: segmenter.predict(plane, box=obj.box) for obj in objects}
+            segmenter = context.segmenter_for(request)
+            return {obj.object_id: segmenter.predict(plane, box=obj.box) for obj in objects}
 
-        owner.status.value = "Segmenting the middle slice…"
-        owner.runner.submit(PREDICT, job, self._on_middle, "Segmenting the middle slice")
+        def apply(predictions) -> None:
+            masks = {object_id: p.mask for object_id, p in predictions.items()}
+            logits = {object_id: p.best_logits for object_id, p in predictions.items()}
+            if not session.set_middle(generation, identity, plane.index, masks, logits):
+                return
+            self._show_slice_preview(plane)
+            context.say(f"Middle slice: {len(predictions)} objects. Refine, then run the full segmentation.")
+            self.embed_range()  # the model is loaded now
 
-    def _on_middle(self, result) -> None:
-        plane, predictions = result
-        self.conditioning = {plane.index: {oid: p.mask for oid, p in predictions.items()}}
-        self.logits = {oid: p.best_logits for oid, p in predictions.items()}
-        self._show_slice_preview(plane)
-        self.owner.status.value = f"Middle slice: {len(predictions)} objects. Refine, then run the full segmentation."
-        self.embed_range()  # the model is loaded now
+        context.say("Segmenting the middle slice…")
+        context.runner.submit(PREDICT, job, apply, "Segmenting the middle slice", bar=request.download)
 
     def refine_object(self) -> None:
         """More clicks on the middle slice (with the object's box and last logits) refine its mask."""
-        owner = self.owner
-        state = owner.prompts
+        context, session = self.context, self.session
+        prompts = context.prompts
         try:
             plane = self._middle_plane()
-            if not self.objects or plane.index not in self.conditioning:
-                raise InputError("Segment the middle slice first.")
-            if not state.points or state.plane != plane:
+            refinement = session.refinement(self.object_choice.value)
+            if not prompts.points or prompts.plane != plane:
                 raise InputError("Click on the middle slice to refine (middle click: add, Ctrl+middle: remove).")
-            obj = self._selected_object()
-            request = owner.model_request()
+            request = context.model_request()
         except RwthSamError as error:
-            return owner.report_error(error)
-        points, labels, logits = list(state.points), list(state.labels), self.logits.get(obj.object_id)
+            return context.report_error(error)
+        points, labels, box = list(prompts.points), list(prompts.labels), refinement.object.box
 
         def job():
-            segmenter = owner.segmenter_for(request)
-            return obj.object_id, segmenter.predict(plane, points, labels, box=obj.box, mask_logits=logits)
+            segmenter = context.segmenter_for(request)
+            return segmenter.predict(plane, points, labels, box=box, mask_logits=refinement.logits)
 
-        def apply(result):
-            object_id, prediction = result
-            self.conditioning[plane.index][object_id] = prediction.mask
-            self.logits[object_id] = prediction.best_logits
-            owner.clear_prompts()
-            self._show_slice_preview(plane)
+        def apply(prediction) -> None:
+            if session.refined(refinement, prediction.mask, prediction.best_logits):
+                context.clear_prompts()
+                self._show_slice_preview(plane)
 
-        owner.runner.submit(PREDICT, job, apply, "Refining")
+        context.runner.submit(PREDICT, job, apply, "Refining", bar=request.download)
 
     def edit_with_brush(self) -> None:
         """Show the object's mask on this slice in the preview and pick napari's brush there: paint
         and erase (the eraser too), then use the preview as the object's mask."""
-        owner = self.owner
+        context = self.context
         try:
             plane = self._range_plane()
-            obj = self._selected_object()
-            labels = owner.target_labels()
+            obj = self.session.object(self.object_choice.value)
+            labels = context.target_labels()
         except RwthSamError as error:
-            return owner.report_error(error)
-        mask = self.conditioning.get(plane.index, {}).get(obj.object_id)
+            return context.report_error(error)
+        mask = self.session.mask_on(plane.index, obj.object_id)
         if mask is None:  # a propagated slice: the object's label there, as it is now
             mask = np.asarray(plane.take(labels.data)) == obj.value
-        owner.clear_prompts()
-        preview = owner.show_preview(plane, mask)
+        context.clear_prompts()
+        preview = context.show_preview(plane, mask)
         self.viewer.layers.selection.active = preview
         preview.selected_label = 1
         preview.mode = "paint"
-        owner.status.value = f"Paint or erase object {obj.object_id} ({obj.name}) in the preview, then use the preview."
-
-    def _show_slice_preview(self, plane: SlicePlane) -> None:
-        masks = self.conditioning.get(plane.index, {})
-        union = np.zeros(plane.size, dtype=bool)
-        for mask in masks.values():
-            union |= mask
-        self.owner.show_preview(plane, union)
-
-    # ----------------------------------------------------------------- propagation
-    def run_propagation(self, direction: str = "both", from_index: int | None = None) -> None:
-        owner = self.owner
-        try:
-            if not self.conditioning:
-                raise InputError("Segment the middle slice first.")
-            request = owner.model_request()
-            labels = owner.target_labels()
-        except RwthSamError as error:
-            return owner.report_error(error)
-        if self.progress.running:
-            return owner.report_error(InputError("A propagation is running: wait for it, or cancel it first."))
-        axis, start, end = self.axis, self.start, self.end
-        conditioning = {index: dict(masks) for index, masks in self.conditioning.items()}
-        run = _Run(self._session, labels, axis, start, end)
-        self._running = run
-        self.progress.start(end - start + 1, "Propagating")
-
-        def job():
-            segmenter = owner.segmenter_for(request)
-            return run, propagate(
-                segmenter, axis, start, end, conditioning, direction=direction, from_index=from_index,
-                on_slice=self.progress.advanced.emit, should_stop=self.progress.cancel_requested.is_set,
-            )  # fmt: skip
-
-        owner.status.value = "Propagating…"
-        owner.runner.submit(PROPAGATE, job, self._on_propagated, "Propagating", on_finished=self._on_run_finished)
-
-    def _on_run_finished(self) -> None:
-        self._running = None
-        self.progress.finish()
-
-    def layer_removed(self) -> None:
-        """The running propagation's labels layer removed: stop it now (it will write nothing)."""
-        if self._running is not None and self._running.labels not in self.viewer.layers:
-            self.progress.request_cancel(quietly=True)
-
-    def _on_propagated(self, run_and_result) -> None:
-        """Write every finished slice's objects into the run's labels layer as one undoable step."""
-        run, result = run_and_result
-        owner = self.owner
-        if run.session != self._session:
-            return owner.report_error(InputError(self._stale_reason or "The 3D session changed: nothing was written."))
-        labels = run.labels
-        if labels not in self.viewer.layers:
-            return owner.report_error(
-                InputError(f"The labels layer '{labels.name}' was removed during the propagation: nothing was written.")
-            )
-        shape = owner.image_shape()
-        if tuple(labels.data.shape) != shape:
-            return owner.report_error(
-                InputError(f"The labels layer '{labels.name}' changed shape during the propagation: nothing was written.")
-            )
-        values = {obj.object_id: obj.value for obj in self.objects}
-        block = range_block(labels.data.ndim, run.axis, run.start, run.end)  # the range only, not the volume
-        new = np.array(labels.data[block], copy=True)
-        masks = {index: result.masks.get(index, {}) for index in result.finished}
-        edited = self._written.merge(new, run.axis, run.start, masks, values, owner.overwrite.value, id(labels.data))
-        written = commit_block(labels, block, new)
-        self.propagated = True
-        owner.show_preview(None, None)  # the result is in the labels layer now
-        for obj in self.objects:
-            owner.record_class(labels, obj.value, owner.profile_class(obj.name))
-        self.flags = sorted([f for f in self.flags if f[0] not in result.finished] + result.flags)
-        self.flags_label.value = _describe_flags(self.flags)
-        self.next_flag.enabled = bool(self.flags)
-        state = "cancelled, kept" if result.cancelled else "done:"
-        kept = f" Slices edited since the last run keep their labels: {_listed(edited)}." if edited else ""
-        owner.status.value = f"Propagation {state} {len(result.finished)} slices ({written} voxels).{kept}"
-
-    def go_to_next_flag(self) -> None:
-        """Show the next flagged slice after the current one (wrapping around), with its reasons."""
-        if not self.flags:
-            return
-        try:
-            current = self._current_plane().index
-        except RwthSamError as error:
-            return self.owner.report_error(error)
-        later = [f for f in self.flags if f[0] > current]
-        index = (later or self.flags)[0][0]
-        self._go_to(index)
-        reasons = "; ".join(f"object {obj}: {reason}" for i, obj, reason in self.flags if i == index)
-        self.owner.status.value = f"Slice {index}: {reasons}"
+        context.say(f"Paint or erase object {obj.object_id} ({obj.name}) in the preview, then use the preview.")
 
     def correct_and_repropagate(self) -> None:
         """The preview on this slice (a click's mask, brush edits, or both) becomes the object's mask
         there, kept as a conditioning slice; after a propagation, propagate on from this slice in
         the direction it lies (both ways from the middle slice)."""
-        owner = self.owner
+        context = self.context
         try:
             plane = self._range_plane()
-            obj = self._selected_object()
+            obj = self.session.object(self.object_choice.value)
+            direction = self.session.correct(plane.index, obj.object_id, context.preview_mask(plane))
         except RwthSamError as error:
-            return owner.report_error(error)
-        mask = owner.preview_mask(plane)
-        if not mask.any():
-            return owner.report_error(InputError("The preview is empty on this slice: click the object or paint it first."))
-        self.conditioning.setdefault(plane.index, {})[obj.object_id] = mask
-        if plane.index == self.middle:
-            self.logits.pop(obj.object_id, None)  # refining with clicks starts from this mask's box again
-        owner.clear_prompts()
-        if not self.propagated:
+            return context.report_error(error)
+        context.clear_prompts()
+        if direction is None:
             self._show_slice_preview(plane)
-            owner.status.value = f"Object {obj.object_id}'s mask on slice {plane.index} set. Run the full segmentation."
+            context.say(f"Object {obj.object_id}'s mask on slice {plane.index} set. Run the full segmentation.")
             return
-        direction = "both" if plane.index == self.middle else "forward" if plane.index > self.middle else "backward"
         self.run_propagation(direction=direction, from_index=plane.index)
 
-    # ----------------------------------------------------------------- state
-    def reset(self, keep_axis: bool = True, reason: str | None = None) -> None:
-        """Start a new 3D session; a run of the old one still going is cancelled and writes nothing
-        (``reason`` says why, when it ends)."""
-        if not keep_axis:
-            self.axis = None
-        self.progress.request_cancel(quietly=True)
-        self._session += 1
-        self._stale_reason = reason
-        self.bounds, self.objects, self.conditioning, self.logits = {}, [], {}, {}
-        self.propagated, self._written, self.flags = False, WriteRecord(), []
-        self.flags_label.value, self.next_flag.enabled = "", False
-        self.object_choice.reset_choices()
-        self._show_state()
+    # ----------------------------------------------------------------- propagation
+    def run_propagation(self, direction: str = "both", from_index: int | None = None) -> None:
+        context = self.context
+        try:
+            self.session.require_conditioning()
+            request = context.model_request()
+            labels = context.target_labels()
+        except RwthSamError as error:
+            return context.report_error(error)
+        if self.current_run is not None:
+            return context.report_error(InputError("A propagation is running: wait for it, or cancel it first."))
+        run = self.session.start_run(labels)
 
-    def _show_state(self) -> None:
-        if len(self.bounds) == 2:
-            self.range_label.value = f"Slices {self.start}–{self.end} (axis {self.axis}), middle {self.middle}"
-        elif self.bounds:
-            self.range_label.value = f"Range: {next(iter(self.bounds.items()))[0]} = {next(iter(self.bounds.values()))}"
-        else:
-            self.range_label.value = "Range: not set"
-        names = ", ".join(f"{obj.object_id} {obj.name}" for obj in self.objects)
-        self.objects_label.value = f"Objects: {names or 'none'}"
+        def job(step, should_stop):
+            segmenter = context.segmenter_for(request)
+            return run, propagate(
+                segmenter, run.axis, run.start, run.end, run.conditioning, direction=direction, from_index=from_index,
+                on_slice=step, should_stop=should_stop,
+            )  # fmt: skip
 
+        def finished() -> None:
+            self.session.run_finished(run)
+            self.current_run = None
+            self._show_running(False)
 
-@dataclass(frozen=True)
-class _Run:
-    """What a propagation was started on: its session, target layer and range."""
+        context.say("Propagating…")
+        self.current_run = context.runner.submit_run(
+            PROPAGATE, job, self._on_propagated, "Propagating", run.end - run.start + 1, on_finished=finished,
+            bar=request.download,
+        )  # fmt: skip
+        self._show_running(True)
 
-    session: int
-    labels: napari.layers.Labels
-    axis: int
-    start: int
-    end: int
+    def _show_running(self, running: bool) -> None:
+        """While a propagation runs, what would change the session under it waits; Cancel works."""
+        for button in (self.set_start, self.set_end, self.add_box, self.segment_middle, self.full, self.correct):
+            button.enabled = not running
+        self.cancel.enabled = running
 
+    def cancel_runs(self, *_) -> None:
+        """Stop the propagation at its next slice, quietly (the main widget calls this when closed)."""
+        if self.current_run is not None:
+            self.current_run.quit()
 
-def _listed(indices, shown: int = 6) -> str:
-    more = f" and {len(indices) - shown} more" if len(indices) > shown else ""
-    return ", ".join(str(index) for index in indices[:shown]) + more
+    def _on_cancel(self, *_) -> None:
+        if self.current_run is not None:
+            self.context.say("Cancelling…")
+            self.cancel_runs()
 
+    def layer_removed(self) -> None:
+        """The running propagation's labels layer removed: stop it now (it will write nothing)."""
+        running = self.session.running
+        if running is not None and running.labels not in self.viewer.layers:
+            self.cancel_runs()
 
-def _describe_flags(flags, shown: int = 6) -> str:
-    """The flagged slices in a line or two; *Go to the next slice to check* tells each one's reasons
-    (listing them all here made the label too long for the dock: it widened and was cut off)."""
-    slices = sorted({index for index, _, _ in flags})
-    if not slices:
-        return ""
-    return f"To check: slice{'s' * (len(slices) > 1)} {_listed(slices, shown)}"
+    def _on_propagated(self, run_and_result) -> None:
+        """Write every finished slice's objects into the run's labels layer as one undoable step."""
+        run, result = run_and_result
+        context, labels = self.context, run.labels
+        try:
+            self.session.check_current(run)
+            if labels not in self.viewer.layers:
+                raise InputError(
+                    f"The labels layer '{labels.name}' was removed during the propagation: nothing was written."
+                )
+            if tuple(labels.data.shape) != context.image_shape():
+                raise InputError(
+                    f"The labels layer '{labels.name}' changed shape during the propagation: nothing was written."
+                )
+        except RwthSamError as error:
+            return context.report_error(error)
+        applied = self.session.apply(run, result, labels.data, context.overwrite)
+        written = commit_block(labels, applied.block, applied.values)
+        context.show_preview(None, None)  # the result is in the labels layer now
+        for obj in self.session.objects:
+            context.record_class(labels, obj.value, context.profile_class(obj.name))
+        context.say(run_summary(result, written, applied.edited))
+
+    def go_to_next_flag(self) -> None:
+        """Show the next flagged slice after the current one (wrapping around), with its reasons."""
+        if not self.session.flags:
+            return
+        try:
+            current = self._current_plane().index
+        except RwthSamError as error:
+            return self.context.report_error(error)
+        index, reasons = self.session.next_flag(current)
+        self._go_to(index)
+        self.context.say(f"Slice {index}: {reasons}")

@@ -3,44 +3,45 @@
 Mouse and keys (as in the original RWTH-SAM): middle click adds a positive point, Ctrl+middle click a
 negative one, Shift+middle drag draws a box (replacing the previous one); left click selects prompt
 points, Ctrl+K deletes the selected ones, Ctrl+Shift+K all prompts; Ctrl+Enter submits; Ctrl+Z and
-Ctrl+Shift+Z undo and redo on the labels layer. Every model call runs in a napari thread worker
-through ``LatestJobRunner``; this module only turns events into prompts and results into layers.
+Ctrl+Shift+Z undo and redo on the labels layer. The prompts and their rules are the core's
+``PromptSession``; the widget is its view (it draws the session on its events and forwards the
+user's input to it), and every model call runs in a napari thread worker through ``LatestJobRunner``.
 """
 
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass, field, replace
 
 import napari
 import numpy as np
 import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox, create_widget
-from napari.utils import progress
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QComboBox
-from superqt.utils import ensure_main_thread
+from superqt.utils import qdebounced
 
 from rwth_sam.core.coordinates import LayerGeometry, SlicePlane, plane_at
 from rwth_sam.core.embeddings.disk_cache import DiskEmbeddingCache, default_disk_cache_dir
+from rwth_sam.core.embeddings.identity import SessionIdentity
 from rwth_sam.core.embeddings.segmenter import spatial_shape
 from rwth_sam.core.embeddings.workspace import Workspace
 from rwth_sam.core.errors import InputError, RwthSamError
 from rwth_sam.core.labels.labelling import check_label_value, check_writable, next_instance_id
+from rwth_sam.core.labels.profile_store import PROFILES
 from rwth_sam.core.models.builtin import import_upstream_packages
 from rwth_sam.core.models.device import available_devices, leave_a_core_free
-from rwth_sam.core.models.predictors.base import Prediction
 from rwth_sam.core.models.registry import get_model_spec, model_specs
 from rwth_sam.core.models.weights import CHECKPOINT_ENV_VAR, MODEL_ENV_VAR, is_cached, startup_choice
 from rwth_sam.core.preprocessing import WINDOW_CHOICES
+from rwth_sam.core.tasks.prompt_session import PromptSession
 from rwth_sam.ui.automatic_panel import AutomaticPanel
+from rwth_sam.ui.context import ModelRequest
 from rwth_sam.ui.labels_io import commit_mask
-from rwth_sam.ui.profile_store import PROFILES
 from rwth_sam.ui.profile_widget import apply_profile
 from rwth_sam.ui.reporting import as_user_error, guarded
-from rwth_sam.ui.runner import EMBED_AHEAD, PREDICT, LatestJobRunner
+from rwth_sam.ui.runner import EMBED_AHEAD, PREDICT, JobBar, LatestJobRunner
 from rwth_sam.ui.volume_panel import VolumePanel
 
 LEFT_BUTTON, MIDDLE_BUTTON = 1, 3
@@ -49,6 +50,7 @@ POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
 SELECTED_COLOR = "yellow"
 PREFETCH_RADIUS = 2  # neighbours embedded on each side of the shown slice
+WINDOW_SETTLE_MS = 300  # contrast sliders fire many events per drag: re-segment once the user pauses
 CLICK_MODE, AUTOMATIC_MODE, VOLUME_MODE = "Click prompts", "Automatic (everything)", "3D propagation"
 HELP = (
     "Middle click: + point · Ctrl+middle: − point · Shift+middle drag: box\n"
@@ -93,28 +95,10 @@ def model_choices(_widget=None) -> list[tuple[str, str]]:
     return choices
 
 
-@dataclass
-class PromptState:
-    """The prompts on one slice, and the last mask predicted from them."""
-
-    plane: SlicePlane | None = None
-    points: list[tuple[float, float]] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    box: tuple[float, float, float, float] | None = None
-    prediction: Prediction | None = None
-    selected: set[int] = field(default_factory=set)
-
-    @property
-    def empty(self) -> bool:
-        return not self.points and self.box is None
-
-
 class SamWidget(Container):
     """Plugins > RWTH SAM > Segment Anything (SAM).
 
-    The automatic and 3D panels work through its public methods: ``model_request`` (GUI thread)
-    and ``segmenter_for`` (worker), ``plane_under``, ``image_shape``, ``target_labels``,
-    ``show_preview``/``preview_mask``, ``record_class``, ``report_error``, and its ``runner``.
+    The automatic and 3D panels see it as a ``PanelContext`` (``ui/context.py``), nothing more.
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
@@ -126,15 +110,15 @@ class SamWidget(Container):
         self.closed = False
         self.workspace = Workspace()
         self.runner = LatestJobRunner(on_error=self.report_error)
-        self.prompts = PromptState()
-        self._version = 0  # bumped by every prompt change; older results are dropped
+        self.prompts = PromptSession()
+        self._model_loads = 0  # bumped whenever the model is to be loaded afresh: part of the identity
         self._preview_layer = self._points_layer = self._box_layer = None
         self._preview_plane: SlicePlane | None = None  # the slice the preview layer holds
         self._drawn_box = None  # (layer, plane, box) the box layer shows
         self._watched_image = None
-        # contrast sliders fire many events per drag: re-segment once the user pauses
-        self._window_timer = QTimer(singleShot=True, interval=300)
-        self._window_timer.timeout.connect(self._on_window_changed)
+        self._window_settled = qdebounced(
+            self.guard("Changing the intensity window", self._on_window_changed), timeout=WINDOW_SETTLE_MS
+        )
 
         self.model = ComboBox(label="Model", choices=model_choices)
         self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth", value="")
@@ -155,8 +139,10 @@ class SamWidget(Container):
         self.classes = ComboBox(label="Class", choices=self._class_choices)
         self.label_value = SpinBox(label="Label value", min=1, max=2**31 - 1, value=1)
         self.instance_mode = CheckBox(text="Instance mode", value=False)
-        self.instance_mode.tooltip = "A new label id for each submitted object; its class is recorded in the layer's features"
-        self.overwrite = CheckBox(text="Overwrite other labels", value=False)
+        self.instance_mode.tooltip = (
+            "A new label id for each submitted object; its class is recorded in the layer's features"
+        )
+        self.overwrite_labels = CheckBox(text="Overwrite other labels", value=False)
         self.status = Label(value=HELP)  # before the panels, which report into it
         self.mode = ComboBox(label="Mode", choices=[CLICK_MODE, AUTOMATIC_MODE, VOLUME_MODE], value=CLICK_MODE)
         self.automatic = AutomaticPanel(self)
@@ -169,7 +155,7 @@ class SamWidget(Container):
             [
                 self.model, self.checkpoint, self.device, self.image_picker, self.labels_picker, self.new_labels, self.window,
                 self.keep_on_disk,
-                self.profile, self.classes, self.label_value, self.instance_mode, self.overwrite,
+                self.profile, self.classes, self.label_value, self.instance_mode, self.overwrite_labels,
                 self.mode, self.submit_button, self.clear_button, self.automatic, self.volume, self.status,
             ]
         )  # fmt: skip
@@ -185,6 +171,10 @@ class SamWidget(Container):
         self.keep_on_disk.changed.connect(self.guard("Switching the disk cache", self._on_keep_on_disk_changed))
         self.image_picker.changed.connect(self.guard("Switching the image", self._on_image_changed))
         self.window.changed.connect(self.guard("Changing the intensity window", self._on_window_changed))
+        self.prompts.changed.connect(self.guard("Segmenting", self._on_prompts_changed))
+        self.prompts.selection_changed.connect(self.guard("Selecting a point", self._draw_prompts))
+        self.prompts.predicted.connect(self.guard("Showing the preview", self._on_predicted))
+        self.prompts.cleared.connect(self.guard("Clearing the prompts", self._on_prompts_cleared))
         self._on_image_changed()
         self._apply_startup_choice()
         # connections to objects that outlive the widget, undone at once when it is closed
@@ -205,6 +195,21 @@ class SamWidget(Container):
     def guard(self, what: str, handler):
         """``handler`` for a GUI signal: whatever it raises becomes a message in the status line."""
         return guarded(what, self.report_error)(handler)
+
+    def say(self, message: str) -> None:
+        self.status.value = message
+
+    @property
+    def model_loaded(self) -> bool:
+        return self.workspace.loaded is not None
+
+    @property
+    def overwrite(self) -> bool:
+        return self.overwrite_labels.value
+
+    @property
+    def selected_class(self):
+        return self.classes.value
 
     def guard_mouse(self, callback):
         """A napari mouse callback (a generator, for drags) whose exceptions become messages."""
@@ -287,8 +292,11 @@ class SamWidget(Container):
         image's grid (another scale or number of axes), moved when only its place changed."""
         layer = getattr(self, attribute)
         image = self.image_layer
-        if layer is None or layer not in self.viewer.layers or tuple(layer.scale) != geometry.scale or (
-            layer.ndim != geometry.ndim
+        if (
+            layer is None
+            or layer not in self.viewer.layers
+            or tuple(layer.scale) != geometry.scale
+            or (layer.ndim != geometry.ndim)
         ):
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
@@ -413,131 +421,109 @@ class SamWidget(Container):
         if "Shift" in modifiers:
             yield from self._drag_box(plane, x, y, event)
             return
-        self._add_point(plane, x, y, positive="Control" not in modifiers)
+        self.prompts.add_point(plane, x, y, positive="Control" not in modifiers)
 
     def _drag_box(self, plane: SlicePlane, x0: float, y0: float, event):
         """Shift+middle drag: the rectangle follows the mouse; on release it becomes the box prompt."""
         yield
         while event.type == "mouse_move":
             x1, y1 = plane.data_to_slice(self._geometry(self.image_layer).world_to_data(event.position))
-            self._start_plane(plane)
+            self.prompts.start_plane(plane)
             self._draw_prompts(box=(x0, y0, x1, y1))
             yield
         x1, y1 = plane.data_to_slice(self._geometry(self.image_layer).world_to_data(event.position))
-        height, width = plane.size
-        x0, x1 = np.clip([x0, x1], 0, width - 1)
-        y0, y1 = np.clip([y0, y1], 0, height - 1)
-        if abs(x1 - x0) < 1 or abs(y1 - y0) < 1:
-            self._draw_prompts()
-            return
-        self._start_plane(plane)
-        self.prompts.box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-        self._prompts_changed()
+        if not self.prompts.set_box(plane, x0, y0, x1, y1):
+            self._draw_prompts()  # too small for a box: the dragged rectangle goes
 
     def _select_point_at(self, world_position) -> None:
         """Left click on a prompt point toggles its selection (for Ctrl+K)."""
-        state = self.prompts
-        if not state.points or self.image_picker.value is None:
+        if not self.prompts.points or self.image_layer is None:
             return
         try:
             plane, x, y = self.plane_under(world_position)
         except RwthSamError:
             return
-        if plane != state.plane:
-            return
-        distances = np.hypot(*(np.asarray(state.points) - (x, y)).T)
-        nearest = int(np.argmin(distances))
-        if distances[nearest] <= self._marker_size():
-            state.selected ^= {nearest}
-            self._draw_prompts()
+        self.prompts.toggle_point_near(plane, x, y, radius=self._marker_size())
 
     def delete_selected_points(self) -> None:
         """Ctrl+K: drop the selected points; the preview is recomputed from what is left."""
-        state = self.prompts
-        if not state.selected:
-            return
-        keep = [i for i in range(len(state.points)) if i not in state.selected]
-        self.prompts = PromptState(
-            plane=state.plane, points=[state.points[i] for i in keep], labels=[state.labels[i] for i in keep], box=state.box
-        )
-        self._prompts_changed()
-
-    def _add_point(self, plane: SlicePlane, x: float, y: float, positive: bool) -> None:
-        self._start_plane(plane)
-        self.prompts.points.append((x, y))
-        self.prompts.labels.append(int(positive))
-        self._prompts_changed()
-
-    def _start_plane(self, plane: SlicePlane) -> None:
-        """Prompts belong to one slice: prompting another slice starts afresh."""
-        if self.prompts.plane != plane:
-            self.prompts = PromptState(plane=plane)
-            self.show_preview(None, None)
+        self.prompts.delete_selected()
 
     # ----------------------------------------------------------------- model work
-    def model_request(self):
-        """What the worker needs, read on the GUI thread (widgets and layers are not thread-safe)."""
+    def model_request(self) -> ModelRequest:
+        """What the worker needs, read on the GUI thread (widgets and layers are not thread-safe),
+        with a bar of the job's own when the model must be downloaded (none loaded, no checkpoint,
+        the weights not cached)."""
         layer = self.image_layer
         if layer is None:
             raise InputError("Pick an image layer first.")
-        checkpoint = self.checkpoint.value
-        checkpoint = checkpoint if checkpoint and str(checkpoint) not in ("", ".") else None
-        return dict(
-            model=(self.model.value, checkpoint, self.device.value),
+        name, checkpoint, device = model = self._model_choice()
+        weights = get_model_spec(name).weights
+        needs_download = not self.model_loaded and checkpoint is None and weights is not None and not is_cached(weights)
+        return ModelRequest(
+            model=model,
             image=(layer.data, layer.rgb, self.window.value, tuple(layer.contrast_limits)),
+            download=JobBar(f"Downloading {weights.filename}") if needs_download else None,
         )
 
-    def segmenter_for(self, request):
-        """Runs in the worker: loads the model on first use, downloading it into a progress bar that
-        is closed when the download ends, however it ends."""
-        name, checkpoint, device = request["model"]
+    def _model_choice(self) -> tuple:
+        checkpoint = self.checkpoint.value
+        checkpoint = checkpoint if checkpoint and str(checkpoint) not in ("", ".") else None
+        return self.model.value, checkpoint, self.device.value
+
+    def _bind_sessions(self) -> None:
+        """The prompts and the 3D session are about this image (layer and data), model and window:
+        one identity, built here whenever one of them changes; each session decides what a change
+        means to it (another image or model starts afresh, another window keeps the prompts)."""
+        layer = self.image_layer
+        model = (*self._model_choice(), self._model_loads)
+        identity = SessionIdentity.of(
+            layer, None if layer is None else layer.data, model, self.window.value,
+            None if layer is None else layer.contrast_limits,
+        )  # fmt: skip
+        self.prompts.bind(identity)
+        self.volume.session.bind(identity)
+
+    def segmenter_for(self, request: ModelRequest):
+        """Runs in the worker: loads the model on first use, downloading it into the job's bar."""
+        name, checkpoint, device = request.model
         loaded = self.workspace.loaded
-        weights = get_model_spec(name).weights
-        needs_download = loaded is None and checkpoint is None and weights is not None and not is_cached(weights)
-        bar = _open_bar(f"Downloading {weights.filename}") if needs_download else None
-        try:
-            predictor = self.workspace.predictor(name, checkpoint, device, progressbar=False if bar is None else bar)
-        finally:
-            if bar is not None:  # (not `if bar`: a bar of unknown length has no truth value)
-                _close_bar(bar)
+        bar = None if request.download is None else request.download.bar()
+        predictor = self.workspace.predictor(name, checkpoint, device, progressbar=False if bar is None else bar)
         if predictor is not loaded:
             gc.freeze()  # the new model's objects too
-        image, rgb, window_choice, contrast_limits = request["image"]
+        image, rgb, window_choice, contrast_limits = request.image
         return self.workspace.segmenter(predictor, image, rgb, window_choice, contrast_limits)
 
-    def _prompts_changed(self) -> None:
-        self._version += 1
+    def _on_prompts_changed(self) -> None:
+        """The prompts were edited: draw them and predict their mask (the newest request wins)."""
         self._draw_prompts()
-        if self.prompts.empty:
-            self.prompts.prediction = None
+        request = self.prompts.request()
+        if request is None:
             self.show_preview(None, None)
             return
         try:
-            request = self.model_request()
+            model = self.model_request()
         except RwthSamError as error:
             return self.report_error(error)
-        state = replace(self.prompts, points=list(self.prompts.points), labels=list(self.prompts.labels))
-        previous = state.prediction
-        version = self._version
-        self.status.value = "Segmenting…" if self.workspace.loaded else "Loading the model, then segmenting…"
+        self.say("Segmenting…" if self.model_loaded else "Loading the model, then segmenting…")
 
         def job():
-            segmenter = self.segmenter_for(request)
-            prediction = segmenter.predict(
-                state.plane, points=state.points or None, labels=state.labels or None, box=state.box,
-                mask_logits=None if previous is None else previous.best_logits,
-            )  # fmt: skip
-            return version, state.plane, prediction
+            return request, request.predict(self.segmenter_for(model))
 
-        self.runner.submit(PREDICT, job, self._on_prediction, "Segmenting")
+        self.runner.submit(PREDICT, job, lambda result: self.prompts.accept(*result), "Segmenting", bar=model.download)
 
-    def _on_prediction(self, result) -> None:
-        version, plane, prediction = result
-        if version != self._version:
-            return  # the prompts changed meanwhile: a newer request is on its way
-        self.prompts.prediction = prediction
-        self.show_preview(plane, prediction.mask)
-        self.status.value = f"Preview: {int(prediction.mask.sum())} pixels, score {prediction.scores.max():.2f}"
+    def _on_predicted(self, prediction) -> None:
+        self.show_preview(self.prompts.plane, prediction.mask)
+        self.say(f"Preview: {int(prediction.mask.sum())} pixels, score {prediction.scores.max():.2f}")
+
+    def _on_prompts_cleared(self) -> None:
+        if self.image_layer is None:
+            return
+        if self._points_layer is not None:
+            self._draw_prompts()
+        if self._preview_layer is not None:
+            self.show_preview(None, None)
 
     def _embed_ahead(self, event=None) -> None:
         """Embed the slice now shown, then its neighbours, once a model is loaded.
@@ -555,7 +541,7 @@ class SamWidget(Container):
         def job():
             self.segmenter_for(request).prefetch(plane, PREFETCH_RADIUS, should_stop=lambda: self.runner.has_waiting)
 
-        self.runner.submit(EMBED_AHEAD, job, lambda _: None, "Embedding slice")
+        self.runner.submit(EMBED_AHEAD, job, lambda _: None, "Embedding slice", bar=request.download)
 
     # ----------------------------------------------------------------- actions
     def submit(self) -> None:
@@ -568,7 +554,7 @@ class SamWidget(Container):
             value = self.submit_value(labels)
         except RwthSamError as error:
             return self.report_error(error)
-        written, kept = commit_mask(labels, state.plane, state.prediction.mask, value, self.overwrite.value)
+        written, kept = commit_mask(labels, state.plane, state.prediction.mask, value, self.overwrite)
         self.clear_prompts()
         self.record_submission(labels, value, written, kept)
 
@@ -587,7 +573,7 @@ class SamWidget(Container):
         self.record_class(labels, value, segment_class)
         note = f", kept {kept} pixels of other labels" if kept else ""
         named = f" ({segment_class.name})" if segment_class is not None else ""
-        self.status.value = f"Submitted {written} pixels as label {value}{named}{note}."
+        self.say(f"Submitted {written} pixels as label {value}{named}{note}.")
 
     def record_class(self, labels, value: int, segment_class) -> None:
         """Class mode colours the layer by the profile; instance mode adds the object's class to its features."""
@@ -622,14 +608,8 @@ class SamWidget(Container):
             self.label_value.value = segment_class.value
 
     def clear_prompts(self, *_) -> None:
-        self._version += 1
-        plane = self.prompts.plane
-        self.prompts = PromptState(plane=plane)
-        if self._points_layer is not None and self.image_layer is not None:
-            self._draw_prompts()
-        if self._preview_layer is not None and self.image_layer is not None:
-            self.show_preview(None, None)
-        self.status.value = HELP
+        self.prompts.clear()
+        self.say(HELP)
 
     def _on_mode_changed(self, mode: str) -> None:
         self.automatic.visible = mode == AUTOMATIC_MODE
@@ -661,18 +641,19 @@ class SamWidget(Container):
         return handler
 
     def _on_model_changed(self, *_) -> None:
+        """The model is loaded afresh at the next job: another model for the sessions, even under the same name."""
         self.workspace.reset()
-        self.clear_prompts()
-        self.volume.reset(reason="The model changed during the propagation: it was stopped and nothing was written.")
+        self._model_loads += 1
+        self._bind_sessions()
+        self.say(HELP)
 
     def _on_keep_on_disk_changed(self, keep: bool) -> None:
         self.workspace.disk_cache = DiskEmbeddingCache(default_disk_cache_dir()) if keep else None
         self._on_model_changed()  # the model's identity on disk is set when it loads
 
     def _on_image_changed(self, *_) -> None:
-        self.clear_prompts()
-        self.prompts = PromptState()
-        self.volume.reset(reason="The image changed during the propagation: it was stopped and nothing was written.")
+        self._bind_sessions()
+        self.say(HELP)
         self.automatic.cancel_runs()  # its result would be refused: stop it now
         self._watch_image(self.image_picker.value)
         if self._watched_image is not None:
@@ -690,21 +671,18 @@ class SamWidget(Container):
     def _watch_image(self, layer) -> None:
         """Follow the picked image's contrast limits and data (only that image's)."""
         if self._watched_image is not None:
-            self._watched_image.events.contrast_limits.disconnect(self._restart_window_timer)
+            self._watched_image.events.contrast_limits.disconnect(self._window_settled)
             self._watched_image.events.data.disconnect(self._on_image_data_changed)
         self._watched_image = layer
         if layer is not None:
-            layer.events.contrast_limits.connect(self._restart_window_timer)
+            layer.events.contrast_limits.connect(self._window_settled)
             layer.events.data.connect(self._on_image_data_changed)
 
     def _on_image_data_changed(self, *_) -> None:
         """The image's data was replaced: prompts, previews and the 3D session were about the old data
-        (a prediction still on its way is dropped, as its version is older)."""
-        self.clear_prompts()
-        self.prompts = PromptState()
-        self.volume.reset(
-            reason="The image's data changed during the propagation: it was stopped and nothing was written."
-        )
+        (a prediction still on its way is dropped, as its identity is another)."""
+        self._bind_sessions()
+        self.say(HELP)
         self._preview_plane = None
         self._make_helper_layers()
 
@@ -720,14 +698,9 @@ class SamWidget(Container):
         if self._preview_layer is None or self._preview_layer not in self.viewer.layers or self._preview_plane is None:
             self.show_preview(plane, None)
 
-    def _restart_window_timer(self, *_) -> None:
-        self._window_timer.start()
-
     def _on_window_changed(self, *_) -> None:
-        """What the model sees changed: segment the same prompts again (embeddings are keyed by window)."""
-        self.prompts.prediction = None
-        if not self.prompts.empty:
-            self._prompts_changed()
+        """What the model sees changed: the same prompts are segmented again (embeddings are keyed by window)."""
+        self._bind_sessions()
         self._embed_ahead()
 
     def report_error(self, error: Exception) -> None:
@@ -736,7 +709,7 @@ class SamWidget(Container):
         message = str(as_user_error(error, "rwth-sam"))
         if self.closed:
             return
-        self.status.value = message
+        self.say(message)
         show_error(message)
 
     def close_session(self) -> None:
@@ -747,9 +720,9 @@ class SamWidget(Container):
             return
         self.closed = True
         self.runner.shut_down()
-        self.volume.progress.request_cancel(quietly=True)
+        self.volume.cancel_runs()
         self.automatic.cancel_runs()
-        self._window_timer.stop()
+        self._window_settled.cancel()
         viewer = self.viewer
         if self._on_mouse in viewer.mouse_drag_callbacks:
             viewer.mouse_drag_callbacks.remove(self._on_mouse)
@@ -767,17 +740,6 @@ class SamWidget(Container):
             if layer is not None and layer in viewer.layers:
                 viewer.layers.remove(layer)
         self._preview_layer = self._points_layer = self._box_layer = None
-
-
-@ensure_main_thread(await_return=True)
-def _open_bar(description: str) -> progress:
-    """A napari progress bar, made on the GUI thread (Qt objects must be) for a worker to update."""
-    return progress(desc=description)
-
-
-@ensure_main_thread
-def _close_bar(bar: progress) -> None:
-    bar.close()
 
 
 def _close_when_destroyed(on_close) -> None:

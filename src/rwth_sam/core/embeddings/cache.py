@@ -14,6 +14,7 @@ from rwth_sam.core.models.predictors.base import Embedding
 
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 
+
 class EmbeddingCache:
     """Slice embeddings within a byte budget, the least recently used evicted first.
 

@@ -14,6 +14,9 @@ click); instead, whoever edits an image's data in place calls ``renew_image_toke
 (``Workspace.invalidate_image``), which retires its token: its embeddings are dropped and any
 embedding still being computed from the old data lands under the retired token, where it is
 thrown away, never shown.
+
+What a session (the click prompts, the 3D session) is about is a ``SessionIdentity`` of the same
+tokens: the image layer, its data, the model and the intensity window.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ import itertools
 import threading
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from rwth_sam.core.coordinates import SlicePlane
-from rwth_sam.core.preprocessing import IntensityWindow
+from rwth_sam.core.preprocessing import CONTRAST_LIMITS, IntensityWindow
 
 
 class _Tokens:
@@ -97,6 +101,50 @@ def retirements() -> int:
 def model_token(predictor: object) -> int:
     """This predictor's identity: two loads of the same model name (e.g. another checkpoint) differ."""
     return _TOKENS.token(predictor)
+
+
+def object_token(obj: object) -> int:
+    """Any object's identity (an image layer's), by the same serial numbers."""
+    return _TOKENS.token(obj)
+
+
+IMAGE, DATA, MODEL, WINDOW = "image", "data", "model", "window"  # what a SessionIdentity says changed
+
+
+@dataclass(frozen=True)
+class SessionIdentity:
+    """What a session's prompts, masks and logits are about: the image (its layer and its data
+    array, as tokens), the model (the user's choice and which load of it: a reload is another
+    model) and the intensity window as chosen (the contrast limits only where that window reads
+    them). The GUI builds it whenever one of them changes and binds the sessions to it; a job
+    carries the identity it was started under, and its result is dropped under another one."""
+
+    image: int | None  # object_token of the image layer (None: no image)
+    data: int | None  # image_token of its data array
+    model: tuple
+    window: tuple
+
+    @classmethod
+    def of(cls, layer, data, model: tuple, window_choice: str, contrast_limits) -> SessionIdentity:
+        limits = (
+            tuple(map(float, contrast_limits))
+            if window_choice == CONTRAST_LIMITS and contrast_limits is not None
+            else None
+        )
+        return cls(
+            None if layer is None else object_token(layer), None if data is None else image_token(data), tuple(model),
+            (window_choice, limits),
+        )  # fmt: skip
+
+    def change_from(self, previous: SessionIdentity | None) -> str | None:
+        """What changed since ``previous`` (none yet counts as another image): ``IMAGE``, ``DATA``,
+        ``MODEL`` or ``WINDOW``, the first of them that differs, or None."""
+        if previous is None or self.image != previous.image:
+            return IMAGE
+        for part in (DATA, MODEL, WINDOW):
+            if getattr(self, part) != getattr(previous, part):
+                return part
+        return None
 
 
 class SliceKey(NamedTuple):

@@ -8,9 +8,11 @@ A profile says what the label values of a labels layer mean::
     profile.features()                  # for napari's Labels.features (class names in the status bar)
 
 Everything is validated when a profile is made (from Python or from JSON); a problem raises
-``ProfileError`` whose message names the JSON path of the offending field, e.g.
-``classes[2].color: 'red' is not a colour of the form #rrggbb``. The file format is described in
-``profiles/README.md``. Nothing here imports Qt or napari.
+``ProfileError``, which says where it is (``class_index``, ``field``) and whose message names the JSON
+path of the offending field, e.g. ``classes[2].color: 'red' is not a colour of the form #rrggbb``
+(``table_message`` names the row and column instead). The rules for new classes (their default name,
+label value and colour) and for file names live here too, so that every editor follows them. The
+file format is described in ``profiles/README.md``. Nothing here imports Qt or napari.
 
 A profile holds at most ``MAX_CLASSES`` classes and its file at most ``MAX_PROFILE_BYTES``: a
 dataset's classes (battery phases, organs; TotalSegmentator has 117) fit many times over, and a
@@ -21,10 +23,12 @@ show half a million classes.
 from __future__ import annotations
 
 import codecs
+import colorsys
 import json
 import os
 import re
 import reprlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -47,22 +51,82 @@ _CLASS_KEYS = ("name", "value", "color", "description")
 _MAX_DIGITS = 20  # a JSON number longer than this cannot be a label value (at most 10 digits)
 _SHORT = reprlib.Repr()  # values quoted in messages: a huge or deeply nested one is shortened
 _SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 60, 60
+UNKNOWN_LABEL_COLOR = "#808080"  # label values that are not in a profile stay visible, in grey
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+_GOLDEN_RATIO_CONJUGATE = 0.618034  # hue steps of this size never repeat and stay far apart
+_CLASS_FIELD_TITLES = {"color": "colour", "value": "label value"}  # as a table's columns name them
+_PROFILE_FIELD_TITLES = {"name": "Profile name", "description": "Profile description", "classes": "Classes"}
+
+
+def _json_place(index: int) -> str:
+    return f"classes[{index}]"
+
+
+def _row_place(index: int) -> str:
+    return f"row {index + 1}"
 
 
 class ProfileError(InputError):
-    """A profile (or profile file) is invalid; ``path`` is the JSON path of the problem, if any."""
+    """A profile (or profile file) is invalid, and where: in the class at ``class_index`` (if any), in its
+    ``field`` (a class's ``"color"``, or a profile's own ``"name"``; None: the class or file as a whole).
 
-    def __init__(self, problem: str, path: str | None = None):
-        super().__init__(f"{path}: {problem}" if path else problem)
+    The message names the place as a JSON path (``classes[2].color: ...``); ``table_message`` names it as a
+    table of the classes shows it (``Row 3, colour: ...``), so no one has to parse it back.
+    """
+
+    def __init__(self, problem: str, field: str | None = None, class_index: int | None = None):
         self.problem = problem
-        self.path = path
+        self.field = field
+        self.class_index = class_index
+        super().__init__(self._located(self._problem(_json_place), self.path))
 
-    def within(self, prefix: str) -> ProfileError:
-        """The same problem, its JSON path prefixed (``color`` within ``classes[2]``)."""
-        if not self.path:
-            return ProfileError(self.problem, prefix)
-        joiner = "" if self.path.startswith("[") else "."
-        return ProfileError(self.problem, f"{prefix}{joiner}{self.path}")
+    @property
+    def path(self) -> str | None:
+        """The JSON path of the problem (``classes[2].color``), or None."""
+        if self.class_index is None:
+            return self.field
+        return _json_place(self.class_index) + (f".{self.field}" if self.field else "")
+
+    def in_class(self, index: int) -> ProfileError:
+        """The same problem of a class's field, in the class at ``index`` of a profile."""
+        return ProfileError(self.problem, self.field, index)
+
+    def table_message(self) -> str:
+        """The message as a table of the classes shows it: rows counted from 1, fields named by their columns.
+        A problem of no field or class (a file's) is told as it is."""
+        if self.class_index is not None:
+            field = _CLASS_FIELD_TITLES.get(self.field, self.field)
+            where = f"Row {self.class_index + 1}" + (f", {field}" if field else "")
+        else:
+            where = _PROFILE_FIELD_TITLES.get(self.field, self.field)
+        return self._located(self._problem(_row_place), where)
+
+    def _problem(self, place: Callable[[int], str]) -> str:
+        """The problem, with any other class it names called ``place(index)``."""
+        return self.problem
+
+    @staticmethod
+    def _located(problem: str, where: str | None) -> str:
+        return f"{where}: {problem}" if where else problem
+
+
+class DuplicateClassError(ProfileError):
+    """A class has the name (``field`` "name") or label value (``field`` "value") of an earlier one, the class at
+    ``same_as``."""
+
+    def __init__(self, field: str, class_index: int, same_as: int, classes: tuple[SegmentationClass, ...]):
+        self.same_as = same_as
+        self._duplicate, self._first = classes[class_index], classes[same_as]
+        super().__init__("", field, class_index)
+        self.problem = self._problem(_json_place)  # as a file names it, like every ProfileError's
+
+    def _problem(self, place: Callable[[int], str]) -> str:
+        if self.field == "name":
+            return f"'{self._duplicate.name}' is already the name of {place(self.same_as)}; class names must be unique"
+        return (
+            f"{self._duplicate.value} is already the label value of {place(self.same_as)} ('{self._first.name}'); "
+            "label values must be unique"
+        )
 
 
 def _text(value: Any, path: str, *, required: bool) -> str:
@@ -133,13 +197,13 @@ class SegmentationClass:
         return cls(data["name"], data["value"], data["color"], data.get("description", ""))
 
 
-def _check_keys(data: dict, allowed: tuple[str, ...], required: tuple[str, ...], where: str | None = None) -> None:
+def _check_keys(data: dict, allowed: tuple[str, ...], required: tuple[str, ...]) -> None:
     for key in data:
         if key not in allowed:
-            raise ProfileError(f"unknown key {_shown(key)} (allowed: {', '.join(allowed)})", where)
+            raise ProfileError(f"unknown key {_shown(key)} (allowed: {', '.join(allowed)})")
     for key in required:
         if key not in data:
-            raise ProfileError("is missing", f"{where}.{key}" if where else key)
+            raise ProfileError("is missing", key)
 
 
 @dataclass(frozen=True)
@@ -162,20 +226,13 @@ class Profile:
         values: dict[int, int] = {}
         for index, item in enumerate(classes):
             if not isinstance(item, SegmentationClass):
-                raise ProfileError(f"must be a SegmentationClass, not {type(item).__name__}", f"classes[{index}]")
+                raise ProfileError(f"must be a SegmentationClass, not {type(item).__name__}", class_index=index)
             first = names.setdefault(item.name.casefold(), index)
             if first != index:
-                raise ProfileError(
-                    f"'{item.name}' is already the name of classes[{first}]; class names must be unique",
-                    f"classes[{index}].name",
-                )
+                raise DuplicateClassError("name", index, first, classes)
             first = values.setdefault(item.value, index)
             if first != index:
-                raise ProfileError(
-                    f"{item.value} is already the label value of classes[{first}] ('{classes[first].name}'); "
-                    "label values must be unique",
-                    f"classes[{index}].value",
-                )
+                raise DuplicateClassError("value", index, first, classes)
         object.__setattr__(self, "classes", classes)
 
     # ----------------------------------------------------------------- JSON
@@ -217,7 +274,7 @@ class Profile:
             try:
                 classes.append(SegmentationClass.from_dict(item))
             except ProfileError as error:
-                raise error.within(f"classes[{index}]") from None
+                raise error.in_class(index) from None
         return cls(data["name"], tuple(classes), data.get("description", ""))
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -267,6 +324,47 @@ class Profile:
             return largest + 1
         return next(value for value in range(1, MAX_LABEL_VALUE + 1) if value not in used)
 
+    def new_class_name(self) -> str:
+        """A name for a new class: ``class N``, N the class's row counted from 1 (or the next number free)."""
+        number = len(self.classes) + 1
+        while self.class_by_name(f"class {number}") is not None:
+            number += 1
+        return f"class {number}"
+
+    def free_color(self) -> str:
+        """A colour for a new class that no class has yet: the palette's first, then hues spread around the wheel."""
+        used = {item.color for item in self.classes}
+        for color in PALETTE:
+            if color not in used:
+                return color
+        for step in range(len(used) + 1):
+            red, green, blue = colorsys.hsv_to_rgb((step * _GOLDEN_RATIO_CONJUGATE) % 1.0, 0.75, 0.9)
+            color = f"#{round(red * 255):02x}{round(green * 255):02x}{round(blue * 255):02x}"
+            if color not in used:
+                return color
+        return "#ffffff"
+
+    def new_class(
+        self, name: str | None = None, value: int | None = None, color: str | None = None, description: str = ""
+    ) -> SegmentationClass:
+        """A class to append; by default with a new name, the next free label value and an unused colour. A problem
+        with the fields given is located in the row the class would take."""
+        try:
+            return SegmentationClass(
+                self.new_class_name() if name is None else name,
+                self.next_free_value() if value is None else value,
+                color or self.free_color(),
+                description,
+            )
+        except ProfileError as error:
+            raise error.in_class(len(self.classes)) from None
+
+    def file_name(self) -> str:
+        """A file name to save the profile as: its name in lower case, other characters than letters, digits and
+        ``-`` as ``_`` (``Li-ion cylindrical cell`` -> ``li-ion_cylindrical_cell.json``)."""
+        stem = re.sub(r"[^\w-]+", "_", self.name.lower()).strip("_")
+        return f"{stem or 'profile'}.json"
+
     def color_dict(self, unknown: str = "transparent") -> dict[int | None, str]:
         """{None: unknown, 0: "transparent", value: "#rrggbb", ...} for napari's DirectLabelColormap.
 
@@ -282,6 +380,12 @@ class Profile:
             "index": [0, *(item.value for item in self.classes)],
             "class": [BACKGROUND_NAME, *(item.name for item in self.classes)],
         }
+
+
+def readable_text_color(background: str) -> str:
+    """Black or white, whichever reads better on a ``#rrggbb`` background (by its luma, ITU-R BT.601)."""
+    red, green, blue = (int(background[i : i + 2], 16) for i in (1, 3, 5))
+    return "#000000" if 0.299 * red + 0.587 * green + 0.114 * blue > 140 else "#ffffff"
 
 
 def _check_count(count: int) -> None:

@@ -10,7 +10,7 @@ import importlib
 import warnings
 from functools import partial
 
-from rwth_sam.core.models.predictors.sam1 import SamPredictor
+from rwth_sam.core.models.predictors.sam1 import MobileSamPredictor, SamHqPredictor, SamPredictor
 from rwth_sam.core.models.predictors.sam2 import Sam2Predictor
 from rwth_sam.core.models.spec import ModelSpec
 from rwth_sam.core.models.weights import Weights
@@ -23,6 +23,7 @@ UPSTREAM_MODULES = (
     "segment_anything_hq", "segment_anything_hq.automatic_mask_generator",
     "mobile_sam", "mobile_sam.automatic_mask_generator",
     "sam2.build_sam", "sam2.sam2_image_predictor", "sam2.sam2_video_predictor", "sam2.automatic_mask_generator",
+    "rwth_sam.core.upstream.segment_anything", "rwth_sam.core.upstream.sam2",
 )  # fmt: skip
 
 
@@ -73,36 +74,6 @@ def build_sam2(config: str, image_size: int = 1024):
     return upstream_build(config, None, device="cpu", hydra_overrides_extra=overrides)
 
 
-def build_sam2_video(config: str, image_size: int = 1024, device="cpu"):
-    """The SAM 2 *video* predictor (``SAM2VideoPredictor``) of ``config``, with random weights.
-
-    Its parameter names are those of ``build_sam2``'s image model, so that model's state dict loads
-    into it (``propagation`` does that, sharing the tensors with ``assign=True``).
-    """
-    from sam2.build_sam import build_sam2_video_predictor
-
-    overrides = [] if image_size == 1024 else [f"++model.image_size={image_size}"]
-    return build_sam2_video_predictor(config, None, device=str(device), hydra_overrides_extra=overrides)
-
-
-def _sam_predictor(module, name, device):
-    from segment_anything import SamPredictor as Upstream
-
-    return SamPredictor(module, name, device, Upstream)
-
-
-def _sam_hq_predictor(module, name, device):
-    from segment_anything_hq import SamPredictor as Upstream
-
-    return SamPredictor(module, name, device, Upstream, hq=True)
-
-
-def _mobile_sam_predictor(module, name, device):
-    from mobile_sam import SamPredictor as Upstream
-
-    return SamPredictor(module, name, device, Upstream)
-
-
 def sam2_spec(name: str, title: str, config: str, weights: Weights | None, image_size: int = 1024):
     """A SAM 2 registry entry; tests and benchmarks use it for reduced-resolution variants."""
     return ModelSpec(
@@ -110,21 +81,63 @@ def sam2_spec(name: str, title: str, config: str, weights: Weights | None, image
         family="SAM 2.1",
         title=title,
         build=partial(build_sam2, config, image_size),
-        make_predictor=Sam2Predictor,
+        make_predictor=partial(Sam2Predictor, hydra_config=config),
         weights=weights,
     )
 
 
 _SAM = [
-    ("vit_b", "ViT-B", "sam_vit_b_01ec64.pth", 375042383, "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
-    ("vit_l", "ViT-L", "sam_vit_l_0b3195.pth", 1249524607, "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
-    ("vit_h", "ViT-H", "sam_vit_h_4b8939.pth", 2564550879, "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
+    (
+        "vit_b",
+        "ViT-B",
+        "sam_vit_b_01ec64.pth",
+        375042383,
+        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+    ),
+    (
+        "vit_l",
+        "ViT-L",
+        "sam_vit_l_0b3195.pth",
+        1249524607,
+        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+    ),
+    (
+        "vit_h",
+        "ViT-H",
+        "sam_vit_h_4b8939.pth",
+        2564550879,
+        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+    ),
 ]
 _SAM_HQ = [
-    ("vit_tiny", "ViT-Tiny", "sam_hq_vit_tiny.pth", 42526881, "0f32c075ccdd870ae54db2f7630e7a0878ede5a2b06d05d6fe02c65a82fb7196"),
-    ("vit_b", "ViT-B", "sam_hq_vit_b.pth", 379335069, "14a9d662cd6f5a9c2dba6d40ab0058d88d287e4a18fd6fdc6ad5fb1a3fdeaa57"),
-    ("vit_l", "ViT-L", "sam_hq_vit_l.pth", 1254865805, "e1a6c385d62bf005ded91a54d5ec55c985cfc4103ef89c08d90f39f04934c343"),
-    ("vit_h", "ViT-H", "sam_hq_vit_h.pth", 2570940653, "a7ac14a085326d9fa6199c8c698c4f0e7280afdbb974d2c4660ec60877b45e35"),
+    (
+        "vit_tiny",
+        "ViT-Tiny",
+        "sam_hq_vit_tiny.pth",
+        42526881,
+        "0f32c075ccdd870ae54db2f7630e7a0878ede5a2b06d05d6fe02c65a82fb7196",
+    ),
+    (
+        "vit_b",
+        "ViT-B",
+        "sam_hq_vit_b.pth",
+        379335069,
+        "14a9d662cd6f5a9c2dba6d40ab0058d88d287e4a18fd6fdc6ad5fb1a3fdeaa57",
+    ),
+    (
+        "vit_l",
+        "ViT-L",
+        "sam_hq_vit_l.pth",
+        1254865805,
+        "e1a6c385d62bf005ded91a54d5ec55c985cfc4103ef89c08d90f39f04934c343",
+    ),
+    (
+        "vit_h",
+        "ViT-H",
+        "sam_hq_vit_h.pth",
+        2570940653,
+        "a7ac14a085326d9fa6199c8c698c4f0e7280afdbb974d2c4660ec60877b45e35",
+    ),
 ]
 _SAM2 = [
     ("tiny", "Hiera-T", "t", 156008466, "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69"),
@@ -139,7 +152,7 @@ BUILTIN_MODELS.append(
         family="MobileSAM",
         title="MobileSAM ViT-T",
         build=_build_mobile_sam,
-        make_predictor=_mobile_sam_predictor,
+        make_predictor=MobileSamPredictor,
         weights=Weights(
             "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
             "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
@@ -154,7 +167,12 @@ for _variant, _title, _file, _size, _sha in _SAM2:
             f"sam2.1_hiera_{_variant}",
             f"SAM 2.1 {_title}",
             f"configs/sam2.1/sam2.1_hiera_{_file}.yaml",
-            Weights(f"{_FB}/segment_anything_2/092824/sam2.1_hiera_{_variant}.pt", _sha, _size, f"sam2.1_hiera_{_variant}.pt"),
+            Weights(
+                f"{_FB}/segment_anything_2/092824/sam2.1_hiera_{_variant}.pt",
+                _sha,
+                _size,
+                f"sam2.1_hiera_{_variant}.pt",
+            ),
         )
     )
 for _variant, _title, _file, _size, _sha in _SAM:
@@ -164,7 +182,7 @@ for _variant, _title, _file, _size, _sha in _SAM:
             family="SAM",
             title=f"SAM {_title}",
             build=partial(_build_sam, _variant),
-            make_predictor=_sam_predictor,
+            make_predictor=SamPredictor,
             weights=Weights(f"{_FB}/segment_anything/{_file}", _sha, _size, _file),
         )
     )
@@ -175,7 +193,7 @@ for _variant, _title, _file, _size, _sha in _SAM_HQ:
             family="SAM-HQ",
             title=f"SAM-HQ {_title}",
             build=partial(_build_sam_hq, _variant),
-            make_predictor=_sam_hq_predictor,
+            make_predictor=SamHqPredictor,
             weights=Weights(f"{_HQ}/{_file}", _sha, _size, _file),
             strict=False,
         )

@@ -32,13 +32,9 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):  # torch's message for a misspelt device lists internal backends
-        raise InputError(
-            f"Unknown device '{name}'; choose one of: {', '.join(available_devices())}."
-        ) from None
+        raise InputError(f"Unknown device '{name}'; choose one of: {', '.join(available_devices())}.") from None
     if device.type not in available_devices():
-        raise InputError(
-            f"Device '{name}' is not available here; choose one of: {', '.join(available_devices())}."
-        )
+        raise InputError(f"Device '{name}' is not available here; choose one of: {', '.join(available_devices())}.")
     return device
 
 

@@ -1,9 +1,9 @@
 """Automatic mask generation: segment everything in a slice, or in every slice of a volume.
 
-The masks come from the upstream generator of the predictor's family, built on the predictor's own
-module: ``SamAutomaticMaskGenerator`` of ``segment_anything``, ``segment_anything_hq`` or
-``mobile_sam``, or ``SAM2AutomaticMaskGenerator`` of ``sam2``. Every field of
-``AutomaticSettings`` is passed to it unchanged, so a mask list here is the one upstream's
+The masks come from the predictor's own generator (``Predictor.make_mask_generator``): the upstream
+generator of its family on its module, ``SamAutomaticMaskGenerator`` of ``segment_anything``,
+``segment_anything_hq`` or ``mobile_sam``, or ``SAM2AutomaticMaskGenerator`` of ``sam2``. Every
+field of ``AutomaticSettings`` is passed to it unchanged, so a mask list here is the one upstream's
 ``generate()`` returns. It then becomes a label image: masks are painted largest first, so smaller
 masks stay visible on top of the larger ones they overlap, and the visible objects are numbered
 1..n in painting order (1 is the largest).
@@ -11,8 +11,8 @@ masks stay visible on top of the larger ones they overlap, and the visible objec
 ``min_mask_region_area`` removes holes and islands smaller than that many pixels from every mask:
 SAM's generators do it themselves (with OpenCV, then box NMS drops new duplicates). SAM 2's own
 generator would do it on the low-resolution logits with a compiled CUDA extension that pip installs
-of ``sam2`` lack (upstream then warns on every batch and skips it), so rwth-sam switches that off
-and removes the small regions from SAM 2's full-resolution masks itself (scikit-image).
+of ``sam2`` lack (upstream then warns on every batch and skips it), so rwth-sam's SAM 2 generator
+(``rwth_sam.core.upstream.sam2.MaskGenerator``) removes them from the full-resolution masks instead.
 
 A run can take long (a dense grid, crop layers): ``generate_slice`` and ``generate_volume`` report
 progress and ask whether to stop between the decoder's batches, and ``AutomaticSettings.workload``
@@ -24,17 +24,16 @@ that overlap on neighbouring slices one id.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import numbers
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 
 import numpy as np
+from skimage.segmentation import relabel_sequential
 
 from rwth_sam.core.errors import InputError
-from rwth_sam.core.models.predictors.base import Predictor
+from rwth_sam.core.models.predictors.base import MaskGenerator, Predictor
 
 # Upper bounds, from real use. SAM's defaults are 32 points per side, 64 per batch and no crop
 # layers (1,024 prompt points, one encoder run); small particles in large slices take 64-128 points
@@ -216,27 +215,13 @@ SETTING_HELP: dict[str, str] = {
 # The upstream generator
 # ----------------------------------------------------------------------------------------------
 
-_GENERATORS = {
-    "segment_anything": "SamAutomaticMaskGenerator",
-    "segment_anything_hq": "SamAutomaticMaskGenerator",
-    "mobile_sam": "SamAutomaticMaskGenerator",
-    "sam2": "SAM2AutomaticMaskGenerator",
-}
 
-
-def generator_class(predictor: Predictor) -> type:
-    """The upstream automatic mask generator of the package that built ``predictor.model``."""
-    package = type(predictor.model).__module__.split(".")[0]
-    if package not in _GENERATORS:
-        raise InputError(f"{predictor.name} has no automatic mask generator (its model comes from '{package}').")
-    module = importlib.import_module(f"{package}.automatic_mask_generator")
-    return getattr(module, _GENERATORS[package])
-
-
-def make_generator(predictor: Predictor, settings: AutomaticSettings | None = None):
-    """The upstream generator of the predictor's family on ``predictor.model``, with every setting."""
+def make_generator(predictor: Predictor, settings: AutomaticSettings | None = None) -> MaskGenerator:
+    """The predictor's automatic mask generator (its family's upstream one), with every setting."""
     settings = AutomaticSettings() if settings is None else settings
     settings.validate()
+    if not predictor.capabilities.mask_generator:
+        raise InputError(f"{predictor.name} has no automatic mask generator.")
     if settings.min_mask_region_area > 0:
         try:
             import cv2  # noqa: F401
@@ -244,44 +229,17 @@ def make_generator(predictor: Predictor, settings: AutomaticSettings | None = No
             raise InputError(
                 "Removing small regions (min mask region area > 0) needs OpenCV: pip install opencv-python-headless."
             ) from error
-    cls = generator_class(predictor)
-    kwargs = {f.name: getattr(settings, f.name) for f in fields(settings)}
-    generator = cls(predictor.model, **kwargs)
-    if cls.__name__ == "SAM2AutomaticMaskGenerator":
-        from rwth_sam.core.models.predictors.sam2 import backbone_feature_sizes
-
-        generator.predictor._bb_feat_sizes = backbone_feature_sizes(predictor.model.image_size)
-        # Small regions are removed at full resolution instead (see the module's docstring).
-        generator.predictor._transforms.max_hole_area = 0.0
-        generator.predictor._transforms.max_sprinkle_area = 0.0
-    return generator
+    return predictor.make_mask_generator({f.name: getattr(settings, f.name) for f in fields(settings)})
 
 
-def run_generator(predictor: Predictor, generator, rgb: np.ndarray) -> list[dict]:
-    """Upstream's ``generate()`` records for ``rgb``: one dict per mask, with its binary
-    ``segmentation`` and its ``area``; for SAM 2, small regions removed as SAM's generator does."""
+def run_generator(predictor: Predictor, generator: MaskGenerator, rgb: np.ndarray) -> list[dict]:
+    """The generator's ``generate()`` records for ``rgb``: one dict per mask, with its binary
+    ``segmentation`` and its ``area``."""
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise InputError(f"Automatic segmentation takes an (H, W, 3) uint8 RGB image, not {rgb.shape} {rgb.dtype}.")
     predictor.check_slice(*rgb.shape[:2])  # too small, or (SAM's encoder) too elongated
-    records = predictor._with_mps_fallback(lambda: generator.generate(np.ascontiguousarray(rgb)))
-    if _is_sam2(generator) and generator.min_mask_region_area > 0:
-        records = [_without_small_regions(record, generator.min_mask_region_area) for record in records]
-        records = [record for record in records if record["area"] > 0]
-    return records
-
-
-def _is_sam2(generator) -> bool:
-    return type(generator).__name__ == "SAM2AutomaticMaskGenerator"
-
-
-def _without_small_regions(record: dict, min_area: int) -> dict:
-    """Holes and islands below ``min_area`` pixels removed (SAM's rule, done with scikit-image)."""
-    from skimage.morphology import remove_small_holes, remove_small_objects
-
-    mask = remove_small_holes(record["segmentation"], area_threshold=min_area)
-    mask = remove_small_objects(mask, min_size=min_area)
-    return {**record, "segmentation": mask, "area": int(mask.sum())}
+    return predictor._with_mps_fallback(lambda: generator.generate(np.ascontiguousarray(rgb)))
 
 
 def paint_masks(records: Sequence[dict], shape: tuple[int, int]) -> np.ndarray:
@@ -301,14 +259,8 @@ def paint_masks(records: Sequence[dict], shape: tuple[int, int]) -> np.ndarray:
 
 
 def compact_labels(labels: np.ndarray) -> np.ndarray:
-    """Renumber the ids present in ``labels`` to 1..n, keeping their order (0 stays 0)."""
-    present = np.unique(labels)
-    present = present[present != 0]
-    if len(present) == 0 or present[-1] == len(present):
-        return labels.astype(np.int32, copy=False)
-    lookup = np.zeros(int(present[-1]) + 1, dtype=np.int32)
-    lookup[present] = np.arange(1, len(present) + 1, dtype=np.int32)
-    return lookup[labels]
+    """Renumber the ids present in ``labels`` to 1..n, keeping their order (0 stays 0), as int32."""
+    return relabel_sequential(labels.astype(np.int32, copy=False))[0]
 
 
 _last_generator: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -449,38 +401,31 @@ class _Stopped(Exception):
     """Raised inside upstream's ``generate()`` to abandon the slice in progress."""
 
 
-@contextlib.contextmanager
 def _between_batches(
-    generator,
+    generator: MaskGenerator,
     should_stop: Callable[[], bool],
     on_batch: Callable[[int, int], None] | None = None,
     total: int = 0,
 ):
     """Ask ``should_stop()`` before each of the generator's decoder batches, and report each one
-    done to ``on_batch(done, total)``.
+    done to ``on_batch(done, total)``, for the duration of the returned context.
 
     A slice of a big model with a dense point grid takes many batches (minutes on a CPU), and a
-    cancel should not wait for all of them. Every upstream generator calls ``self._process_batch``
-    per batch, so an instance attribute wraps it for the duration of the run.
+    cancel should not wait for all of them.
     """
-    process_batch = generator._process_batch
     done = 0
 
-    def checked(*args, **kwargs):
-        nonlocal done
+    def before():
         if should_stop():
             raise _Stopped
-        batch = process_batch(*args, **kwargs)
+
+    def after():
+        nonlocal done
         done += 1
         if on_batch is not None:
             on_batch(done, total)
-        return batch
 
-    generator._process_batch = checked
-    try:
-        yield
-    finally:
-        del generator._process_batch
+    return generator.between_batches(before, after)
 
 
 def generate_volume(

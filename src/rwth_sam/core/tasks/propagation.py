@@ -3,14 +3,15 @@
 ``propagate`` goes from one slice forward to the end of the range and/or backward to its start, all
 objects at once, with progress (``on_slice``) and cancel (``should_stop``), without Qt.
 
-- SAM 2 / 2.1: the upstream *video* predictor (``SAM2VideoPredictor``) on the image model's own
-  weights (shared tensors, built once per predictor). Slices are fed from memory, only those of the
-  range, as the 2D predictor sees them; their image features come from the segmenter's embedding
-  cache (``SliceFeatures``), so a slice embedded for clicks is not encoded again and the slices
-  encoded here serve later clicks and corrections. Conditioning masks go in through
-  ``add_new_mask``, tracking through ``propagate_in_video``. Object score: the model's
+- A predictor with ``capabilities.video_propagation`` (SAM 2 / 2.1): its video predictor
+  (``Predictor.video_predictor``, upstream's ``SAM2VideoPredictor`` on the image model's own
+  weights, see ``rwth_sam.core.upstream.sam2.MemoryVideoPredictor``). Slices are fed from memory,
+  only those of the range, as the 2D predictor sees them; their image features come from the
+  segmenter's embedding cache (``SliceFeatures``), so a slice embedded for clicks is not encoded
+  again and the slices encoded here serve later clicks and corrections. Conditioning masks go in
+  through ``add_new_mask``, tracking through ``propagate_in_video``. Object score: the model's
   ``object_score_logits`` per object and slice.
-- SAM 1 family (and any other ``Predictor``): prompt projection, slice by slice: each object's box
+- Any other ``Predictor`` (the SAM 1 family): prompt projection, slice by slice: each object's box
   (and the previous slice's low-resolution logits) on slice k prompts slice k +/- 1 through
   ``Segmenter.predict``; an object stops where its mask vanishes. Object score: predicted IoU.
 """
@@ -18,19 +19,15 @@ objects at once, with progress (``on_slice``) and cancel (``should_stop``), with
 from __future__ import annotations
 
 import warnings
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
-from unittest import mock
 
 import numpy as np
 import torch
 
 from rwth_sam.core.errors import InputError
-from rwth_sam.core.models.predictors.base import Predictor
 
-__all__ = ["PropagationResult", "SliceFeatures", "VideoFrames", "propagate", "video_predictor"]
+__all__ = ["PropagationResult", "SliceFeatures", "VideoFrames", "propagate"]
 
 AREA_JUMP = 2.0  # flag an object whose area changes by more than this factor from the previous slice
 _DIRECTIONS = ("both", "forward", "backward")
@@ -46,93 +43,7 @@ class PropagationResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# SAM 2 video predictor, built once per image predictor
-
-
-_video_predictors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _sam2_config(predictor: Predictor) -> tuple[str, int] | None:
-    """The hydra config and image size the predictor's model was built from (via the registry)."""
-    from rwth_sam.core.models import builtin as models
-    from rwth_sam.core.models.registry import get_model_spec
-
-    try:
-        build = get_model_spec(predictor.name).build
-    except InputError:
-        return None
-    if isinstance(build, partial) and build.func is models.build_sam2 and build.args:
-        return build.args[0], int(build.args[1] if len(build.args) > 1 else build.keywords.get("image_size", 1024))
-    return None
-
-
-def video_predictor(predictor: Predictor):
-    """The ``SAM2VideoPredictor`` sharing ``predictor.model``'s weights (built once, then cached).
-
-    Built from the model's registered config with ``build_sam2_video_predictor`` (upstream's video
-    settings: hole filling, binarised prompt masks) and given the image model's tensors
-    (``load_state_dict(strict=True, assign=True)``: the same parameter names, no copy). For a model
-    registered some other way, the image model's modules are reused under the video class with the
-    same settings.
-    """
-    model = predictor.model
-    cached = _video_predictors.get(predictor)
-    if cached is not None and cached[0] is model and _device_of(cached[1]) == _device_of(model):
-        return cached[1]
-    config = _sam2_config(predictor)
-    if config is not None:
-        from rwth_sam.core.models.builtin import build_sam2_video
-
-        with torch.random.fork_rng(devices=[]):  # building must not move the caller's random stream
-            video = build_sam2_video(config[0], config[1], device="cpu")
-        video.load_state_dict(model.state_dict(), strict=True, assign=True)  # the image model's tensors
-        video.to(_device_of(model)).eval()
-    else:
-        video = _adopt(model)
-    fix_memory_dtype(video)
-    _video_predictors[predictor] = (model, video)
-    return video
-
-
-def fix_memory_dtype(video) -> None:
-    """Make memory attention take its memory in the features' dtype.
-
-    Upstream stores memory features as bfloat16 and relies on object pointers (float32) being
-    concatenated with them to promote the memory to float32; without autocast (float32 CPU or GPU
-    inference) a frame with no object pointer yet (an object whose only conditioning slice lies
-    behind the tracking direction) fails with "mat1 and mat2 must have the same dtype". Casting
-    to the features' dtype is what that promotion does, so results are otherwise unchanged.
-    """
-    attention = video.memory_attention
-    if getattr(attention, "_rwth_sam_dtype_fix", False):
-        return
-    forward = attention.forward
-
-    def cast_forward(curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens=0):
-        dtype = (curr[0] if isinstance(curr, list) else curr).dtype
-        memory = memory.to(dtype)
-        memory_pos = memory_pos.to(dtype) if memory_pos is not None else None
-        return forward(curr=curr, memory=memory, curr_pos=curr_pos, memory_pos=memory_pos, num_obj_ptr_tokens=num_obj_ptr_tokens)
-
-    attention.forward = cast_forward
-    attention._rwth_sam_dtype_fix = True
-
-
-def _adopt(model):
-    from sam2.sam2_video_predictor import SAM2VideoPredictor
-
-    video = SAM2VideoPredictor.__new__(SAM2VideoPredictor)
-    video.__dict__.update(model.__dict__)  # the same submodules and parameters
-    video.fill_hole_area = 8
-    video.non_overlap_masks = False
-    video.clear_non_cond_mem_around_input = False
-    video.add_all_frames_to_correct_as_cond = False
-    video.binarize_mask_from_pts_for_mem_enc = True
-    return video
-
-
-def _device_of(module) -> torch.device:
-    return next(module.parameters()).device
+# SAM 2: frames and features from the segmenter
 
 
 class VideoFrames(Sequence):
@@ -162,45 +73,17 @@ class VideoFrames(Sequence):
 class SliceFeatures:
     """The video predictor's image features per frame, from the segmenter's embeddings.
 
-    Stands in for the inference state's ``cached_features``, where upstream keeps the last frame's
-    backbone output and encodes the frame on a miss: here every frame is answered through
-    ``segmenter.embed`` (memory cache, disk cache, else the encoder), with the position encodings
-    upstream's image encoder adds, so upstream never encodes a frame itself. The frame image that
-    upstream also keeps there is read by none of its callers: an empty placeholder stands in.
+    Every frame is answered through ``segmenter.embed`` (memory cache, disk cache, else the
+    encoder), so a slice embedded for clicks is not encoded again and upstream never encodes a
+    frame itself.
     """
 
-    def __init__(self, segmenter, video, axis: int, start: int):
-        self.segmenter, self.video, self.axis, self.start = segmenter, video, axis, start
-        self._positions: dict[tuple, torch.Tensor] = {}
-        self._image = torch.empty(1, 3, 0, 0, device=video.device)
+    def __init__(self, segmenter, device: torch.device, axis: int, start: int):
+        self.segmenter, self.device, self.axis, self.start = segmenter, device, axis, start
 
-    def get(self, frame_idx: int, default=None):
+    def __call__(self, frame_idx: int) -> list[torch.Tensor]:
         embedding = self.segmenter.embed(self.segmenter.plane(self.axis, self.start + frame_idx))
-        levels = list(embedding.to(self.video.device).features["backbone_fpn"])
-        return self._image, {"backbone_fpn": levels, "vision_pos_enc": [self._position(level) for level in levels]}
-
-    def _position(self, level: torch.Tensor) -> torch.Tensor:
-        """The neck's position encoding of a feature map of this shape (as ``FpnNeck`` makes it)."""
-        key = (tuple(level.shape), level.dtype)
-        if key not in self._positions:
-            self._positions[key] = self.video.image_encoder.neck.position_encoding(level).to(level.dtype)
-        return self._positions[key]
-
-
-def init_state(video, frames: Sequence, height: int, width: int, features: SliceFeatures):
-    """Upstream ``init_state`` on in-memory ``frames`` whose image features come from ``features``
-    (upstream's warm-up encoding of frame 0 is skipped: nothing to fill). Frames and state are
-    offloaded to the CPU on CUDA (upstream's options for long videos)."""
-    import sam2.sam2_video_predictor as svp
-
-    offload = video.device.type == "cuda"
-    with (
-        mock.patch.object(svp, "load_video_frames", lambda **_: (frames, height, width)),
-        mock.patch.object(video, "_get_image_feature", lambda *a, **k: None),
-    ):
-        state = video.init_state("<memory>", offload_video_to_cpu=offload, offload_state_to_cpu=offload)
-    state["cached_features"] = features
-    return state
+        return list(embedding.to(self.device).features["backbone_fpn"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,10 +147,7 @@ def propagate(
         segmenter.cache.demote(segmenter.key(segmenter.plane(axis, index)))
 
     run = _Run(cond, last - first + 1, on_slice, should_stop, passed)
-
-    from rwth_sam.core.models.predictors.sam2 import Sam2Predictor
-
-    if isinstance(segmenter.predictor, Sam2Predictor):
+    if segmenter.predictor.capabilities.video_propagation:
         _propagate_sam2(segmenter, axis, start, end, from_index, direction, size, run)
     else:
         _propagate_projection(segmenter, axis, from_index, direction, start, end, run)
@@ -331,7 +211,9 @@ class _Run:
                 result.masks.setdefault(index, {})[obj_id] = mask
         result.finished = sorted(self.done | set(self.cond))
         result.masks = {i: result.masks[i] for i in sorted(result.masks) if i in result.finished}
-        result.object_scores = {i: result.object_scores[i] for i in sorted(result.object_scores) if i in result.finished}
+        result.object_scores = {
+            i: result.object_scores[i] for i in sorted(result.object_scores) if i in result.finished
+        }
         return result
 
 
@@ -341,16 +223,17 @@ class _Run:
 
 def _propagate_sam2(segmenter, axis, start, end, from_index, direction, size, run: _Run) -> None:
     run.score_is_logit = True
-    predictor = segmenter.predictor
-    video = video_predictor(predictor)
+    video = segmenter.predictor.video_predictor()
     frames = VideoFrames(segmenter, axis, start, end)
-    import sam2.sam2_video_predictor as svp
-
-    with torch.inference_mode(), warnings.catch_warnings(), mock.patch.object(svp, "tqdm", lambda items, **_: items):
-        # no console progress bars (on_slice reports progress); without sam2's optional CUDA
-        # extension, hole filling is skipped with a warning on every slice: once is enough
+    offload = video.device.type == "cuda"  # frames and state on the CPU: upstream's options for long videos
+    with torch.inference_mode(), warnings.catch_warnings():
+        # without sam2's optional CUDA extension, hole filling is skipped with a warning on every
+        # slice: once is enough
         warnings.filterwarnings("once", message=".*Skipping the post-processing step.*")
-        state = init_state(video, frames, size[0], size[1], SliceFeatures(segmenter, video, axis, start))
+        features = SliceFeatures(segmenter, video.device, axis, start)
+        state = video.init_state(
+            frames, size[0], size[1], features, offload_video_to_cpu=offload, offload_state_to_cpu=offload
+        )
         for index in sorted(run.cond):
             for obj_id, mask in sorted(run.cond[index].items()):
                 video.add_new_mask(state, index - start, obj_id, torch.from_numpy(mask))
@@ -367,30 +250,17 @@ def _propagate_sam2(segmenter, axis, start, end, from_index, direction, size, ru
                 if run.stopped():
                     return
                 for frame_idx, obj_ids, video_res_masks in steps:
-                    index = start + frame_idx
                     masks = {int(o): (video_res_masks[k, 0] > 0).cpu().numpy() for k, o in enumerate(obj_ids)}
-                    scores = {int(o): _object_score(state, k, frame_idx) for k, o in enumerate(obj_ids)}
-                    run.record(index, reverse, masks, scores)
+                    run.record(start + frame_idx, reverse, masks, video.object_scores(state, frame_idx))
                     if run.stopped():
                         return
             finally:
                 steps.close()
         # conditioning slices outside the propagated part still get the model's scores
-        for index in run.cond:
-            for k, obj_id in enumerate(state["obj_ids"]):
-                if obj_id in run.cond[index]:
-                    score = _object_score(state, k, index - start)
-                    if score is not None:
-                        run.result.object_scores.setdefault(index, {}).setdefault(int(obj_id), score)
-
-
-def _object_score(state, obj_idx: int, frame_idx: int) -> float | None:
-    outputs = state["output_dict_per_obj"][obj_idx]
-    for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
-        out = outputs[key].get(frame_idx)
-        if out is not None and out.get("object_score_logits") is not None:
-            return float(out["object_score_logits"].float().reshape(-1)[0])
-    return None
+        for index, objects in run.cond.items():
+            for obj_id, score in video.object_scores(state, index - start).items():
+                if obj_id in objects:
+                    run.result.object_scores.setdefault(index, {}).setdefault(obj_id, score)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,9 +6,11 @@ Prompts are in slice pixels: x is the column, y the row, pixel centres at intege
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -111,16 +113,47 @@ class Prediction:
         return self.logits[self.best : self.best + 1]
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model family can do beyond embedding a slice and predicting masks from prompts.
+
+    ``multimask``: three candidate masks for an ambiguous prompt. ``hq_tokens``: SAM-HQ's
+    high-quality output token. ``mask_generator``: an automatic mask generator
+    (``Predictor.make_mask_generator``). ``video_propagation``: SAM 2's video predictor
+    (``Predictor.video_predictor``); 3D propagation uses it, else prompts each slice from its
+    neighbour's mask.
+    """
+
+    multimask: bool = True
+    hq_tokens: bool = False
+    mask_generator: bool = False
+    video_propagation: bool = False
+
+
+class MaskGenerator(Protocol):
+    """What automatic segmentation needs of a family's generator (upstream's, with batch hooks)."""
+
+    def generate(self, image: np.ndarray) -> list[dict]:
+        """Upstream's records, one dict per mask, with its binary ``segmentation`` and ``area``."""
+
+    def between_batches(
+        self, before: Callable[[], None], after: Callable[[], None]
+    ) -> contextlib.AbstractContextManager[None]:
+        """Call ``before`` (it may raise to stop) and ``after`` around each decoder batch."""
+
+
 class Predictor(ABC):
     """A Segment Anything model ready to embed slices and answer prompts.
 
-    Subclasses implement ``_embed`` and ``_predict``; this class handles devices (and the fall back
-    from Apple MPS to the CPU when an operation is missing there) and input checks. A subclass
-    that changes what its embeddings hold changes ``features_format``, so embeddings kept on disk
-    in the old form are not read back.
+    Subclasses implement ``_embed`` and ``_predict`` and declare their ``capabilities`` (with the
+    methods those need); this class handles devices (and the fall back from Apple MPS to the CPU
+    when an operation is missing there) and input checks. A subclass that changes what its
+    embeddings hold changes ``features_format``, so embeddings kept on disk in the old form are
+    not read back.
     """
 
     features_format = "1"
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, model: torch.nn.Module, name: str, device: torch.device):
         self.model = model
@@ -160,15 +193,28 @@ class Predictor(ABC):
     ) -> Prediction:
         """Masks for prompts on an embedded slice.
 
-        ``multimask`` (default: only for a lone point) asks the decoder for three candidates.
-        Only the best one is upsampled to slice size unless ``all_masks`` is set, which is what
-        makes a click fast: upstream upsamples every candidate.
+        ``multimask`` (default: only for a lone point, where the family can) asks the decoder for
+        three candidates. Only the best one is upsampled to slice size unless ``all_masks`` is set,
+        which is what makes a click fast: upstream upsamples every candidate.
         """
         if embedding.model_name != self.name:
             raise InputError(f"This embedding was made by {embedding.model_name}, not {self.name}.")
         self.check_prompts(prompts)
-        multimask = prompts.is_ambiguous if multimask is None else multimask
+        if multimask and not self.capabilities.multimask:
+            raise InputError(f"{self.name} predicts one mask per prompt: it has no multimask output.")
+        if multimask is None:
+            multimask = prompts.is_ambiguous and self.capabilities.multimask
         return self._with_mps_fallback(lambda: self._predict(embedding.to(self.device), prompts, multimask, all_masks))
+
+    def make_mask_generator(self, settings: Mapping[str, Any]) -> MaskGenerator:
+        """The family's automatic mask generator on this model, given upstream's keyword ``settings``
+        (for ``capabilities.mask_generator``)."""
+        raise InputError(f"{self.name} has no automatic mask generator.")
+
+    def video_predictor(self):
+        """SAM 2's video predictor on this model's weights, an
+        ``rwth_sam.core.upstream.sam2.MemoryVideoPredictor`` (for ``capabilities.video_propagation``)."""
+        raise InputError(f"{self.name} has no video predictor.")
 
     def check_slice(self, height: int, width: int) -> None:
         """Refuse a slice the encoder cannot take, before it runs."""

@@ -7,12 +7,17 @@ with the same coordinate transform as upstream, but only the chosen mask is upsa
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from rwth_sam.core.errors import InputError
 from rwth_sam.core.models.predictors.base import (
+    Capabilities,
     Embedding,
     Prediction,
     Predictor,
@@ -23,12 +28,14 @@ from rwth_sam.core.models.predictors.base import (
 
 
 class SamPredictor(Predictor):
-    """Predictor for models built by ``segment_anything``, ``segment_anything_hq`` or ``mobile_sam``."""
+    """Predictor for models built by ``segment_anything`` (``package``; its forks: the subclasses)."""
 
-    def __init__(self, model, name, device, upstream_predictor_class, hq: bool = False):
+    package = "segment_anything"
+    capabilities = Capabilities(mask_generator=True)
+
+    def __init__(self, model, name, device):
         super().__init__(model, name, device)
-        self._upstream = upstream_predictor_class(model)
-        self._hq = hq
+        self._upstream = importlib.import_module(self.package).SamPredictor(model)
 
     @property
     def input_size(self) -> int:
@@ -46,7 +53,7 @@ class SamPredictor(Predictor):
     def _embed(self, rgb: np.ndarray) -> Embedding:
         self._upstream.set_image(rgb, image_format="RGB")
         features = {"image": self._upstream.features, "input_size": tuple(self._upstream.input_size)}
-        if self._hq:
+        if self.capabilities.hq_tokens:
             features["interm"] = self._upstream.interm_features
         self._upstream.reset_image()
         return Embedding(features, tuple(rgb.shape[:2]), self.name)
@@ -77,13 +84,18 @@ class SamPredictor(Predictor):
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
         )
-        if self._hq:
+        if self.capabilities.hq_tokens:
             decoder_args.update(hq_token_only=False, interm_embeddings=embedding.features["interm"])
         low_res, scores = self.model.mask_decoder(**decoder_args)
 
         keep = select_candidates(low_res, scores, all_masks)
         logits = self._upsample(low_res[:, keep], embedding.features["input_size"], original_size)
         return to_prediction(logits > self.model.mask_threshold, scores, low_res, keep)
+
+    def make_mask_generator(self, settings: Mapping[str, Any]):
+        from rwth_sam.core.upstream.segment_anything import mask_generator_class
+
+        return mask_generator_class(self.package)(self.model, **settings)
 
     def _upsample(self, low_res: torch.Tensor, input_size, original_size) -> torch.Tensor:
         """Upstream's ``postprocess_masks``, minus its last resize when that one is to the same size.
@@ -97,3 +109,16 @@ class SamPredictor(Predictor):
         if tuple(logits.shape[-2:]) != tuple(original_size):
             logits = F.interpolate(logits, original_size, mode="bilinear", align_corners=False)
         return logits
+
+
+class SamHqPredictor(SamPredictor):
+    """SAM-HQ (``segment_anything_hq``): SAM's decoder with its high-quality output token."""
+
+    package = "segment_anything_hq"
+    capabilities = Capabilities(mask_generator=True, hq_tokens=True)
+
+
+class MobileSamPredictor(SamPredictor):
+    """MobileSAM (``mobile_sam``): SAM's decoder on a small image encoder."""
+
+    package = "mobile_sam"

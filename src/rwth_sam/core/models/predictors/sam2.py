@@ -6,14 +6,20 @@ predictor adds ``no_mem_embed``, because SAM 2's video predictor takes exactly t
 for a click is reused when propagating through the volume, and the other way round. Prompts go
 through the model's prompt encoder and mask decoder exactly as upstream ``_predict`` does,
 upsampling only the chosen mask.
+
+The upstream internals this needs are in ``rwth_sam.core.upstream.sam2``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 from rwth_sam.core.models.predictors.base import (
+    Capabilities,
     Embedding,
     Prediction,
     Predictor,
@@ -23,20 +29,25 @@ from rwth_sam.core.models.predictors.base import (
 )
 
 
-def backbone_feature_sizes(image_size: int) -> list[tuple[int, int]]:
-    """SAM 2's three feature-map sizes (upstream hard-codes them for 1024-pixel models)."""
-    return [(image_size // 4,) * 2, (image_size // 8,) * 2, (image_size // 16,) * 2]
-
-
 class Sam2Predictor(Predictor):
-    features_format = "sam2-backbone-fpn"
+    """Predictor for SAM 2 models; ``hydra_config``, the packaged config the model was built from
+    (e.g. "configs/sam2.1/sam2.1_hiera_t.yaml"), builds its video predictor (without one, the video
+    predictor is made of the image model's own modules)."""
 
-    def __init__(self, model, name, device):
+    features_format = "sam2-backbone-fpn"
+    capabilities = Capabilities(mask_generator=True, video_propagation=True)
+
+    def __init__(self, model, name, device, hydra_config: str | None = None):
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
+        from rwth_sam.core.upstream.sam2 import fit_feature_sizes, image_transforms
+
         super().__init__(model, name, device)
+        self.hydra_config = hydra_config
         self._upstream = SAM2ImagePredictor(model)
-        self._upstream._bb_feat_sizes = backbone_feature_sizes(model.image_size)
+        fit_feature_sizes(self._upstream)
+        self._image_transforms = image_transforms(self._upstream)
+        self._video: tuple[torch.nn.Module, torch.nn.Module] | None = None  # (image model, its video predictor)
 
     @property
     def input_size(self) -> int:
@@ -44,7 +55,7 @@ class Sam2Predictor(Predictor):
 
     def input_tensor(self, rgb: np.ndarray) -> torch.Tensor:
         """An (H, W, 3) uint8 slice as the encoder's (3, S, S) float input (upstream's transforms)."""
-        return self._upstream._transforms(rgb)
+        return self._image_transforms(rgb)
 
     def _embed(self, rgb: np.ndarray) -> Embedding:
         backbone_out = self.model.forward_image(self.input_tensor(rgb)[None].to(self.device))
@@ -61,7 +72,7 @@ class Sam2Predictor(Predictor):
         return flat.permute(1, 2, 0).view(1, -1, *lowest.shape[-2:]), high_res
 
     def _predict(self, embedding: Embedding, prompts: Prompts, multimask: bool, all_masks: bool) -> Prediction:
-        transforms = self._upstream._transforms
+        transforms = self._image_transforms
         orig_hw = embedding.image_size
         coords = labels = None
         if len(prompts.points):
@@ -71,7 +82,9 @@ class Sam2Predictor(Predictor):
             labels = torch.as_tensor(prompts.labels, dtype=torch.int, device=self.device)[None]
         if prompts.box is not None:
             box = transforms.transform_boxes(
-                torch.as_tensor(prompts.box[None], dtype=torch.float, device=self.device), normalize=True, orig_hw=orig_hw
+                torch.as_tensor(prompts.box[None], dtype=torch.float, device=self.device),
+                normalize=True,
+                orig_hw=orig_hw,
             )
             box_labels = torch.tensor([[2, 3]], dtype=torch.int, device=self.device)
             coords = box if coords is None else torch.cat([box, coords], dim=1)
@@ -95,3 +108,35 @@ class Sam2Predictor(Predictor):
         logits = transforms.postprocess_masks(low_res[:, keep], orig_hw)
         low_res = torch.clamp(low_res, -32.0, 32.0)
         return to_prediction(logits > self._upstream.mask_threshold, scores, low_res, keep)
+
+    def make_mask_generator(self, settings: Mapping[str, Any]):
+        from rwth_sam.core.upstream.sam2 import MaskGenerator
+
+        return MaskGenerator(self.model, **settings)
+
+    def video_predictor(self):
+        """The video predictor sharing this model's weights (the same tensors), built once per model
+        and device.
+
+        Built from ``hydra_config`` with upstream's video settings (hole filling, binarised prompt
+        masks) and given the image model's tensors (``load_state_dict(strict=True, assign=True)``:
+        the same parameter names, no copy).
+        """
+        from rwth_sam.core.upstream.sam2 import adopt_image_model, build_video_predictor
+
+        device = _device_of(self.model)
+        if self._video is not None and self._video[0] is self.model and _device_of(self._video[1]) == device:
+            return self._video[1]
+        if self.hydra_config is None:
+            video = adopt_image_model(self.model)
+        else:
+            with torch.random.fork_rng(devices=[]):  # building must not move the caller's random stream
+                video = build_video_predictor(self.hydra_config, self.model.image_size, device="cpu")
+            video.load_state_dict(self.model.state_dict(), strict=True, assign=True)
+            video.to(device).eval()
+        self._video = (self.model, video)
+        return video
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device

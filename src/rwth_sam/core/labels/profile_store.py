@@ -1,8 +1,9 @@
-"""The segmentation profiles open in this napari session, shared by the reader and the widgets.
+"""The segmentation profiles open in this session, shared by the reader and the widgets.
 
 ``PROFILES`` starts with rwth-sam's example profiles; opening a profile file adds one, the profile
 widget edits them. Profiles are immutable: an edit ``add``s a new profile of the same name, which
-replaces the old one in place. ``PROFILES.changed`` is emitted after every change.
+replaces the old one in place. ``PROFILES.changed`` is emitted once after every change, whatever it
+was (one signal is all the widgets need: each redraws its list).
 """
 
 from __future__ import annotations
@@ -22,39 +23,31 @@ class ProfileStore:
     changed = Signal()
 
     def __init__(self, profiles: list[Profile] | None = None):
-        self._profiles: list[Profile] = []
+        self._profiles: dict[str, Profile] = {}  # in the order they came; replacing one keeps its place
         for profile in profiles or ():
             self._put(profile)
 
     @property
     def profiles(self) -> list[Profile]:
-        return list(self._profiles)
+        return list(self._profiles.values())
 
     @property
     def names(self) -> list[str]:
-        return [profile.name for profile in self._profiles]
+        return list(self._profiles)
 
     def __len__(self) -> int:
         return len(self._profiles)
 
     def __contains__(self, name: str) -> bool:
-        return self._index(name) is not None
-
-    def _index(self, name: str) -> int | None:
-        return next((i for i, profile in enumerate(self._profiles) if profile.name == name), None)
+        return name in self._profiles
 
     def _put(self, profile: Profile) -> None:
         if not isinstance(profile, Profile):
             raise TypeError(f"expected a Profile, got {type(profile).__name__}")
-        index = self._index(profile.name)
-        if index is None:
-            self._profiles.append(profile)
-        else:
-            self._profiles[index] = profile
+        self._profiles[profile.name] = profile
 
     def get(self, name: str) -> Profile | None:
-        index = self._index(name)
-        return None if index is None else self._profiles[index]
+        return self._profiles.get(name)
 
     def add(self, profile: Profile) -> Profile:
         """Add a profile, replacing (in place) one of the same name."""
@@ -64,21 +57,19 @@ class ProfileStore:
 
     def replace(self, old_name: str, profile: Profile) -> Profile:
         """Put ``profile`` where ``old_name`` was (a rename keeps the position)."""
-        index = self._index(old_name)
-        if index is None:
+        if old_name not in self._profiles:
             raise KeyError(old_name)
-        other = self._index(profile.name)
-        if other is not None and other != index:
+        if profile.name != old_name and profile.name in self._profiles:
             raise ProfileError(f"There is already a profile named '{profile.name}'.")
-        self._profiles[index] = profile
+        self._profiles = {
+            (profile.name if name == old_name else name): (profile if name == old_name else kept)
+            for name, kept in self._profiles.items()
+        }
         self.changed.emit()
         return profile
 
     def remove(self, name: str) -> None:
-        index = self._index(name)
-        if index is None:
-            raise KeyError(name)
-        del self._profiles[index]
+        del self._profiles[name]
         self.changed.emit()
 
     def unique_name(self, base: str) -> str:
@@ -91,7 +82,7 @@ class ProfileStore:
 
     def reset(self) -> None:
         """Back to the example profiles only (for tests)."""
-        self._profiles = []
+        self._profiles = {}
         for profile in _builtin():
             self._put(profile)
         self.changed.emit()
