@@ -383,7 +383,8 @@ def test_generate_slice_reports_every_decoder_batch(name, changes):
     labels = generate_slice(predictor, rgb, settings, on_batch=lambda done, total: calls.append((done, total)))
     total = settings.workload().batches
     assert total > 1 and calls == [(done, total) for done in range(1, total + 1)]
-    np.testing.assert_array_equal(labels, generate_slice(predictor, rgb, settings))  # the same masks without it
+    if name == SAM2_TINY_256 or not settings.crop_n_layers:  # MobileSAM's five crops twice took 36 s
+        np.testing.assert_array_equal(labels, generate_slice(predictor, rgb, settings))  # the same masks without it
     np.testing.assert_array_equal(rgb, before)
 
 
