@@ -172,7 +172,7 @@ def test_an_all_nan_slice_is_refused(viewer, checkpoint, qtbot):
 def test_a_click_outside_the_image_is_refused(viewer, checkpoint, qtbot):
     image = viewer.add_image(np.zeros((20, 20), np.uint8))
     widget = dock(viewer, checkpoint)
-    viewer.camera.zoom = viewer.camera.zoom / 3  # make room around the image
+    viewer.scene.camera.zoom = viewer.scene.camera.zoom / 3  # make room around the image
     middle_click(viewer, image.data_to_world((10, 45)))
     wait_idle(qtbot, widget)
     assert "outside the image" in widget.status.value
