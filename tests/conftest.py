@@ -106,6 +106,14 @@ def checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def mobile_sam_checkpoint(mobile_sam, tmp_path_factory):
+    """The seeded random MobileSAM (the ``mobile_sam`` fixture), saved as a checkpoint file."""
+    path = tmp_path_factory.mktemp("weights") / "mobile_sam_random.pt"
+    torch.save(mobile_sam.model.state_dict(), path)
+    return path
+
+
 @pytest.fixture
 def viewer(make_napari_viewer):
     """A shown napari viewer; torch's thread count (the widget leaves a core free) is restored after."""

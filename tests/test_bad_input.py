@@ -466,13 +466,6 @@ def test_a_malicious_checkpoint_never_runs_through_load_model(tmp_path):
     assert not marker.exists()
 
 
-@pytest.fixture(scope="module")
-def mobile_sam_checkpoint(mobile_sam, tmp_path_factory):
-    path = tmp_path_factory.mktemp("mobile") / "mobile_sam.pt"
-    torch.save(mobile_sam.model.state_dict(), path)
-    return path
-
-
 def test_a_mobile_sam_checkpoint_does_not_fit_sam2(mobile_sam_checkpoint):
     words = ["does not fit SAM 2.1 Hiera-T", "471 missing and 439 unexpected", "Pick the checkpoint made"]
     assert_refused(WeightsError, words, rwth_sam.load_model, "sam2.1_hiera_tiny", checkpoint=mobile_sam_checkpoint)

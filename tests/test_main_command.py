@@ -16,12 +16,10 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from pyvirtualdisplay import Display
 from scipy import ndimage
 
-from conftest import random_model
 from napari_helpers import SCREENSHOTS
 
 pytestmark = [pytest.mark.gui, pytest.mark.skipif(sys.platform != "linux", reason="drives an X server (Xvfb)")]
@@ -86,9 +84,8 @@ def wait_for(condition, timeout: float, process, what: str):
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def test_main_command_survives_a_real_middle_click_and_shows_the_preview(x_display, tmp_path):
-    checkpoint = tmp_path / "mobile_sam_random.pt"
-    torch.save(random_model("mobile_sam_vit_t").model.state_dict(), checkpoint)
+def test_main_command_survives_a_real_middle_click_and_shows_the_preview(x_display, tmp_path, mobile_sam_checkpoint):
+    checkpoint = mobile_sam_checkpoint
     env = {key: value for key, value in os.environ.items() if not key.startswith(("QT_QPA", "RWTH_SAM_"))}
     env.update(DISPLAY=x_display, RWTH_SAM_CACHE_DIR=str(tmp_path / "no-downloads"))
     log = tmp_path / "app.log"

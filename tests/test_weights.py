@@ -30,21 +30,16 @@ FILENAME = "loopback_mobile_sam.pt"
 
 
 @pytest.fixture(scope="module")
-def mobile_checkpoint(tmp_path_factory):
-    """A real MobileSAM checkpoint (seeded random weights): its path, bytes, sha256 and state dict."""
-    torch.manual_seed(1234)
-    module = rwth_sam.get_model_spec(BASE_MODEL).build()
-    state = {key: value.detach().clone() for key, value in module.state_dict().items()}
-    path = tmp_path_factory.mktemp("checkpoint") / "mobile_sam_test.pt"
-    torch.save(state, path)
-    data = path.read_bytes()
+def mobile_checkpoint(mobile_sam_checkpoint):
+    """conftest's MobileSAM checkpoint: its path, bytes, sha256 and state dict."""
+    data = mobile_sam_checkpoint.read_bytes()
     return {
-        "path": path,
+        "path": mobile_sam_checkpoint,
         "data": data,
         "sha256": hashlib.sha256(data).hexdigest(),
         "size": len(data),
-        "state": state,
-        "module": module,
+        "state": torch.load(mobile_sam_checkpoint, weights_only=True),
+        "module": rwth_sam.get_model_spec(BASE_MODEL).build(),  # random weights, to load checkpoints into
     }
 
 
