@@ -32,6 +32,7 @@ NAPARI_INTERNALS = {
     "QtViewer._key_map_handler": "key presses through napari's own key map",
     "Labels._undo_history": "what one submit stores for undo",
     "progress._all_instances": "the open progress bars (those napari's activity dock lists)",
+    "viewer_model.get_preferred_reader": "a remembered reader choice, without writing the user's napari settings",
 }
 
 
@@ -52,6 +53,12 @@ def open_progress_bars() -> set:
     from napari.utils import progress
 
     return set(progress._all_instances)
+
+
+def remember_reader(monkeypatch, plugin: str) -> None:
+    """Make napari open every path with ``plugin``, as after the user ticked "remember this choice"
+    (napari's settings would do it, but they are saved to the user's real settings file)."""
+    monkeypatch.setattr("napari.components.viewer_model.get_preferred_reader", lambda path: plugin)
 
 
 def last_undo_step(labels):

@@ -57,6 +57,18 @@ def _all_instances(viewer):
     assert bar not in open_progress_bars()
 
 
+def _get_preferred_reader(viewer):
+    import inspect
+
+    from napari.components import viewer_model
+
+    parameters = list(inspect.signature(viewer_model.get_preferred_reader).parameters)
+    assert parameters == ["path"], f"its parameters are {parameters}"
+    assert "get_preferred_reader" in inspect.getsource(viewer_model.ViewerModel._open_or_raise_error), (
+        "ViewerModel no longer asks it"
+    )
+
+
 CHECKS = {
     "Window._qt_viewer": _qt_viewer,
     "QtViewer.canvas._scene_canvas.events": _scene_canvas_events,
@@ -64,6 +76,7 @@ CHECKS = {
     "QtViewer._key_map_handler": _key_map_handler,
     "Labels._undo_history": _undo_history,
     "progress._all_instances": _all_instances,
+    "viewer_model.get_preferred_reader": _get_preferred_reader,
 }
 
 

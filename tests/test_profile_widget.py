@@ -31,6 +31,7 @@ from rwth_sam.ui import profile_widget, reader
 from rwth_sam.ui.profile_widget import COLOR, DESCRIPTION, NAME, VALUE, ProfileWidget, apply_profile
 
 from conftest import CATALOGUE, DIRECTORY, MAX_CLASSES, MISSING, many_classes, messages, write_case
+from napari_helpers import remember_reader
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("profile_store")]
 
@@ -197,7 +198,7 @@ def test_another_json_reader_gets_the_other_json_files(
     assert offered == [["JSON points for tests", "RWTH SAM"]] * 2
 
     # *.json associated with rwth-sam (a remembered choice): it refuses the points file, so napari offers the other
-    monkeypatch.setattr("napari.components.viewer_model.get_preferred_reader", lambda path: "rwth-sam")
+    remember_reader(monkeypatch, "rwth-sam")
     choose("JSON points for tests")
     drop(viewer, points)
     assert [layer.name for layer in viewer.layers] == ["json points", "json points [1]"]
