@@ -8,6 +8,7 @@ import inspect
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -72,6 +73,20 @@ def mobile_sam():
 @pytest.fixture(scope="session")
 def sam2_tiny():
     return random_model(SAM2_TINY_256)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Let model work still running in the background end before the interpreter does.
+
+    A test may end while a worker still embeds ahead or a cancelled run finishes its slice; a thread
+    running torch while Python shuts down crashed the process (exit 139) after every test passed."""
+    if "qtpy" in sys.modules:
+        from qtpy.QtCore import QThreadPool
+
+        QThreadPool.globalInstance().waitForDone(60_000)
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and thread.name.startswith("rwth-sam"):
+            thread.join(60)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects: `-m real_data` picks these tests
