@@ -37,7 +37,7 @@ from rwth_sam.core.tasks.automatic import (
 from rwth_sam.ui.context import PanelContext
 from rwth_sam.ui.labels_io import commit_block, commit_voxels
 from rwth_sam.ui.reporting import guarded
-from rwth_sam.ui.runner import AUTOMATIC, Run
+from rwth_sam.ui.runner import AUTOMATIC, PanelRun, Run
 
 RESULT_METADATA = {"rwth_sam_helper": "automatic result"}  # the main widget offers no such layer as a target
 _FLOAT_STEPS = {"stability_score_offset": 0.1}
@@ -92,8 +92,7 @@ class AutomaticPanel(Container):
         self.run_slice.changed.connect(self.segment_slice)
         self.run_volume.changed.connect(self.segment_volume)
         self.assign.changed.connect(self.assign_selected)
-        self.cancel.changed.connect(self._on_cancel)
-        self.current_run: Run | None = None
+        self.run = PanelRun(context.runner, AUTOMATIC, (self.run_slice, self.run_volume), self.cancel, context.say)
         self.result_layer: napari.layers.Labels | None = None
         self._result_image = None  # the image layer the result layer belongs to
         self._highest_id = 0  # the highest object id written into it (its max over the volume cost 0.1 s a run)
@@ -118,16 +117,14 @@ class AutomaticPanel(Container):
             text += f" (large: {work.points / default:.0f} times SAM's default, a slice takes long)"
         self.workload.value = text
 
-    def cancel_runs(self, *_) -> None:
-        """*Cancel*: stop the automatic run at its next decoder batch (the main widget calls this too
-        when closed, so the process need not wait for a run nobody sees)."""
-        if self.current_run is not None:
-            self.current_run.quit()
+    @property
+    def current_run(self) -> Run | None:
+        return self.run.current
 
-    def _on_cancel(self, *_) -> None:
-        if self.current_run is not None:
-            self.context.say("Cancelling…")
-            self.cancel_runs()
+    def cancel_runs(self, *_) -> None:
+        """Stop the automatic run at its next decoder batch (the main widget calls this when closed, so
+        the process need not wait for a run nobody sees, and when the image changes)."""
+        self.run.cancel()
 
     # ----------------------------------------------------------------- runs
     @_reported("Segment everything on this slice")
@@ -219,18 +216,7 @@ class AutomaticPanel(Container):
     def _run(self, job, on_result, description: str, total: int, request) -> None:
         """Start a run (its own progress bar, *Cancel* its ``quit()``; the request's download bar
         while the model downloads); the run buttons wait for its end."""
-        self.current_run = self.context.runner.submit_run(
-            AUTOMATIC, job, on_result, description, total, on_finished=self._on_run_finished, bar=request.download
-        )
-        self._show_running(True)
-
-    def _on_run_finished(self) -> None:
-        self.current_run = None
-        self._show_running(False)
-
-    def _show_running(self, running: bool) -> None:
-        self.run_slice.enabled = self.run_volume.enabled = not running
-        self.cancel.enabled = running
+        self.run.start(job, on_result, description, total, bar=request.download)
 
     def _check_image(self, image, started: dict) -> None:
         """Refuse a result whose image was removed or given other data while the run went (the

@@ -51,6 +51,45 @@ class Run:
         self.stop_requested.set()
 
 
+class PanelRun:
+    """A panel's one run at a time: its start buttons wait while it goes, its *Cancel* button is the
+    run's ``quit()`` (said in the status line; ``cancel()`` is the quiet form, for the widget)."""
+
+    def __init__(self, runner: LatestJobRunner, kind: str, start_buttons, cancel_button, say: Callable[[str], None]):
+        self._runner, self._kind, self._start_buttons, self._cancel_button = runner, kind, start_buttons, cancel_button
+        self._say = say
+        self.current: Run | None = None
+        cancel_button.changed.connect(self._on_cancel)
+
+    def start(self, job, on_result, description: str, total: int, bar=None, on_finished=None) -> Run:
+        """``runner.submit_run`` for this panel; ``on_finished`` follows the run's end, however it ends."""
+
+        def finished() -> None:
+            self.current = None
+            self._show_running(False)
+            if on_finished is not None:
+                on_finished()
+
+        self.current = self._runner.submit_run(self._kind, job, on_result, description, total, finished, bar=bar)
+        self._show_running(True)
+        return self.current
+
+    def cancel(self, *_) -> None:
+        """Stop the run at its next step, quietly."""
+        if self.current is not None:
+            self.current.quit()
+
+    def _on_cancel(self, *_) -> None:
+        if self.current is not None:
+            self._say("Cancelling…")
+            self.cancel()
+
+    def _show_running(self, running: bool) -> None:
+        for button in self._start_buttons:
+            button.enabled = not running
+        self._cancel_button.enabled = running
+
+
 class JobBar:
     """The progress bar of a job that may download (the model's weights), for the download to fill
     from the worker. The runner opens it when the job is submitted, from the event loop (napari's

@@ -33,7 +33,7 @@ from rwth_sam.core.tasks.volume_session import (
 )
 from rwth_sam.ui.context import PanelContext
 from rwth_sam.ui.labels_io import commit_block
-from rwth_sam.ui.runner import EMBED_RANGE, PREDICT, PROPAGATE
+from rwth_sam.ui.runner import EMBED_RANGE, PREDICT, PROPAGATE, PanelRun
 from rwth_sam.ui.runner import Run as RunHandle
 
 
@@ -79,8 +79,12 @@ class VolumePanel(Container):
         ]
         for button, what, action in actions:
             button.changed.connect(context.guard(what, action))
-        self.cancel.changed.connect(self._on_cancel)
-        self.current_run: RunHandle | None = None  # the propagation going on (its quit() is Cancel)
+        # the propagation going on; what would change the session under it waits
+        self.run = PanelRun(
+            context.runner, PROPAGATE,
+            (self.set_start, self.set_end, self.add_box, self.segment_middle, self.full, self.correct),
+            self.cancel, context.say,
+        )  # fmt: skip
         session = self.session
         session.changed.connect(self._show_state)
         session.flags_changed.connect(self._show_flags)
@@ -299,33 +303,19 @@ class VolumePanel(Container):
                 on_slice=step, should_stop=should_stop,
             )  # fmt: skip
 
-        def finished() -> None:
-            self.session.run_finished(run)
-            self.current_run = None
-            self._show_running(False)
-
         context.say("Propagating…")
-        self.current_run = context.runner.submit_run(
-            PROPAGATE, job, self._on_propagated, "Propagating", run.end - run.start + 1, on_finished=finished,
-            bar=request.download,
+        self.run.start(
+            job, self._on_propagated, "Propagating", run.end - run.start + 1, bar=request.download,
+            on_finished=lambda: self.session.run_finished(run),
         )  # fmt: skip
-        self._show_running(True)
 
-    def _show_running(self, running: bool) -> None:
-        """While a propagation runs, what would change the session under it waits; Cancel works."""
-        for button in (self.set_start, self.set_end, self.add_box, self.segment_middle, self.full, self.correct):
-            button.enabled = not running
-        self.cancel.enabled = running
+    @property
+    def current_run(self) -> RunHandle | None:
+        return self.run.current
 
     def cancel_runs(self, *_) -> None:
         """Stop the propagation at its next slice, quietly (the main widget calls this when closed)."""
-        if self.current_run is not None:
-            self.current_run.quit()
-
-    def _on_cancel(self, *_) -> None:
-        if self.current_run is not None:
-            self.context.say("Cancelling…")
-            self.cancel_runs()
+        self.run.cancel()
 
     def layer_removed(self) -> None:
         """The running propagation's labels layer removed: stop it now (it will write nothing)."""
