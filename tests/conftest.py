@@ -408,3 +408,58 @@ def write_case(folder: Path, content) -> Path:
     elif content != MISSING:
         path.write_bytes(content)
     return path
+
+
+# ----------------------------------------------------------------------------- volume files the tests write
+def write_dicom_series(
+    folder: Path,
+    hounsfield: np.ndarray,
+    spacing=(0.7, 0.8, 2.5),
+    origin=(-120.0, -90.0, 40.0),
+    direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    compression: str | None = None,
+    description: str = "CT test series",
+    series_uid: str | None = None,
+) -> list[Path]:
+    """A CT series, one file per slice, as a scanner writes it: ``hounsfield`` (numpy order (z, y, x),
+    physical values, int16; GDCM stores (value - intercept) / slope, so they should be exact multiples) on
+    the grid ``spacing``/``origin``/``direction`` (ITK order, LPS), with ImagePositionPatient per slice.
+    ``compression``: None (uncompressed), or a GDCM compressor ("JPEG2000", "JPEG": lossless)."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    volume = sitk.GetImageFromArray(np.asarray(hounsfield).astype(np.int16))
+    volume.SetSpacing(tuple(float(s) for s in spacing))
+    volume.SetOrigin(tuple(float(o) for o in origin))
+    volume.SetDirection(tuple(float(d) for d in direction))
+    series_uid = series_uid or f"1.2.826.0.1.3680043.8.498.{abs(hash((folder.name, description))) % 10**12}"
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()  # the series UID below, not GDCM's
+    if compression:
+        writer.SetUseCompression(True)
+        writer.SetCompressor(compression)
+    row_col = direction[0], direction[3], direction[6], direction[1], direction[4], direction[7]
+    files = []
+    for index in range(volume.GetDepth()):
+        image = volume[:, :, index]
+        tags = {
+            "0008|0060": "CT",
+            "0008|103e": description,
+            "0020|000d": series_uid.rsplit(".", 1)[0] + ".1",
+            "0020|000e": series_uid,
+            "0020|0013": str(index + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in volume.TransformIndexToPhysicalPoint((0, 0, index))),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in row_col),
+            "0028|1053": f"{slope:g}",
+            "0028|1052": f"{intercept:g}",
+            "0008|0018": f"{series_uid}.{index + 1}",
+        }
+        for key, value in tags.items():
+            image.SetMetaData(key, value)
+        path = folder / f"slice{index:04d}.dcm"
+        writer.SetFileName(os.fspath(path))
+        writer.Execute(image)
+        files.append(path)
+    return files

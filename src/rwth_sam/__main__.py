@@ -1,6 +1,8 @@
 """`python -m rwth_sam [IMAGE]`: napari with the rwth-sam widget docked and an image open.
 
-Without IMAGE, the synthetic battery cell volume (sample data) is opened.
+Without IMAGE, the synthetic battery cell volume (sample data) is opened. IMAGE may be anything napari
+opens, and the medical and CT formats this plugin reads (NIfTI, NRRD, MetaImage, a DICOM folder or file, a
+3D Slicer .seg.nrrd, HDF5), with their geometry.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "image", nargs="?", help="an image file or folder napari can open (default: the battery sample)"
     )
+    parser.add_argument("--volume", type=int, help="which volume of a 4D file to open (0 is the first)")
     parser.add_argument("--model", help=f"the model to start with (a registry name; default: ${MODEL_ENV_VAR})")
     parser.add_argument(
         "--checkpoint", type=Path, help=f"a local checkpoint file for it, used offline (default: ${CHECKPOINT_ENV_VAR})"
@@ -40,8 +43,14 @@ def main(argv=None) -> None:
     import_upstream_packages()  # before napari starts: not in the worker at the first click
     import napari
 
+    from rwth_sam.ui.volume_files import get_volume_reader, read_volume_file
+
     viewer = napari.Viewer()
-    if args.image:
+    if args.image and get_volume_reader(args.image) is not None:
+        for layer_data in read_volume_file(args.image, volume=args.volume):
+            if layer_data[0] is not None:  # None: the file could not be opened, and the user was told why
+                viewer.add_layer(napari.layers.Layer.create(*layer_data))
+    elif args.image:
         viewer.open(args.image, plugin=None)
     else:
         viewer.open_sample("rwth-sam", "battery_volume")

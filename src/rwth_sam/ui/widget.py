@@ -28,6 +28,7 @@ from rwth_sam.core.embeddings.identity import SessionIdentity
 from rwth_sam.core.embeddings.segmenter import spatial_shape
 from rwth_sam.core.embeddings.workspace import Workspace
 from rwth_sam.core.errors import InputError, RwthSamError
+from rwth_sam.core.files.geometry import GEOMETRY_KEY
 from rwth_sam.core.labels.labelling import check_label_value, check_writable, next_instance_id
 from rwth_sam.core.labels.profile_store import PROFILES
 from rwth_sam.core.models.builtin import import_upstream_packages
@@ -266,8 +267,13 @@ class SamWidget(Container):
         except RwthSamError as error:
             return self.report_error(error)
         layer = self.image_layer
+        source = {GEOMETRY_KEY: layer.metadata[GEOMETRY_KEY]} if GEOMETRY_KEY in layer.metadata else {}
         labels = self.viewer.add_labels(
-            np.zeros(shape, dtype=np.uint32), name=f"{layer.name} labels", scale=layer.scale, translate=layer.translate
+            np.zeros(shape, dtype=np.uint32),
+            name=f"{layer.name} labels",
+            scale=layer.scale,
+            translate=layer.translate,
+            metadata=source,  # saved onto the image's source grid (ui/volume_files.py)
         )
         self.labels_picker.reset_choices()
         self.labels_picker.value = labels

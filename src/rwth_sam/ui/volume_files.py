@@ -1,0 +1,217 @@
+"""npe2 reader and writer for medical and CT volumes: NIfTI, NRRD, MetaImage, DICOM series, 3D Slicer
+segmentations and HDF5 in; labels layers out, on their image's source grid.
+
+The reader puts the file's geometry in each layer: spacing as ``scale``, the (reoriented) origin as
+``translate``, and the source grid in ``metadata[GEOMETRY_KEY]``. The widget's *New labels layer for image*
+copies that entry, so *File > Save Selected Layers* writes the labels back onto the source grid, voxel for
+voxel, with nothing for the user to set. Files that cannot be opened get a message and no layer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.notifications import show_info, show_warning
+
+from rwth_sam.core.errors import InputError
+from rwth_sam.core.files.geometry import GEOMETRY_KEY, SourceGeometry
+from rwth_sam.core.files.hdf5 import HDF5_SUFFIXES, read_hdf5
+from rwth_sam.core.files.medical import (
+    DICOM_SUFFIXES,
+    VOLUME_SUFFIXES,
+    Volume,
+    file_suffix,
+    is_dicom_file,
+    labels_dtype,
+    read_volume,
+    write_image,
+)
+from rwth_sam.core.files.segmentations import (
+    SEGMENTATION_SUFFIX,
+    looks_like_labels,
+    read_class_table,
+    read_segmentation,
+    write_class_table,
+    write_segmentation,
+)
+from rwth_sam.core.labels.profile_store import PROFILES
+from rwth_sam.core.labels.profiles import Profile, SegmentationClass
+from rwth_sam.ui.reader import NO_LAYERS
+from rwth_sam.ui.reporting import show_user_error
+
+DICOM_PROBE = 32  # a folder is offered as DICOM when one of its first files is
+
+
+def get_volume_reader(path):
+    """The reader for one volume file, DICOM file or DICOM folder; None for anything else (another
+    plugin's turn)."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    path = Path(path)
+    if path.is_dir():
+        return read_volume_file if _holds_dicom(path) else None
+    suffix = file_suffix(path)
+    if (
+        suffix in VOLUME_SUFFIXES
+        or suffix in DICOM_SUFFIXES
+        or suffix in HDF5_SUFFIXES
+        or suffix == SEGMENTATION_SUFFIX
+    ):
+        return read_volume_file
+    return None
+
+
+def read_volume_file(path, volume: int | None = None) -> list[tuple]:
+    """The layers of one file or DICOM folder; bad input is told and opens nothing."""
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    path = Path(path)
+    try:
+        return volume_layers(path, volume)
+    except Exception as error:  # noqa: BLE001  (every failure is a message, never napari's traceback)
+        show_user_error(error, f"Opening {path.name}")
+        return NO_LAYERS
+
+
+def volume_layers(path: Path, volume: int | None = None) -> list[tuple]:
+    """The layer data tuples for ``path``; raises InputError for a file that cannot be opened."""
+    suffix = file_suffix(path)
+    if suffix in HDF5_SUFFIXES:
+        return _hdf5_layers(path)
+    if suffix == SEGMENTATION_SUFFIX:
+        layers = []
+        for labels, profile in read_segmentation(path):
+            layers.append(_labels_layer(labels, profile))
+        return layers
+    image = read_volume(path, volume)
+    for note in image.notes:
+        show_warning(note)
+    if path.is_file() and looks_like_labels(path, image.data.dtype):
+        return [_labels_layer(image, read_class_table(path, image.name))]
+    return [(image.data, _layer_meta(image), "image")]
+
+
+def write_labels(path: str, data, meta: dict) -> list[str]:
+    """Write a labels layer: NIfTI, NRRD, MetaImage or 3D Slicer segmentation on its image's source grid, or
+    TIFF; a class table goes beside the formats that cannot hold class names."""
+    path = Path(path)
+    suffix = file_suffix(path)
+    shown = np.asarray(data)
+    geometry = SourceGeometry.from_metadata(meta.get("metadata"))
+    if geometry is None:
+        ndim = shown.ndim
+        geometry = SourceGeometry.from_layer(
+            shown.shape, meta.get("scale", (1.0,) * ndim), meta.get("translate", (0.0,) * ndim)
+        )
+    if tuple(shown.shape) != geometry.display_shape:
+        raise InputError(
+            f"The labels layer has shape {tuple(shown.shape)}, but the image it was made for "
+            f"({Path(geometry.source).name}) has {geometry.display_shape}; it cannot be saved on that grid."
+        )
+    profile = layer_profile(meta, shown)
+    written = [path]
+    if suffix == SEGMENTATION_SUFFIX:
+        write_segmentation(path, shown, geometry, profile)
+        return [os.fspath(path)]
+    shown = shown.astype(labels_dtype(int(shown.max(initial=0))), copy=False)
+    if suffix in (".tif", ".tiff"):
+        _write_tiff(path, shown)
+    else:
+        write_image(path, shown, geometry)
+    if any(item.name != _unnamed(item.value) for item in profile.classes):
+        written.append(write_class_table(path, list(profile.classes)))
+    return [os.fspath(item) for item in written]
+
+
+def layer_profile(meta: dict, data: np.ndarray) -> Profile:
+    """The classes of a labels layer: the names in its features (as the widget's profile sets them) and the
+    colours it draws them in, plus an unnamed class for every other value in the data."""
+    features = meta.get("features")
+    names: dict[int, str] = {}
+    if features is not None and {"index", "class"} <= set(getattr(features, "columns", ())):
+        names = {int(index): str(name) for index, name in zip(features["index"], features["class"]) if index}
+    values = sorted(set(names) | {int(v) for v in np.unique(data) if v})
+    colormap = meta.get("colormap")
+    classes = [SegmentationClass(names.get(value, _unnamed(value)), value, _hex(colormap, value)) for value in values]
+    return Profile(meta.get("name") or "labels", tuple(classes))
+
+
+def _unnamed(value: int) -> str:
+    return f"label {value}"
+
+
+def _hex(colormap, value: int) -> str:
+    if colormap is None:
+        return "#808080"
+    rgba = np.asarray(colormap.map(np.array([value])))[0]
+    return "#" + "".join(f"{round(float(c) * 255):02x}" for c in rgba[:3])
+
+
+def _write_tiff(path: Path, data: np.ndarray) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        tifffile.imwrite(partial, data, compression="zlib", photometric="minisblack")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _layer_meta(volume: Volume) -> dict:
+    geometry = volume.geometry
+    return {
+        "name": volume.name,
+        "scale": geometry.scale,
+        "translate": geometry.translate,
+        "metadata": {GEOMETRY_KEY: geometry.to_metadata()},
+    }
+
+
+def _labels_layer(volume: Volume, profile: Profile | None) -> tuple:
+    meta = _layer_meta(volume)
+    data = volume.data if np.issubdtype(volume.data.dtype, np.integer) else volume.data.astype(np.int32)
+    if profile is not None and profile.classes:
+        meta["colormap"] = DirectLabelColormap(color_dict=profile.color_dict(unknown="#808080"))
+        meta["features"] = profile.features()
+        replaced = profile.name in PROFILES
+        PROFILES.add(profile)
+        what = "replaced the profile of that name" if replaced else "added to the segmentation profiles"
+        show_info(
+            f"Profile '{profile.name}' ({len(profile.classes)} classes) from {Path(volume.geometry.source).name}: {what}."
+        )
+    return (data, meta, "labels")
+
+
+def _hdf5_layers(path: Path) -> list[tuple]:
+    datasets = read_hdf5(path)
+    layers = []
+    for index, dataset in enumerate(datasets):
+        name = f"{path.stem}{dataset.name}" if len(datasets) > 1 else path.stem
+        ndim = dataset.data.ndim
+        geometry = SourceGeometry.from_layer(dataset.data.shape, (1.0,) * ndim, (0.0,) * ndim, os.fspath(path), "HDF5")
+        metadata = {GEOMETRY_KEY: geometry.to_metadata(), "hdf5_dataset": dataset.name}
+        meta = {"name": name, "visible": index == 0, "metadata": metadata}
+        layers.append((dataset.data, meta, "image"))
+    if len(datasets) > 1:
+        listed = ", ".join(f"{item.name} {tuple(item.data.shape)}" for item in datasets)
+        show_info(
+            f"{path.name} holds {len(datasets)} image datasets, each opened as a layer (read only as shown): "
+            f"{listed}. Pick the one to segment in the widget's Image list; remove the others if you like."
+        )
+    return layers
+
+
+def _holds_dicom(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            files = [entry.path for entry in entries if entry.is_file()]
+    except OSError:
+        return False
+    return any(is_dicom_file(file) for file in sorted(files)[:DICOM_PROBE])
