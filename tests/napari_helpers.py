@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import napari
 import numpy as np
 from vispy.util import keys
 
@@ -125,10 +126,36 @@ def left_click(viewer, world_point):
     events.mouse_release(pos=position, button=1, modifiers=(), press_event=press)
 
 
+def teach_oracle(data, truth, axis, window) -> None:
+    """Give ``OraclePredictor`` the true labels of every slice along ``axis``, keyed as the widget shows
+    the slice to it (through ``window``, the image's intensity window)."""
+    data = np.asarray(data)
+    OraclePredictor.truth_by_slice = {}
+    for index in range(data.shape[axis]):
+        plane = rwth_sam.SlicePlane.of(data.shape, axis, index)
+        rgb = rwth_sam.to_rgb(np.asarray(plane.take(data)), window)
+        OraclePredictor.truth_by_slice[hashlib.blake2b(rgb.tobytes()).digest()] = np.asarray(plane.take(truth))
+
+
+def slice_point(image, axis, index) -> float:
+    """The world coordinate along ``axis`` of the image's slice ``index`` (its scale and translate)."""
+    point = np.zeros(image.ndim)
+    point[axis] = index
+    return float(image.data_to_world(point)[axis])
+
+
 def run_3d(viewer, qtbot, checkpoint, ct, truth, order, start, end, organs, scale=(3.0, 3.0, 3.0)):
-    """Drive the 3D buttons in order, as a user would; returns the widget and the labels layer."""
+    """Drive the 3D buttons in order, as a user would; returns the widget, the labels layer and the 3D panel.
+
+    ``ct`` is an array, added as the image "ct" with ``scale``, or an image layer already open (a file read
+    with its geometry keeps its scale and translate); ``truth`` is on the image's array grid."""
     viewer.window.resize(1500, 950)
-    image = viewer.add_image(ct, name="ct", scale=scale, contrast_limits=(-160, 240))
+    if isinstance(ct, napari.layers.Image):
+        image = ct
+        image.contrast_limits = (-160, 240)
+    else:
+        image = viewer.add_image(ct, name="ct", scale=scale, contrast_limits=(-160, 240))
+    ct = np.asarray(image.data)
     _, widget = viewer.window.add_plugin_dock_widget("rwth-sam", "Segment Anything (SAM)")
     widget.model.value, widget.checkpoint.value, widget.device.value = ORACLE, checkpoint, "cpu"
     labels = widget.create_labels_layer()
@@ -136,20 +163,16 @@ def run_3d(viewer, qtbot, checkpoint, ct, truth, order, start, end, organs, scal
     widget.mode.value = VOLUME_MODE
     viewer.dims.order = order
     axis = order[0]
-    window = rwth_sam.IntensityWindow(*image.contrast_limits)
-    OraclePredictor.truth_by_slice = {}
-    for index in range(ct.shape[axis]):
-        plane = rwth_sam.SlicePlane.of(ct.shape, axis, index)
-        rgb = rwth_sam.to_rgb(np.asarray(plane.take(ct)), window)
-        OraclePredictor.truth_by_slice[hashlib.blake2b(rgb.tobytes()).digest()] = np.asarray(plane.take(truth))
+    teach_oracle(ct, truth, axis, rwth_sam.IntensityWindow(*image.contrast_limits))
 
     panel = widget.volume
     for index, button in ((end, panel.set_end), (start, panel.set_start)):  # either order
-        viewer.dims.set_point(axis, index * scale[axis])
+        viewer.dims.set_point(axis, slice_point(image, axis, index))
         button.clicked.emit()
     middle = (start + end) // 2
     assert panel.range_label.value == f"Slices {start}–{end} (axis {axis}), middle {middle}"
-    assert round(viewer.dims.point[axis] / scale[axis]) == middle, "the view did not move to the middle slice"
+    shown = image.world_to_data(viewer.dims.point)[axis]
+    assert round(shown) == middle, "the view did not move to the middle slice"
 
     middle_plane = rwth_sam.SlicePlane.of(ct.shape, axis, middle)
     for name in organs:

@@ -20,6 +20,7 @@ from PIL import Image
 from pyvirtualdisplay import Display
 from scipy import ndimage
 
+from conftest import messages
 from napari_helpers import SCREENSHOTS
 
 pytestmark = [pytest.mark.gui, pytest.mark.skipif(sys.platform != "linux", reason="drives an X server (Xvfb)")]
@@ -173,3 +174,55 @@ def test_no_crash_whatever_is_imported_first(x_display, tmp_path, order):
 def test_bad_start_options_are_refused_before_napari_starts(arguments, message):
     result = subprocess.run([sys.executable, "-m", "rwth_sam", *arguments], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and message in result.stderr
+
+
+@pytest.fixture
+def main_in(viewer, monkeypatch):
+    """``python -m rwth_sam ARGS`` in this process: its viewer is the test's, and napari.run returns."""
+    import napari
+
+    from rwth_sam.__main__ import main
+
+    monkeypatch.setattr(napari, "Viewer", lambda: viewer)
+    monkeypatch.setattr(napari, "run", lambda: None)
+    return lambda *arguments: main([*arguments, "--device", "cpu"])
+
+
+def test_main_command_opens_a_ct_file_with_its_geometry_and_one_volume_of_a_4d_file(main_in, viewer, tmp_path):
+    nibabel = pytest.importorskip("nibabel")
+    volumes = np.arange(4 * 6 * 5 * 3, dtype=np.int16).reshape(4, 6, 5, 3)  # (x, y, z, t)
+    affine = np.diag([-0.7, -0.8, 2.5, 1.0])  # LPS stored: shown as is
+    affine[:3, 3] = (12.0, 30.0, -40.0)
+    path = tmp_path / "scan.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(volumes[..., 1], affine), path)
+    main_in(str(path))
+    [image] = [layer for layer in viewer.layers if layer.name == "scan"]
+    np.testing.assert_allclose(image.scale, (2.5, 0.8, 0.7), rtol=1e-6)
+    np.testing.assert_allclose(image.translate, (-40.0, -30.0, -12.0), rtol=1e-6)  # LPS: x and y negated
+    np.testing.assert_array_equal(image.data, volumes[..., 1].transpose(2, 1, 0))
+
+    viewer.layers.clear()
+    four_d = tmp_path / "series.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(volumes, affine), four_d)
+    main_in(str(four_d), "--volume", "2")
+    [image] = [layer for layer in viewer.layers if layer.name == "series"]
+    np.testing.assert_array_equal(image.data, volumes[..., 2].transpose(2, 1, 0))
+
+
+def test_main_command_tells_why_a_file_cannot_be_opened_and_opens_nothing(main_in, viewer, tmp_path, notifications):
+    path = tmp_path / "broken.nii.gz"
+    path.write_bytes(b"\x1f\x8b not really gzip")
+    main_in(str(path))
+    assert [layer.name for layer in viewer.layers if layer.name == "broken"] == []
+    assert any("broken.nii.gz could not be read as NIfTI" in text for text in messages(notifications, "error"))
+
+
+def test_main_command_leaves_a_folder_without_dicom_to_napari(main_in, viewer, tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for index in range(3):
+        tifffile.imwrite(folder / f"slice{index}.tif", np.full((8, 9), index, np.uint8))
+    main_in(str(folder))
+    [stack] = [layer for layer in viewer.layers if layer.name == "slices"]
+    assert stack.data.shape == (3, 8, 9)

@@ -389,3 +389,69 @@ def test_model_and_checkpoint_from_the_environment(viewer, checkpoint, monkeypat
     other = SamWidget(viewer)
     assert "names no file" in other.status.value and other.model.value != "no_such_model"
     other.native.close()
+
+
+def test_save_labels_offers_the_source_folder_and_format_and_writes_onto_the_source_grid(
+    viewer, checkpoint, tmp_path, monkeypatch
+):
+    nibabel = pytest.importorskip("nibabel")
+    from rwth_sam.ui import widget as widget_module
+
+    affine = np.array([[0.0, -0.8, 0.0, 10.0], [0.7, 0.0, 0.0, -20.0], [0.0, 0.0, 2.5, 5.0], [0, 0, 0, 1]])
+    source = np.zeros((9, 7, 5), np.int16)  # (i, j, k), axes permuted against the world's
+    path = tmp_path / "scan.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(source, affine), path)
+    [image] = viewer.open(path, plugin="rwth-sam")
+    widget = dock(viewer, checkpoint)
+    widget.image_picker.value = image
+    labels = widget.create_labels_layer()
+    region = np.zeros(source.shape, bool)
+    region[2:4, 1:6, 3] = True  # in the source's own voxels
+    shown = image.metadata["rwth_sam_source"]
+    order, flips = shown["display_axes"], shown["display_flips"]
+    shown_region = region.transpose(2, 1, 0).transpose(order)[
+        tuple(slice(None, None, -1) if f else slice(None) for f in flips)
+    ]
+    labels.data_setitem(np.nonzero(shown_region), 4)
+    offered = []
+
+    def answer(parent, caption, directory, filters):
+        offered.append((directory, filters))
+        return str(tmp_path / "saved.nii.gz"), filters.split(";;")[0]
+
+    monkeypatch.setattr(widget_module.QFileDialog, "getSaveFileName", answer)
+    widget.save_labels.changed.emit(True)
+
+    assert offered[0][0] == str(tmp_path / "scan_labels.nii.gz"), "offer the source's folder and format"
+    saved = nibabel.load(tmp_path / "saved.nii.gz")
+    np.testing.assert_allclose(saved.affine, affine, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(saved.dataobj) == 4, region)
+    assert widget.status.value == "Saved 'scan labels' to saved.nii.gz."
+
+
+def test_a_lazy_hdf5_volume_is_segmented_like_the_same_array_and_saved_as_tiff(
+    viewer, checkpoint, qtbot, rng, tmp_path
+):
+    h5py = pytest.importorskip("h5py")
+    tifffile = pytest.importorskip("tifffile")
+    volume = rng.integers(0, 4000, (6, 48, 64)).astype(np.uint16)
+    path = tmp_path / "scan.h5"
+    with h5py.File(path, "w") as handle:
+        handle["exchange/data"] = volume
+        handle["exchange/theta"] = np.linspace(0, 180, 6)  # 1D: not an image
+    [image] = viewer.open(path, plugin="rwth-sam")
+    assert image.data.__class__.__module__.startswith("dask"), "the dataset is read lazily"
+    image.contrast_limits = (500, 3000)
+    widget = dock(viewer, checkpoint)
+    labels = widget.create_labels_layer()
+    viewer.dims.set_point(0, 3)
+    middle_click(viewer, image.data_to_world((3, 20, 30)))
+    wait_idle(qtbot, widget)
+    plane = rwth_sam.SlicePlane.of(volume.shape, 0, 3)
+    expected = expected_mask(volume, plane, rwth_sam.IntensityWindow(500, 3000), points=[(30, 20)], labels=[1])
+    np.testing.assert_array_equal(widget.preview_mask(plane), expected.mask)
+    widget.submit()
+    written = widget.save_labels_as(tmp_path / "scan_labels.tif")
+    assert written == [str(tmp_path / "scan_labels.tif")], "no class table without named classes"
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "scan_labels.tif") != 0, np.asarray(labels.data) != 0)
+    assert (np.asarray(labels.data)[3] != 0).sum() == expected.mask.sum()

@@ -51,7 +51,7 @@ def main(argv=None) -> None:
             if layer_data[0] is not None:  # None: the file could not be opened, and the user was told why
                 viewer.add_layer(napari.layers.Layer.create(*layer_data))
     elif args.image:
-        viewer.open(args.image, plugin=None)
+        viewer.open(args.image, plugin=_other_reader(args.image))
     else:
         viewer.open_sample("rwth-sam", "battery_volume")
     _, widget = viewer.window.add_plugin_dock_widget("rwth-sam", "Segment Anything (SAM)")
@@ -62,6 +62,16 @@ def main(argv=None) -> None:
     if args.device is not None:
         widget.device.value = args.device
     napari.run()
+
+
+def _other_reader(path: str) -> str | None:
+    """The plugin to open a path rwth-sam declines: the one other plugin that claims it (rwth-sam claims
+    every folder, for DICOM), or None to let napari choose."""
+    from npe2 import PluginManager
+
+    others = {reader.plugin_name for reader in PluginManager.instance().iter_compatible_readers([path])}
+    others.discard("rwth-sam")
+    return others.pop() if len(others) == 1 else None
 
 
 if __name__ == "__main__":

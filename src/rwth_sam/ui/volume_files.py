@@ -17,7 +17,7 @@ import tifffile
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_info, show_warning
 
-from rwth_sam.core.errors import InputError
+from rwth_sam.core.errors import InputError, RwthSamError
 from rwth_sam.core.files.geometry import GEOMETRY_KEY, SourceGeometry
 from rwth_sam.core.files.hdf5 import HDF5_SUFFIXES, read_hdf5
 from rwth_sam.core.files.medical import (
@@ -41,9 +41,13 @@ from rwth_sam.core.files.segmentations import (
 from rwth_sam.core.labels.profile_store import PROFILES
 from rwth_sam.core.labels.profiles import Profile, SegmentationClass
 from rwth_sam.ui.reader import NO_LAYERS
-from rwth_sam.ui.reporting import show_user_error
+from rwth_sam.ui.reporting import as_user_error, show_user_error
 
 DICOM_PROBE = 32  # a folder is offered as DICOM when one of its first files is
+LABELS_SUFFIXES = (".nii.gz", ".nii", SEGMENTATION_SUFFIX, ".nrrd", ".mha", ".tif", ".tiff")  # as in napari.yaml
+LABELS_FILE_FILTER = ";;".join(
+    [f"Labels ({' '.join('*' + suffix for suffix in LABELS_SUFFIXES)})", "3D Slicer segmentation (*.seg.nrrd)"]
+)
 
 
 def get_volume_reader(path):
@@ -99,10 +103,22 @@ def volume_layers(path: Path, volume: int | None = None) -> list[tuple]:
     return [(image.data, _layer_meta(image), "image")]
 
 
+class LabelsNotSaved(RwthSamError):
+    """Labels that cannot be saved as asked. Not a ValueError (as InputError is): napari takes a ValueError
+    from a writer for "no writer found", drops its message and warns that no plugin could write the layer."""
+
+
 def write_labels(path: str, data, meta: dict) -> list[str]:
     """Write a labels layer: NIfTI, NRRD, MetaImage or 3D Slicer segmentation on its image's source grid, or
     TIFF; a class table goes beside the formats that cannot hold class names."""
     path = Path(path)
+    try:
+        return _write_labels(path, data, meta)
+    except ValueError as error:
+        raise LabelsNotSaved(str(as_user_error(error, f"Saving {path.name}"))) from error
+
+
+def _write_labels(path: Path, data, meta: dict) -> list[str]:
     suffix = file_suffix(path)
     shown = np.asarray(data)
     geometry = SourceGeometry.from_metadata(meta.get("metadata"))
@@ -129,6 +145,22 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     if any(item.name != _unnamed(item.value) for item in profile.classes):
         written.append(write_class_table(path, list(profile.classes)))
     return [os.fspath(item) for item in written]
+
+
+def default_labels_path(labels) -> Path:
+    """Where a labels layer is offered to be saved: beside its image's source file, in the same format
+    (``ct.nii.gz`` → ``ct_labels.nii.gz``; a DICOM series → NIfTI, HDF5 → TIFF), else as TIFF in the
+    current folder."""
+    geometry = SourceGeometry.from_metadata(labels.metadata)
+    name = "_".join(labels.name.split())
+    if geometry is None or not geometry.source:
+        return Path.cwd() / f"{name}.tif"
+    source = Path(geometry.source)
+    suffix = file_suffix(source)
+    if suffix not in LABELS_SUFFIXES:
+        suffix = {".mhd": ".mha", ".nhdr": ".nrrd"}.get(suffix, ".tif" if suffix in HDF5_SUFFIXES else ".nii.gz")
+    folder = source if source.is_dir() else source.parent
+    return folder / f"{name}{suffix}"
 
 
 def layer_profile(meta: dict, data: np.ndarray) -> Profile:

@@ -11,6 +11,8 @@ user's input to it), and every model call runs in a napari thread worker through
 from __future__ import annotations
 
 import gc
+import os
+from pathlib import Path
 
 import napari
 import numpy as np
@@ -19,7 +21,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pus
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QEvent, QObject
-from qtpy.QtWidgets import QComboBox
+from qtpy.QtWidgets import QComboBox, QFileDialog
 from superqt.utils import qdebounced
 
 from rwth_sam.core.coordinates import LayerGeometry, SlicePlane, plane_at
@@ -43,6 +45,7 @@ from rwth_sam.ui.labels_io import commit_mask
 from rwth_sam.ui.profile_widget import apply_profile
 from rwth_sam.ui.reporting import as_user_error, guarded
 from rwth_sam.ui.runner import EMBED_AHEAD, PREDICT, JobBar, LatestJobRunner
+from rwth_sam.ui.volume_files import LABELS_FILE_FILTER, default_labels_path, write_labels
 from rwth_sam.ui.volume_panel import VolumePanel
 
 LEFT_BUTTON, MIDDLE_BUTTON = 1, 3
@@ -128,6 +131,11 @@ class SamWidget(Container):
         self.image_picker = create_widget(annotation=napari.layers.Image, label="Image")
         self.labels_picker = ComboBox(label="Labels", choices=self._labels_choices)
         self.new_labels = PushButton(text="New labels layer for image")
+        self.save_labels = PushButton(text="Save labels…")
+        self.save_labels.tooltip = (
+            "Save the labels layer onto its image's source grid: NIfTI, NRRD, MetaImage, 3D Slicer .seg.nrrd "
+            "(one segment per class) or TIFF, with a class table beside it"
+        )
         self.window = ComboBox(label="Intensity", choices=list(WINDOW_CHOICES))
         self.window.tooltip = "How intensities become the 8-bit image SAM sees (one window for the whole volume)"
         self.keep_on_disk = CheckBox(text="Keep embeddings on disk", value=False)
@@ -154,7 +162,8 @@ class SamWidget(Container):
         self.clear_button = PushButton(text="Clear prompts")
         self.extend(
             [
-                self.model, self.checkpoint, self.device, self.image_picker, self.labels_picker, self.new_labels, self.window,
+                self.model, self.checkpoint, self.device, self.image_picker, self.labels_picker,
+                self._labels_buttons(), self.window,
                 self.keep_on_disk,
                 self.profile, self.classes, self.label_value, self.instance_mode, self.overwrite_labels,
                 self.mode, self.submit_button, self.clear_button, self.automatic, self.volume, self.status,
@@ -162,6 +171,7 @@ class SamWidget(Container):
         )  # fmt: skip
 
         self.new_labels.changed.connect(self.guard("Making a labels layer", self.create_labels_layer))
+        self.save_labels.changed.connect(self.guard("Saving the labels", self._ask_where_to_save_labels))
         self.mode.changed.connect(self.guard("Switching the mode", self._on_mode_changed))
         self.profile.changed.connect(self.guard("Choosing a profile", self.classes.reset_choices))
         self.classes.changed.connect(self.guard("Choosing a class", self._on_class_changed))
@@ -278,6 +288,34 @@ class SamWidget(Container):
         self.labels_picker.reset_choices()
         self.labels_picker.value = labels
         return labels
+
+    def _labels_buttons(self) -> Container:
+        row = Container(layout="horizontal", labels=False, widgets=[self.new_labels, self.save_labels])
+        row.margins = (0, 0, 0, 0)  # as wide as the rows above and below
+        return row
+
+    def _ask_where_to_save_labels(self) -> None:
+        labels = self._labels_to_save()
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, f"Save '{labels.name}'", os.fspath(default_labels_path(labels)), LABELS_FILE_FILTER
+        )
+        if path:
+            self.save_labels_as(path)
+
+    def _labels_to_save(self) -> napari.layers.Labels:
+        labels = self.labels_picker.value
+        if labels is None or labels not in self.viewer.layers:
+            raise InputError("Pick the labels layer to save, or create one with 'New labels layer for image'.")
+        return labels
+
+    def save_labels_as(self, path: str | os.PathLike) -> list[str]:
+        """Write the picked labels layer to ``path`` onto its image's source grid (the format from the
+        name), as *File > Save Selected Layers* does with rwth-sam's writer."""
+        labels = self._labels_to_save()
+        data, meta, _ = labels.as_layer_data_tuple()
+        written = write_labels(os.fspath(path), data, meta)
+        self.say(f"Saved '{labels.name}' to {', '.join(Path(item).name for item in written)}.")
+        return written
 
     def target_labels(self) -> napari.layers.Labels:
         """The labels layer results go to, checked against the image's shape."""

@@ -19,6 +19,7 @@ import numpy as np
 from rwth_sam.core.errors import InputError
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs")
+MIN_IMAGE_SIDE = 8  # a table of (N, 3) positions or angles is no image
 
 
 @dataclass
@@ -46,15 +47,18 @@ def read_hdf5(path: str | os.PathLike) -> list[Dataset]:
         if isinstance(item, h5py.Dataset) and item.ndim >= 2 and np.issubdtype(item.dtype, np.number):
             if item.ndim > 3:
                 skipped.append(f"{item.name} {item.shape}")
-            elif min(item.shape) > 1 or item.ndim == 2:
+            elif min(item.shape[-2:]) >= MIN_IMAGE_SIDE and (item.ndim == 2 or item.shape[0] > 1):
                 found.append(item)
 
-    handle.visititems(collect)
-    if not found:
+    try:
+        handle.visititems(collect)
+        if not found:
+            more = f" ({len(skipped)} of more than 3 dimensions: {', '.join(skipped)})" if skipped else ""
+            raise InputError(f"{path.name} holds no 2D or 3D numeric dataset{more}.")
+        default = _nexus_default(handle)
+    except BaseException:
         handle.close()
-        more = f" ({len(skipped)} of more than 3 dimensions: {', '.join(skipped)})" if skipped else ""
-        raise InputError(f"{path.name} holds no 2D or 3D numeric dataset{more}.")
-    default = _nexus_default(handle)
+        raise
     found.sort(key=lambda item: (item.name != default, -item.size))
     return [Dataset(item.name, da.from_array(item, chunks=_slice_chunks(item), lock=True)) for item in found]
 

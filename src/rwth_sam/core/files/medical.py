@@ -9,10 +9,13 @@ CT), and the pixel type is the file's.
 from __future__ import annotations
 
 import os
+import re
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import SimpleITK as sitk
 
@@ -90,6 +93,8 @@ def read_volume(path: str | os.PathLike, volume: int | None = None) -> Volume:
     anything that cannot be opened as one 2D or 3D image.
     """
     path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: there is no such file or folder.")
     if path.is_dir() or file_suffix(path) in DICOM_SUFFIXES or (path.is_file() and is_dicom_file(path)):
         return read_dicom_series(path)
     file_format = VOLUME_SUFFIXES.get(file_suffix(path))
@@ -160,11 +165,33 @@ def labels_dtype(maximum: int) -> np.dtype:
 
 def _read_image(path: Path, file_format: str) -> sitk.Image:
     try:
-        return sitk.ReadImage(os.fspath(path))
+        image = sitk.ReadImage(os.fspath(path))
     except RuntimeError as error:
+        if "orthonormal direction cosines" in str(error):
+            raise InputError(
+                f"{path.name} has a sheared voxel grid (its axes are not perpendicular), which ITK cannot "
+                "represent; resample it onto a regular grid first."
+            ) from error
         raise InputError(
             f"{path.name} could not be read as {file_format}: it may be truncated or not a {file_format} file "
             f"({itk_reason(error)})."
+        ) from error
+    if file_format == "NIfTI":
+        _check_nifti_complete(path)
+    return image
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """ITK reads a truncated NIfTI file without an error, its missing voxels zero. nibabel reads the last
+    voxel where the header says it is (for .nii.gz, decompressing the stream to its end), and fails if the
+    file ends before."""
+    try:
+        image = nibabel.load(path)
+        image.dataobj[(-1,) * len(image.shape)]
+    except (EOFError, ValueError, OSError, zlib.error) as error:
+        raise InputError(
+            f"{path.name} is truncated: it ends before the voxels its header describes ({error}). "
+            "Copy or download it again."
         ) from error
 
 
@@ -252,5 +279,8 @@ def _tags(file: str, *keys: str) -> list[str]:
 def itk_reason(error: RuntimeError) -> str:
     """The last line of an ITK exception: the reason, without the C++ file and line."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[-1] == "Reason: No such file or directory":
+        lines.pop()  # MetaImage appends a stale errno to a file it did open (a truncated one)
     reason = lines[-1] if lines else "unknown error"
-    return reason.removeprefix("ITK ERROR: ").strip()
+    reason = reason.removeprefix("ITK ERROR: ").strip()
+    return re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", reason)  # "MetaImageIO(0x5652f9463820): " says nothing

@@ -16,7 +16,14 @@ from scipy import ndimage
 
 from rwth_sam.core.errors import InputError
 from rwth_sam.core.files.geometry import SourceGeometry
-from rwth_sam.core.files.medical import Volume, file_suffix, itk_reason, volume_from_image, write_image
+from rwth_sam.core.files.medical import (
+    Volume,
+    file_suffix,
+    itk_reason,
+    labels_dtype,
+    volume_from_image,
+    write_image,
+)
 from rwth_sam.core.labels.profiles import Profile, SegmentationClass
 
 SEGMENTATION_SUFFIX = ".seg.nrrd"
@@ -95,15 +102,19 @@ def write_segmentation(path: str | os.PathLike, shown: np.ndarray, geometry: Sou
     if geometry.ndim != 3:
         raise InputError("A 3D Slicer segmentation holds a 3D volume; save 2D labels as TIFF.")
     source = np.ascontiguousarray(geometry.to_source(shown))
-    extents = ndimage.find_objects(source.astype(np.int64, copy=False)) if source.any() else []
+    boxes = _label_boxes(source)
     metadata = {
         "Segmentation_MasterRepresentation": "Binary labelmap",
         "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
         "Segmentation_ReferenceImageExtentOffset": "0 0 0",
     }
-    for index, item in enumerate(profile.classes):
+    named = {item.value for item in profile.classes}
+    unnamed = [  # Slicer shows only the values a segment names: the others would be lost on its next save
+        SegmentationClass(f"label {value}", value, "#808080") for value in sorted(boxes) if value not in named
+    ]
+    for index, item in enumerate((*profile.classes, *unnamed)):
         key = f"Segment{index}_"
-        box = extents[item.value - 1] if item.value <= len(extents) else None
+        box = boxes.get(item.value)
         red, green, blue = (int(item.color[i : i + 2], 16) / 255 for i in (1, 3, 5))
         metadata.update(
             {
@@ -118,13 +129,29 @@ def write_segmentation(path: str | os.PathLike, shown: np.ndarray, geometry: Sou
                 key + "Tags": "|",
             }
         )
-    dtype = np.uint8 if int(source.max(initial=0)) < 256 else np.uint16
+    dtype = labels_dtype(int(source.max(initial=0)))  # uint16 alone would wrap label values above 65535
     write_image(path, shown.astype(dtype, copy=False), geometry, metadata)
 
 
+def _label_boxes(source: np.ndarray) -> dict[int, tuple[slice, ...]]:
+    """Each label value's bounding box in the source array. Large values are compacted first: find_objects
+    makes a list as long as the largest value (a profile allows 2**31 - 1)."""
+    if not source.any():
+        return {}
+    if int(source.max()) <= 2**16:
+        boxes = ndimage.find_objects(source.astype(np.int64, copy=False))
+        return {value: box for value, box in enumerate(boxes, 1) if box is not None}
+    values, compact = np.unique(source, return_inverse=True)
+    shift = 0 if values[0] == 0 else 1  # find_objects skips 0: the background, or the smallest label
+    boxes = ndimage.find_objects(compact.reshape(source.shape) + shift)
+    return {int(values[index - shift]): box for index, box in enumerate(boxes, 1) if box is not None}
+
+
 def _segments(image: sitk.Image) -> list[tuple[int, SegmentationClass]]:
-    """(layer, class) for each ``SegmentN_*`` entry of a segmentation's header."""
+    """(layer, class) for each ``SegmentN_*`` entry of a segmentation's header. Slicer before 4.11 wrote no
+    ``Layer`` or ``LabelValue``: a segment per component, each of value 1."""
     keys = set(image.GetMetaDataKeys())
+    one_per_component = image.GetNumberOfComponentsPerPixel() > 1 and "Segment0_Layer" not in keys
     segments = []
     index = 0
     while f"Segment{index}_Name" in keys or f"Segment{index}_ID" in keys:
@@ -134,8 +161,8 @@ def _segments(image: sitk.Image) -> list[tuple[int, SegmentationClass]]:
             return image.GetMetaData(key + name).strip() if key + name in keys else default  # noqa: B023
 
         try:
-            value = int(field("LabelValue", str(index + 1)))
-            layer = int(field("Layer", "0"))
+            value = int(field("LabelValue", "1" if one_per_component else str(index + 1)))
+            layer = int(field("Layer", str(index) if one_per_component else "0"))
             color = "#" + "".join(f"{round(float(c) * 255):02x}" for c in field("Color", "0.5 0.5 0.5").split()[:3])
         except ValueError as error:
             raise InputError(
