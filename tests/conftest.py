@@ -422,11 +422,13 @@ def write_dicom_series(
     compression: str | None = None,
     description: str = "CT test series",
     series_uid: str | None = None,
+    window: tuple[float, float] | None = None,
 ) -> list[Path]:
     """A CT series, one file per slice, as a scanner writes it: ``hounsfield`` (numpy order (z, y, x),
     physical values, int16; GDCM stores (value - intercept) / slope, so they should be exact multiples) on
     the grid ``spacing``/``origin``/``direction`` (ITK order, LPS), with ImagePositionPatient per slice.
-    ``compression``: None (uncompressed), or a GDCM compressor ("JPEG2000", "JPEG": lossless)."""
+    ``compression``: None (uncompressed), or a GDCM compressor ("JPEG2000", "JPEG": lossless); ``window``:
+    the WindowCenter/WindowWidth a scanner records."""
     import SimpleITK as sitk
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -456,6 +458,8 @@ def write_dicom_series(
             "0028|1052": f"{intercept:g}",
             "0008|0018": f"{series_uid}.{index + 1}",
         }
+        if window is not None:
+            tags["0028|1050"], tags["0028|1051"] = (f"{value:g}" for value in window)
         for key, value in tags.items():
             image.SetMetaData(key, value)
         path = folder / f"slice{index:04d}.dcm"

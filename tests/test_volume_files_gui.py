@@ -415,3 +415,14 @@ def test_the_liver_of_the_whole_body_ct_is_saved_on_its_grid_as_nifti_and_slicer
     assert added is not None and [(c.name, c.value, c.color.lower()) for c in added.classes] == [
         (c.name, c.value, c.color.lower()) for c in profile.classes
     ]
+
+
+def test_a_dicom_series_opens_in_the_window_its_scanner_recorded(viewer, tmp_path):
+    hounsfield = np.full((3, 20, 24), -1000, np.int16)
+    hounsfield[:, 5:15, 6:18] = 40
+    write_dicom_series(tmp_path / "windowed", hounsfield, window=(40, 400))
+    write_dicom_series(tmp_path / "plain", hounsfield)
+    [windowed] = viewer.open(tmp_path / "windowed", plugin="rwth-sam")
+    [plain] = viewer.open(tmp_path / "plain", plugin="rwth-sam")
+    assert tuple(windowed.contrast_limits) == (-160, 240), "soft tissue, as the scanner's tags say"
+    assert tuple(plain.contrast_limits) == (-1000, 40), "no tags: napari's own range"

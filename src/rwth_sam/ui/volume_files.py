@@ -100,7 +100,10 @@ def volume_layers(path: Path, volume: int | None = None) -> list[tuple]:
         show_warning(note)
     if path.is_file() and looks_like_labels(path, image.data.dtype):
         return [_labels_layer(image, read_class_table(path, image.name))]
-    return [(image.data, _layer_meta(image), "image")]
+    meta = _layer_meta(image)
+    if image.window is not None:
+        meta["contrast_limits"] = image.window  # the scanner's window: what the radiologist saw
+    return [(image.data, meta, "image")]
 
 
 class LabelsNotSaved(RwthSamError):

@@ -38,12 +38,14 @@ SPACING_TOLERANCE = 0.01  # a slice gap that differs from the usual one by more 
 @dataclass
 class Volume:
     """An image read from a file: the array as shown (numpy order, reoriented), its geometry, and what the
-    user should know about it (``notes``, shown as warnings)."""
+    user should know about it (``notes``, shown as warnings); ``window``: the (low, high) display window the
+    file suggests (a DICOM series' WindowCenter/WindowWidth), if any."""
 
     data: np.ndarray
     geometry: SourceGeometry
     name: str
     notes: list[str] = field(default_factory=list)
+    window: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,19 @@ def read_dicom_series(path: Path) -> Volume:
     described = f"DICOM series '{chosen.description}'" if chosen.description else "DICOM series"
     volume = volume_from_image(image, path, "DICOM series", name=chosen.description or folder.name)
     volume.notes[:0] = [f"{described}: {note}" for note in notes]
+    volume.window = _dicom_window(chosen.files[0])
     return volume
+
+
+def _dicom_window(file: str) -> tuple[float, float] | None:
+    """The display window the scanner recorded (the first of WindowCenter/WindowWidth), in the rescaled
+    units (Hounsfield for CT), as contrast limits."""
+    center, width = _tags(file, "0028|1050", "0028|1051")
+    try:
+        center, width = float(center.split("\\")[0]), float(width.split("\\")[0])
+    except ValueError:
+        return None
+    return (center - width / 2, center + width / 2) if width > 0 else None
 
 
 def write_image(path: str | os.PathLike, shown: np.ndarray, geometry: SourceGeometry, metadata: dict | None = None):
