@@ -76,7 +76,12 @@ def _read_profile(path: str) -> None:
                 f"so nothing was opened. {error}"
             )
         return
+    add_profile(profile, Path(path).name)
+
+
+def add_profile(profile: Profile, file_name: str) -> None:
+    """Put a profile read from a file into PROFILES, telling the user (it may replace one of that name)."""
     replaced = profile.name in PROFILES
     PROFILES.add(profile)
     what = "replaced the open profile of that name" if replaced else "added to the segmentation profiles"
-    show_info(f"Profile '{profile.name}' ({len(profile.classes)} classes) from {Path(path).name}: {what}.")
+    show_info(f"Profile '{profile.name}' ({len(profile.classes)} classes) from {file_name}: {what}.")

@@ -38,9 +38,8 @@ from rwth_sam.core.files.segmentations import (
     write_class_table,
     write_segmentation,
 )
-from rwth_sam.core.labels.profile_store import PROFILES
 from rwth_sam.core.labels.profiles import Profile, SegmentationClass
-from rwth_sam.ui.reader import NO_LAYERS
+from rwth_sam.ui.reader import NO_LAYERS, add_profile
 from rwth_sam.ui.reporting import as_user_error, show_user_error
 
 DICOM_PROBE = 32  # a folder is offered as DICOM when one of its first files is
@@ -215,12 +214,7 @@ def _labels_layer(volume: Volume, profile: Profile | None) -> tuple:
     if profile is not None and profile.classes:
         meta["colormap"] = DirectLabelColormap(color_dict=profile.color_dict(unknown="#808080"))
         meta["features"] = profile.features()
-        replaced = profile.name in PROFILES
-        PROFILES.add(profile)
-        what = "replaced the profile of that name" if replaced else "added to the segmentation profiles"
-        show_info(
-            f"Profile '{profile.name}' ({len(profile.classes)} classes) from {Path(volume.geometry.source).name}: {what}."
-        )
+        add_profile(profile, Path(volume.geometry.source).name)
     return (data, meta, "labels")
 
 
