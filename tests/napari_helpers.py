@@ -144,11 +144,12 @@ def slice_point(image, axis, index) -> float:
     return float(image.data_to_world(point)[axis])
 
 
-def run_3d(viewer, qtbot, checkpoint, ct, truth, order, start, end, organs, scale=(3.0, 3.0, 3.0)):
+def run_3d(viewer, qtbot, checkpoint, ct, truth, order, start, end, organs, scale=(3.0, 3.0, 3.0), on_disk_above=None):
     """Drive the 3D buttons in order, as a user would; returns the widget, the labels layer and the 3D panel.
 
     ``ct`` is an array, added as the image "ct" with ``scale``, or an image layer already open (a file read
-    with its geometry keeps its scale and translate); ``truth`` is on the image's array grid."""
+    with its geometry keeps its scale and translate); ``truth`` is on the image's array grid. ``on_disk_above``:
+    the widget's "Labels on disk above" (GB) when the labels layer is made."""
     viewer.window.resize(1500, 950)
     if isinstance(ct, napari.layers.Image):
         image = ct
@@ -158,6 +159,8 @@ def run_3d(viewer, qtbot, checkpoint, ct, truth, order, start, end, organs, scal
     ct = np.asarray(image.data)
     _, widget = viewer.window.add_plugin_dock_widget("rwth-sam", "Segment Anything (SAM)")
     widget.model.value, widget.checkpoint.value, widget.device.value = ORACLE, checkpoint, "cpu"
+    if on_disk_above is not None:
+        widget.labels_on_disk_above.value = on_disk_above
     labels = widget.create_labels_layer()
     widget.profile.value = "Abdominal CT"
     widget.mode.value = VOLUME_MODE

@@ -75,8 +75,12 @@ class IntensityWindow:
     def percentiles(
         cls, volume: np.ndarray, low: float = 0.5, high: float = 99.5, max_samples: int = 2_000_000
     ) -> IntensityWindow:
-        """Clip the whole volume's intensity distribution at two percentiles (sampled for speed)."""
-        values = np.asarray(volume).reshape(-1)
+        """Clip the whole volume's intensity distribution at two percentiles (sampled for speed).
+
+        A numpy array is sampled at a regular stride. A lazy one (dask, zarr, HDF5) is never read whole:
+        at most ``SAMPLED_SLICES`` slices spread evenly along its first axis are read.
+        """
+        values = _sample(volume).reshape(-1)
         check_dtype(values.dtype)
         if values.dtype == np.bool_:
             values = values.astype(np.uint8)  # numpy's percentile cannot subtract booleans
@@ -95,6 +99,21 @@ class IntensityWindow:
         """The whole range of an integer dtype (uint8 maps to itself)."""
         info = np.iinfo(dtype)
         return cls(float(info.min), float(info.max))
+
+
+SAMPLED_SLICES = 16  # slices a lazy volume's percentile window reads, spread over the volume
+
+
+def _sample(volume) -> np.ndarray:
+    """The values to take percentiles of: all of an in-memory array (strided later), or evenly spaced
+    slices of a lazy one (reading only those)."""
+    if isinstance(volume, np.ndarray) or np.ndim(volume) < 3:
+        return np.asarray(volume)
+    depth = volume.shape[0]
+    if depth <= SAMPLED_SLICES:
+        return np.asarray(volume)
+    picked = np.unique(np.linspace(0, depth - 1, SAMPLED_SLICES).round().astype(int))
+    return np.stack([np.asarray(volume[int(index)]) for index in picked])
 
 
 def to_rgb(image: np.ndarray, window: IntensityWindow | None, rgb: bool = False) -> np.ndarray:

@@ -38,6 +38,7 @@ from rwth_sam.core.files.segmentations import (
     write_class_table,
     write_segmentation,
 )
+from rwth_sam.core.labels.disk_labels import disk_labels_layer
 from rwth_sam.core.labels.profiles import Profile, SegmentationClass
 from rwth_sam.ui.reader import NO_LAYERS, add_profile
 from rwth_sam.ui.reporting import as_user_error, show_user_error
@@ -60,7 +61,7 @@ def get_volume_reader(path):
         return None
     path = Path(path)
     if path.is_dir():
-        return read_volume_file if _holds_dicom(path) else None
+        return read_volume_file if _holds_dicom(path) or disk_labels_layer(path) is not None else None
     suffix = file_suffix(path)
     if (
         suffix in VOLUME_SUFFIXES
@@ -86,6 +87,10 @@ def read_volume_file(path, volume: int | None = None) -> list[tuple]:
 
 def volume_layers(path: Path, volume: int | None = None) -> list[tuple]:
     """The layer data tuples for ``path``; raises InputError for a file that cannot be opened."""
+    disk_labels = disk_labels_layer(path) if path.is_dir() else None
+    if disk_labels is not None:  # labels the widget kept on disk: go on with them
+        array, meta = disk_labels
+        return [(array, meta, "labels")]
     suffix = file_suffix(path)
     if suffix in HDF5_SUFFIXES:
         return _hdf5_layers(path)

@@ -17,7 +17,17 @@ from pathlib import Path
 import napari
 import numpy as np
 import pandas as pd
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox, create_widget
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QEvent, QObject
@@ -30,7 +40,14 @@ from rwth_sam.core.embeddings.identity import SessionIdentity
 from rwth_sam.core.embeddings.segmenter import spatial_shape
 from rwth_sam.core.embeddings.workspace import Workspace
 from rwth_sam.core.errors import InputError, RwthSamError
-from rwth_sam.core.files.geometry import GEOMETRY_KEY
+from rwth_sam.core.files.geometry import GEOMETRY_KEY, SourceGeometry
+from rwth_sam.core.labels.disk_labels import (
+    create_disk_labels,
+    default_labels_folder,
+    free_labels_path,
+    labels_bytes,
+    writable_folder,
+)
 from rwth_sam.core.labels.labelling import check_label_value, check_writable, next_instance_id
 from rwth_sam.core.labels.profile_store import PROFILES
 from rwth_sam.core.models.builtin import import_upstream_packages
@@ -132,6 +149,12 @@ class SamWidget(Container):
         self.labels_picker = ComboBox(label="Labels", choices=self._labels_choices)
         self.new_labels = PushButton(text="New labels layer for image")
         self.save_labels = PushButton(text="Save labels…")
+        self.labels_on_disk_above = FloatSpinBox(label="Labels on disk above", min=0.0, max=1e6, step=0.5, value=2.0)
+        self.labels_on_disk_above.native.setSuffix(" GB")
+        self.labels_on_disk_above.tooltip = (
+            "New labels layers larger than this (4 bytes a voxel) are a zarr folder on disk beside the image "
+            "(or in the user data folder), written chunk by chunk, instead of an array in memory"
+        )
         self.save_labels.tooltip = (
             "Save the labels layer onto its image's source grid: NIfTI, NRRD, MetaImage, 3D Slicer .seg.nrrd "
             "(one segment per class) or TIFF, with a class table beside it"
@@ -163,7 +186,7 @@ class SamWidget(Container):
         self.extend(
             [
                 self.model, self.checkpoint, self.device, self.image_picker, self.labels_picker,
-                self._labels_buttons(), self.window,
+                self._labels_buttons(), self.labels_on_disk_above, self.window,
                 self.keep_on_disk,
                 self.profile, self.classes, self.label_value, self.instance_mode, self.overwrite_labels,
                 self.mode, self.submit_button, self.clear_button, self.automatic, self.volume, self.status,
@@ -278,9 +301,22 @@ class SamWidget(Container):
             return self.report_error(error)
         layer = self.image_layer
         source = {GEOMETRY_KEY: layer.metadata[GEOMETRY_KEY]} if GEOMETRY_KEY in layer.metadata else {}
+        name = f"{layer.name} labels"
+        if labels_bytes(shape) > self.labels_on_disk_above.value * 2**30:
+            path = free_labels_path(self._disk_labels_folder(), name)
+            settings = {
+                "name": name,
+                "scale": list(layer.scale),
+                "translate": list(layer.translate),
+                "metadata": source,
+            }
+            data = create_disk_labels(path, shape, settings)
+            self.say(f"The labels ({labels_bytes(shape) / 2**30:.1f} GB as uint32) are kept on disk, in {path}.")
+        else:
+            data = np.zeros(shape, dtype=np.uint32)
         labels = self.viewer.add_labels(
-            np.zeros(shape, dtype=np.uint32),
-            name=f"{layer.name} labels",
+            data,
+            name=name,
             scale=layer.scale,
             translate=layer.translate,
             metadata=source,  # saved onto the image's source grid (ui/volume_files.py)
@@ -288,6 +324,16 @@ class SamWidget(Container):
         self.labels_picker.reset_choices()
         self.labels_picker.value = labels
         return labels
+
+    def _disk_labels_folder(self) -> Path:
+        """Beside the image's source file when that folder can be written, else the user's data folder."""
+        geometry = SourceGeometry.from_metadata(self.image_layer.metadata)
+        if geometry is not None and geometry.source:
+            source = Path(geometry.source)
+            folder = source.parent
+            if writable_folder(folder):
+                return folder
+        return default_labels_folder()
 
     def _labels_buttons(self) -> Container:
         row = Container(layout="horizontal", labels=False, widgets=[self.new_labels, self.save_labels])

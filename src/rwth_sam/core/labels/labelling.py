@@ -11,6 +11,7 @@ import numpy as np
 
 from rwth_sam.core.coordinates import SlicePlane
 from rwth_sam.core.errors import InputError
+from rwth_sam.core.labels.disk_labels import largest_value
 
 
 def writable(current: np.ndarray, value: int, overwrite: bool) -> np.ndarray:
@@ -20,9 +21,9 @@ def writable(current: np.ndarray, value: int, overwrite: bool) -> np.ndarray:
     return (current == 0) | (current == value)
 
 
-def next_instance_id(labels: np.ndarray) -> int:
+def next_instance_id(labels) -> int:
     """A label value no object of ``labels`` uses yet (instance mode: one id per submitted object)."""
-    return int(labels.max(initial=0)) + 1
+    return largest_value(labels) + 1
 
 
 def check_label_value(value: int, dtype: np.dtype, name: str, instance: bool = False) -> int:

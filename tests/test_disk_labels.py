@@ -1,0 +1,92 @@
+"""Labels on disk (zarr) for volumes whose labels do not fit in memory: made by *New labels layer for
+image* above the size the user sets, written by submit, propagation, undo and the brush chunk by chunk,
+and opened again from their folder to go on with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from rwth_sam.core.labels.disk_labels import (
+    LABELS_DTYPE,
+    create_disk_labels,
+    disk_chunks,
+    disk_labels_layer,
+    free_labels_path,
+    labels_bytes,
+    largest_value,
+)
+from rwth_sam.core.labels.labelling import next_instance_id
+
+from conftest import dice
+from napari_helpers import run_3d, wait_idle
+
+
+def test_a_new_disk_labels_folder_never_replaces_one_and_costs_nothing_until_written(tmp_path):
+    first = create_disk_labels(free_labels_path(tmp_path, "ct labels"), (40, 300, 280), {"name": "ct labels"})
+    second = create_disk_labels(free_labels_path(tmp_path, "ct labels"), (40, 300, 280), {"name": "ct labels"})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ct_labels-2.zarr", "ct_labels.zarr"]
+    assert first.dtype == LABELS_DTYPE and first.chunks == disk_chunks((40, 300, 280)) == (8, 256, 256)
+    stored = sum(file.stat().st_size for file in (tmp_path / "ct_labels.zarr").rglob("*") if file.is_file())
+    assert stored < 4096, "an empty labels array stores no chunks"
+    second[3, 10:20, 5:9] = 7
+    array, layer = disk_labels_layer(tmp_path / "ct_labels-2.zarr")
+    assert layer == {"name": "ct labels"} and int(array[3, 15, 6]) == 7
+    assert disk_labels_layer(tmp_path) is None, "a folder that is not rwth-sam's labels"
+    assert labels_bytes((2560, 2560, 2560)) == 4 * 2560**3
+
+
+def test_the_largest_label_of_a_disk_array_is_read_slab_by_slab(tmp_path, monkeypatch):
+    import rwth_sam.core.labels.disk_labels as disk_labels
+
+    array = create_disk_labels(tmp_path / "l.zarr", (30, 20, 10), {})
+    array[29, 19, 9] = 41
+    array[2, 0, 0] = 5
+    monkeypatch.setattr(disk_labels, "MAX_SLAB", 400)  # two slices of 200 voxels at a time
+    assert largest_value(array) == 41
+    assert next_instance_id(array) == 42
+    assert next_instance_id(np.zeros((3, 3), np.uint8)) == 1
+
+
+@pytest.mark.gui
+def test_labels_on_disk_take_a_propagation_undo_the_brush_and_open_again(viewer, qtbot, tmp_path, oracle_checkpoint):
+    nibabel = pytest.importorskip("nibabel")
+    shape = (24, 40, 48)  # (z, y, x) as shown; the file is written (x, y, z) in LPS, so shown as stored
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    organ = ((z - 12) / 9.0) ** 2 + ((y - 20) / 12.0) ** 2 + ((x - 24) / 15.0) ** 2 <= 1
+    ct = np.where(organ, 60, -900).astype(np.int16)
+    truth = np.where(organ, 5, 0).astype(np.uint8)  # 5: liver in the Abdominal CT profile
+    affine = np.diag([-0.9, -0.9, 2.0, 1.0])
+    affine[:3, 3] = (30.0, 40.0, -50.0)
+    nibabel.save(nibabel.Nifti1Image(ct.transpose(2, 1, 0), affine), tmp_path / "ct.nii.gz")
+    [image] = viewer.open(tmp_path / "ct.nii.gz", plugin="rwth-sam")
+    widget, labels, panel = run_3d(
+        viewer, qtbot, oracle_checkpoint, image, truth, (0, 1, 2), 5, 19, ["liver"], on_disk_above=0.0
+    )
+    assert isinstance(labels.data, zarr.Array), "above the size set, the labels are a zarr array on disk"
+    folder = tmp_path / "ct_labels.zarr"
+    assert folder.is_dir(), "beside the image's file"
+
+    panel.full.clicked.emit()
+    wait_idle(qtbot, widget, timeout=120_000)
+    on_disk = zarr.open_array(folder, mode="r")[...]
+    assert dice(on_disk[5:20] == 5, truth[5:20] == 5) >= 0.99, "the propagation was written to disk"
+    assert not on_disk[:5].any() and not on_disk[20:].any()
+
+    labels.undo()
+    assert not zarr.open_array(folder, mode="r")[...].any(), "undo takes the whole propagation back, on disk"
+    labels.redo()
+    labels.paint((12, 2, 2), 9)  # the brush (size 10) in a corner outside the organ
+    painted = zarr.open_array(folder, mode="r")[...]
+    assert (painted[12] == 9).sum() > 10 and dice(painted == 5, truth == 5) > 0.9
+    labels.undo()
+    assert not (zarr.open_array(folder, mode="r")[...] == 9).any(), "undo takes the brush stroke back"
+
+    viewer.layers.remove(labels)  # as in a later session
+    [reopened] = viewer.open(folder, plugin="rwth-sam")
+    assert reopened.__class__.__name__ == "Labels" and reopened.name == "ct labels"
+    np.testing.assert_allclose(reopened.scale, image.scale)
+    np.testing.assert_allclose(reopened.translate, image.translate)
+    assert reopened.metadata["rwth_sam_source"]["source"] == str(tmp_path / "ct.nii.gz")
+    np.testing.assert_array_equal(np.asarray(reopened.data[...]), zarr.open_array(folder, mode="r")[...])
