@@ -427,7 +427,7 @@ def test_workspace_with_a_disk_cache(monkeypatch, tmp_path, sam2_tiny):
 
 def test_slice_key_names_everything():
     assert SliceKey._fields == (
-        "model", "model_token", "image", "window", "rgb", "axis", "index", "row_axis", "col_axis",
+        "model", "model_token", "image", "window", "rgb", "axis", "index", "row_axis", "col_axis", "region",
     )  # fmt: skip
 
 

@@ -291,3 +291,28 @@ def test_a_2d_image_is_its_own_slice():
     plane = SlicePlane.of((5, 6))
     assert plane.alone == plane and np.zeros((5, 6))[plane.block].shape == (5, 6)
     assert LayerGeometry((2.0, 3.0), (1.0, 1.0)).at_slice(plane).translate == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_region_of_a_slice_reads_writes_and_converts_at_its_offset(axis):
+    shape = (30, 40, 50)
+    volume = np.arange(np.prod(shape)).reshape(shape)
+    whole = SlicePlane.of(shape, axis, 7)
+    region = whole.within(3.4, 12.0, 5.0, 21.6)  # widened to whole pixels: rows 3–12, columns 5–22
+    assert region.region == (3, 12, 5, 22) and region.size == (9, 17) and region.offset == (3, 5)
+    np.testing.assert_array_equal(region.take(volume), whole.take(volume)[3:12, 5:22])
+    mask = np.zeros(region.size, bool)
+    mask[2, 4] = True
+    labels = np.zeros(shape, np.uint8)
+    labels[region.indices(mask)] = 1
+    assert whole.take(labels)[5, 9] == 1 and labels.sum() == 1
+    point = region.slice_to_data(4.0, 2.0)
+    assert whole.data_to_slice(point) == (9.0, 5.0) and region.data_to_slice(point) == (4.0, 2.0)
+    np.testing.assert_array_equal(region.alone.take(volume[region.block]), region.take(volume))
+    assert region.whole == whole and whole.within(0, 99, -4, 99) == whole
+    geometry = LayerGeometry((2.0, 3.0, 4.0), (10.0, 20.0, 30.0)).at_slice(region)
+    moved = list(geometry.translate)
+    assert moved[region.row_axis] == (10.0, 20.0, 30.0)[region.row_axis] + 3 * (2.0, 3.0, 4.0)[region.row_axis]
+    assert moved[region.col_axis] == (10.0, 20.0, 30.0)[region.col_axis] + 5 * (2.0, 3.0, 4.0)[region.col_axis]
+    with pytest.raises(rwth_sam.InputError, match="not inside the slice"):
+        SlicePlane(shape, whole.row_axis, whole.col_axis, axis, 7, region=(0, 99, 0, 5))

@@ -455,3 +455,89 @@ def test_a_lazy_hdf5_volume_is_segmented_like_the_same_array_and_saved_as_tiff(
     assert written == [str(tmp_path / "scan_labels.tif")], "no class table without named classes"
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "scan_labels.tif") != 0, np.asarray(labels.data) != 0)
     assert (np.asarray(labels.data)[3] != 0).sum() == expected.mask.sum()
+
+
+@pytest.mark.parametrize(
+    "shape, axis",
+    [((90, 300, 340), 0), ((300, 80, 340), 1), ((300, 340, 70), 2), ((2, 2048, 2048), 0)],
+    ids=["axis 0", "axis 1", "axis 2", "a 2048² slice"],
+)
+def test_a_click_in_a_zoomed_view_segments_the_visible_region_at_native_resolution(
+    viewer, checkpoint, qtbot, rng, shape, axis
+):
+    from rwth_sam.ui.widget import VISIBLE_REGION
+
+    from conftest import upstream_predict, upstream_predictor
+
+    volume = rng.integers(0, 255, shape, dtype=np.uint8)
+    image = viewer.add_image(volume, name="large", contrast_limits=(0, 255))
+    widget = dock(viewer, checkpoint)
+    labels = widget.create_labels_layer()
+    widget.model_sees.value = VISIBLE_REGION
+    viewer.dims.order = (axis, *[a for a in range(3) if a != axis])
+    index = shape[axis] // 2
+    viewer.dims.set_point(axis, index)
+    row_axis, col_axis = [a for a in range(3) if a != axis]
+    target = np.array([index, 0, 0], float)
+    target[[row_axis, col_axis]] = shape[row_axis] * 0.4, shape[col_axis] * 0.6
+    viewer.scene.camera.center = tuple(target[list(viewer.dims.order)][1:])
+    viewer.scene.camera.zoom = 8 * viewer.scene.camera.zoom
+    qtbot.wait(200)  # drawn: napari has updated the layer's corner pixels
+    first, last = np.asarray(image.corner_pixels)
+    row0, row1 = int(first[row_axis]), int(last[row_axis]) + 1
+    col0, col1 = int(first[col_axis]), int(last[col_axis]) + 1
+    assert 0 < row1 - row0 < shape[row_axis] / 2 and 0 < col1 - col0 < shape[col_axis] / 2, "zoomed in"
+
+    clicked = target.round()
+    middle_click(viewer, image.data_to_world(clicked))
+    wait_idle(qtbot, widget)
+    crop_index = [slice(None)] * 3
+    crop_index[axis], crop_index[row_axis], crop_index[col_axis] = index, slice(row0, row1), slice(col0, col1)
+    crop = volume[tuple(crop_index)]
+    if row_axis > col_axis:
+        crop = crop.T
+    rgb = np.repeat(crop[..., None], 3, axis=-1)
+    upstream = upstream_predictor(random_model(SAM2_TINY_256))
+    upstream.set_image(rgb)
+    [(x, y)] = widget.prompts.points  # the click's (x, y) on the region, through napari's canvas transform
+    assert abs(x - (clicked[col_axis] - col0)) < 0.05 and abs(y - (clicked[row_axis] - row0)) < 0.05
+    masks, scores, _ = upstream_predict(
+        upstream, point_coords=np.array([[x, y]]), point_labels=np.array([1]), multimask_output=True
+    )
+    expected = masks[int(np.argmax(scores))]
+    plane = widget.prompts.plane
+    assert plane.region == (row0, row1, col0, col1), "the region is the part of the slice in view"
+    np.testing.assert_array_equal(widget.preview_mask(plane), expected)
+    assert "Model sees" in widget.resolution.value and f"{col1 - col0}×{row1 - row0} px" in widget.resolution.value
+
+    widget.submit()
+    written = np.zeros(shape, bool)
+    region_block = [slice(None)] * 3
+    region_block[axis], region_block[row_axis], region_block[col_axis] = index, slice(row0, row1), slice(col0, col1)
+    written[tuple(region_block)] = expected.T if row_axis > col_axis else expected
+    np.testing.assert_array_equal(np.asarray(labels.data) != 0, written, "written back at the region's offset")
+
+
+def test_a_box_segments_a_region_around_it_at_native_resolution(viewer, checkpoint, qtbot, rng):
+    from rwth_sam.ui.widget import BOX_REGION, BOX_REGION_MIN
+
+    from conftest import upstream_predict, upstream_predictor
+
+    volume = rng.integers(0, 255, (3, 600, 700), dtype=np.uint8)
+    image = viewer.add_image(volume, name="large", contrast_limits=(0, 255))
+    widget = dock(viewer, checkpoint)
+    widget.create_labels_layer()
+    widget.model_sees.value = BOX_REGION
+    viewer.dims.set_point(0, 1)
+    middle_drag(viewer, image.data_to_world((1, 300, 400)), image.data_to_world((1, 330, 440)), keys.SHIFT)
+    wait_idle(qtbot, widget)
+    plane = widget.prompts.plane
+    row0, row1, col0, col1 = plane.region
+    assert (row1 - row0, col1 - col0) == (BOX_REGION_MIN, BOX_REGION_MIN), "a square of the least side"
+    assert abs((row0 + row1) / 2 - 315) <= 1 and abs((col0 + col1) / 2 - 420) <= 1, "centred on the box"
+    upstream = upstream_predictor(random_model(SAM2_TINY_256))
+    upstream.set_image(np.repeat(volume[1, row0:row1, col0:col1, None], 3, axis=-1))
+    box = np.array(widget.prompts.box)
+    np.testing.assert_allclose(box, (400 - col0, 300 - row0, 440 - col0, 330 - row0), atol=0.05)
+    masks, _, _ = upstream_predict(upstream, box=box, multimask_output=False)
+    np.testing.assert_array_equal(widget.preview_mask(plane), masks[0])

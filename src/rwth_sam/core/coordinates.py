@@ -13,7 +13,7 @@ one. This module is the only place where (row, col) becomes (x, y).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -46,22 +46,34 @@ class LayerGeometry:
     def at_slice(self, plane: SlicePlane) -> LayerGeometry:
         """Where a layer holding only ``plane`` (see ``SlicePlane.alone``) sits: this geometry moved
         along the sliced axis, so that napari shows it on that slice and on no other."""
-        if plane.axis is None:
+        if plane.axis is None and plane.region is None:
             return self
         translate = list(self.translate)
-        translate[plane.axis] += plane.index * self.scale[plane.axis]
+        if plane.axis is not None:
+            translate[plane.axis] += plane.index * self.scale[plane.axis]
+        if plane.region is not None:  # the layer holds the region only: moved to its corner
+            row0, _, col0, _ = plane.region
+            translate[plane.row_axis] += row0 * self.scale[plane.row_axis]
+            translate[plane.col_axis] += col0 * self.scale[plane.col_axis]
         return LayerGeometry(self.scale, tuple(translate))
 
 
 @dataclass(frozen=True)
 class SlicePlane:
-    """One 2D slice of a 2D or 3D array, oriented as displayed."""
+    """One 2D slice of a 2D or 3D array, oriented as displayed; or a rectangle of it, ``region``
+    (row0, row1, col0, col1, half-open, in the slice's rows and columns as displayed).
+
+    A region is how a slice larger than the model's input is segmented at native resolution: the
+    model sees only the region, and everything the plane reads, writes and converts (``take``,
+    ``indices``, ``block``, (x, y) ↔ data) is of the region, placed at its offset in the slice.
+    """
 
     shape: tuple[int, ...]
     row_axis: int
     col_axis: int
     axis: int | None = None
     index: int | None = None
+    region: tuple[int, int, int, int] | None = None
 
     def __post_init__(self):
         ndim = len(self.shape)
@@ -78,6 +90,11 @@ class SlicePlane:
             raise InputError(
                 f"Slice {self.index} is outside the volume (axis {self.axis} has {self.shape[self.axis]} slices)."
             )
+        if self.region is not None:
+            row0, row1, col0, col1 = self.region
+            height, width = self.shape[self.row_axis], self.shape[self.col_axis]
+            if not (0 <= row0 < row1 <= height and 0 <= col0 < col1 <= width):
+                raise InputError(f"The region rows {row0}–{row1}, columns {col0}–{col1} is not inside the slice.")
 
     @classmethod
     def of(cls, shape: Sequence[int], axis: int | None = None, index: int | None = None) -> SlicePlane:
@@ -88,35 +105,71 @@ class SlicePlane:
             raise InputError(f"Cannot slice {len(shape)}D data of shape {shape} along axis {axis}.")
         return cls(shape, rest[0], rest[1], axis, index)
 
+    def within(self, row0: float, row1: float, col0: float, col1: float) -> SlicePlane:
+        """The region of this slice between those rows and columns (as displayed), clipped to the slice
+        and widened to whole pixels; the whole slice when the region covers it."""
+        height, width = self.shape[self.row_axis], self.shape[self.col_axis]
+        rows = max(0, int(np.floor(row0))), min(height, int(np.ceil(row1)))
+        cols = max(0, int(np.floor(col0))), min(width, int(np.ceil(col1)))
+        if rows == (0, height) and cols == (0, width):
+            return self.whole
+        return replace(self, region=(*rows, *cols))
+
+    @property
+    def whole(self) -> SlicePlane:
+        """The whole slice this plane (or region) lies in."""
+        return replace(self, region=None)
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        """(row, column) of the region's first pixel in the slice: (0, 0) for the whole slice."""
+        return (0, 0) if self.region is None else (self.region[0], self.region[2])
+
     @property
     def alone(self) -> SlicePlane:
-        """This plane in an array that holds only this slice (length 1 along the sliced axis): the
-        preview layer's data, which costs one slice whatever the volume's size."""
-        if self.axis is None:
+        """This plane in an array that holds only this slice, or region (length 1 along the sliced
+        axis): the preview layer's data, which costs one slice whatever the volume's size."""
+        if self.axis is None and self.region is None:
             return self
         shape = list(self.shape)
-        shape[self.axis] = 1
-        return SlicePlane(tuple(shape), self.row_axis, self.col_axis, self.axis, 0)
+        shape[self.row_axis], shape[self.col_axis] = self.size
+        if self.axis is not None:
+            shape[self.axis] = 1
+        return SlicePlane(tuple(shape), self.row_axis, self.col_axis, self.axis, None if self.axis is None else 0)
 
     @property
     def size(self) -> tuple[int, int]:
-        """(height, width) of the slice as displayed."""
+        """(height, width) of the slice (or region) as displayed."""
+        if self.region is not None:
+            row0, row1, col0, col1 = self.region
+            return row1 - row0, col1 - col0
         return self.shape[self.row_axis], self.shape[self.col_axis]
 
     @property
     def _transposed(self) -> bool:
         return self.row_axis > self.col_axis
 
+    def _region_slices(self) -> list:
+        index = [slice(None)] * len(self.shape)
+        if self.region is not None:
+            row0, row1, col0, col1 = self.region
+            index[self.row_axis], index[self.col_axis] = slice(row0, row1), slice(col0, col1)
+        return index
+
     def _index(self) -> tuple:
-        return tuple(self.index if a == self.axis else slice(None) for a in range(len(self.shape)))
+        index = self._region_slices()
+        if self.axis is not None:
+            index[self.axis] = self.index
+        return tuple(index)
 
     @property
     def block(self) -> tuple[slice, ...]:
-        """This slice as a block of the array (length 1 along the sliced axis; a 2D image whole):
-        ``array[plane.block]`` has the shape of ``plane.alone``."""
-        if self.axis is None:
-            return (slice(None),) * len(self.shape)
-        return range_block(len(self.shape), self.axis, self.index, self.index)
+        """This slice (or region) as a block of the array (length 1 along the sliced axis; a 2D image
+        whole): ``array[plane.block]`` has the shape of ``plane.alone``."""
+        index = self._region_slices()
+        if self.axis is not None:
+            index[self.axis] = slice(self.index, self.index + 1)
+        return tuple(index)
 
     def take(self, array: np.ndarray) -> np.ndarray:
         """This slice of ``array`` (spatial axes first, optional trailing channel axis), as displayed.
@@ -140,6 +193,8 @@ class SlicePlane:
         if tuple(mask.shape) != self.size:
             raise InputError(f"Mask of shape {mask.shape} does not match the slice's shape {self.size}.")
         rows, cols = np.nonzero(mask)
+        row0, col0 = self.offset
+        rows, cols = rows + row0, cols + col0
         result = [None] * len(self.shape)
         result[self.row_axis], result[self.col_axis] = rows, cols
         if self.axis is not None:
@@ -147,15 +202,17 @@ class SlicePlane:
         return compact_indices(result, self.shape)
 
     def slice_to_data(self, x: float, y: float) -> np.ndarray:
+        row0, col0 = self.offset
         point = np.zeros(len(self.shape))
-        point[self.col_axis], point[self.row_axis] = x, y
+        point[self.col_axis], point[self.row_axis] = x + col0, y + row0
         if self.axis is not None:
             point[self.axis] = self.index
         return point
 
     def data_to_slice(self, data_point: Sequence[float]) -> tuple[float, float]:
-        """(x, y) of a data point's projection onto this plane."""
-        return float(data_point[self.col_axis]), float(data_point[self.row_axis])
+        """(x, y) of a data point's projection onto this plane (relative to its region)."""
+        row0, col0 = self.offset
+        return float(data_point[self.col_axis]) - col0, float(data_point[self.row_axis]) - row0
 
     def contains(self, x: float, y: float) -> bool:
         height, width = self.size

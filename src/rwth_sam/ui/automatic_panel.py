@@ -34,7 +34,7 @@ from rwth_sam.core.tasks.automatic import (
     generate_volume,
     setting_label,
 )
-from rwth_sam.ui.context import PanelContext
+from rwth_sam.ui.context import PanelContext, full_resolution
 from rwth_sam.ui.labels_io import commit_block, commit_voxels
 from rwth_sam.ui.reporting import guarded
 from rwth_sam.ui.runner import AUTOMATIC, PanelRun, Run
@@ -211,7 +211,7 @@ class AutomaticPanel(Container):
     def _started(self, image) -> dict:
         """What a run's result is checked against when it comes back."""
         result = self.result_layer if self.result_layer in self.viewer.layers else None
-        return dict(data=image.data, result=result)
+        return dict(data=full_resolution(image), result=result)
 
     def _run(self, job, on_result, description: str, total: int, request) -> None:
         """Start a run (its own progress bar, *Cancel* its ``quit()``; the request's download bar
@@ -223,7 +223,7 @@ class AutomaticPanel(Container):
         widget then cancels the run too, so this comes first: it says why)."""
         if image not in self.viewer.layers:
             raise InputError(f"The image '{image.name}' was removed during the automatic run: nothing was written.")
-        if image.data is not started["data"]:
+        if full_resolution(image) is not started["data"]:
             raise InputError(
                 f"The image '{image.name}' got new data during the automatic run: nothing was written; run it again."
             )
@@ -237,7 +237,7 @@ class AutomaticPanel(Container):
     def _result(self, image) -> napari.layers.Labels:
         """The automatic result layer of ``image``, on its grid (made on first use, and again when
         it was deleted or belongs to another image)."""
-        shape = spatial_shape(image.data, image.rgb)
+        shape = spatial_shape(full_resolution(image), image.rgb)
         layer = self.result_layer
         current = layer is not None and layer in self.viewer.layers and self._result_image == image
         if not current or tuple(layer.data.shape) != shape:

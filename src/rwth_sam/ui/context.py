@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from rwth_sam.ui.runner import JobBar, LatestJobRunner
 
 
+def full_resolution(image: napari.layers.Image):
+    """The array a model segments: the image's data, or the finest level of a multiscale (pyramid) layer."""
+    return image.data[0] if image.multiscale else image.data
+
+
 @dataclass(frozen=True)
 class ModelRequest:
     """What a worker needs to get the segmenter, read on the GUI thread (widgets and layers are not

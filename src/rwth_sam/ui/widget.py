@@ -57,7 +57,7 @@ from rwth_sam.core.models.weights import CHECKPOINT_ENV_VAR, MODEL_ENV_VAR, is_c
 from rwth_sam.core.preprocessing import WINDOW_CHOICES
 from rwth_sam.core.tasks.prompt_session import PromptSession
 from rwth_sam.ui.automatic_panel import AutomaticPanel
-from rwth_sam.ui.context import ModelRequest
+from rwth_sam.ui.context import ModelRequest, full_resolution
 from rwth_sam.ui.labels_io import commit_mask
 from rwth_sam.ui.profile_widget import apply_profile
 from rwth_sam.ui.reporting import as_user_error, guarded
@@ -77,6 +77,9 @@ HELP = (
     "Middle click: + point · Ctrl+middle: − point · Shift+middle drag: box\n"
     "Left click: select point · Ctrl+K: delete selected · Ctrl+Shift+K: delete all · Ctrl+Enter: submit"
 )
+WHOLE_SLICE, VISIBLE_REGION, BOX_REGION = "Whole slice", "Visible region (zoomed in)", "Region around the box"
+BOX_REGION_MARGIN = 2.0  # the region around a box is this many times the box's larger side...
+BOX_REGION_MIN = 256  # ...and at least this many pixels a side (the model needs context around the object)
 HELPER_LAYER = "rwth_sam_helper"  # metadata key of the layers the widget makes for itself (never targets)
 KEY_BINDINGS = {
     "Control-K": "delete_selected_points",
@@ -161,6 +164,15 @@ class SamWidget(Container):
         )
         self.window = ComboBox(label="Intensity", choices=list(WINDOW_CHOICES))
         self.window.tooltip = "How intensities become the 8-bit image SAM sees (one window for the whole volume)"
+        self.model_sees = ComboBox(
+            label="Model sees", choices=[WHOLE_SLICE, VISIBLE_REGION, BOX_REGION], value=WHOLE_SLICE
+        )
+        self.model_sees.tooltip = (
+            "Click prompts on a slice larger than the model's input: the whole slice (resized to the input), "
+            "or a region at native resolution: the part of the slice in view when you start prompting, or a "
+            "region around the box you draw first. The region keeps until the prompts are submitted or cleared."
+        )
+        self.resolution = Label(value="")
         self.keep_on_disk = CheckBox(text="Keep embeddings on disk", value=False)
         self.keep_on_disk.tooltip = (
             f"Store slice embeddings in {default_disk_cache_dir()} (zarr), so a volume opened again "
@@ -187,6 +199,7 @@ class SamWidget(Container):
             [
                 self.model, self.checkpoint, self.device, self.image_picker, self.labels_picker,
                 self._labels_buttons(), self.labels_on_disk_above, self.window,
+                self.model_sees, self.resolution,
                 self.keep_on_disk,
                 self.profile, self.classes, self.label_value, self.instance_mode, self.overwrite_labels,
                 self.mode, self.submit_button, self.clear_button, self.automatic, self.volume, self.status,
@@ -205,12 +218,16 @@ class SamWidget(Container):
         self.keep_on_disk.changed.connect(self.guard("Switching the disk cache", self._on_keep_on_disk_changed))
         self.image_picker.changed.connect(self.guard("Switching the image", self._on_image_changed))
         self.window.changed.connect(self.guard("Changing the intensity window", self._on_window_changed))
+        self.model_sees.changed.connect(self.guard("Choosing what the model sees", self._on_model_sees_changed))
         self.prompts.changed.connect(self.guard("Segmenting", self._on_prompts_changed))
+        self.prompts.changed.connect(self.guard("Describing the resolution", self._describe_resolution))
+        self.prompts.cleared.connect(self.guard("Describing the resolution", self._describe_resolution))
         self.prompts.selection_changed.connect(self.guard("Selecting a point", self._draw_prompts))
         self.prompts.predicted.connect(self.guard("Showing the preview", self._on_predicted))
         self.prompts.cleared.connect(self.guard("Clearing the prompts", self._on_prompts_cleared))
         self._on_image_changed()
         self._apply_startup_choice()
+        self._describe_resolution()
         # connections to objects that outlive the widget, undone at once when it is closed
         self._on_profiles_changed = self.guard("Updating the profiles", self._on_profiles_changed)
         self._on_mouse = self.guard_mouse(self._on_mouse)
@@ -291,7 +308,7 @@ class SamWidget(Container):
         layer = self.image_layer
         if layer is None:
             raise InputError("Pick an image layer first.")
-        return spatial_shape(layer.data, layer.rgb)
+        return spatial_shape(full_resolution(layer), layer.rgb)
 
     def create_labels_layer(self) -> napari.layers.Labels | None:
         """A new, empty labels layer on the image's grid, selected as the target."""
@@ -511,10 +528,13 @@ class SamWidget(Container):
         if "Shift" in modifiers:
             yield from self._drag_box(plane, x, y, event)
             return
+        plane, x, y = self._in_prompt_region(plane, x, y, new=True)
         self.prompts.add_point(plane, x, y, positive="Control" not in modifiers)
 
     def _drag_box(self, plane: SlicePlane, x0: float, y0: float, event):
         """Shift+middle drag: the rectangle follows the mouse; on release it becomes the box prompt."""
+        if self.model_sees.value != BOX_REGION:
+            plane, x0, y0 = self._in_prompt_region(plane, x0, y0, new=True)
         yield
         while event.type == "mouse_move":
             x1, y1 = plane.data_to_slice(self._geometry(self.image_layer).world_to_data(event.position))
@@ -522,15 +542,51 @@ class SamWidget(Container):
             self._draw_prompts(box=(x0, y0, x1, y1))
             yield
         x1, y1 = plane.data_to_slice(self._geometry(self.image_layer).world_to_data(event.position))
+        if self.model_sees.value == BOX_REGION and self.mode.value == CLICK_MODE:
+            plane, (x0, y0, x1, y1) = self._region_around_box(plane, (x0, y0, x1, y1))
         if not self.prompts.set_box(plane, x0, y0, x1, y1):
             self._draw_prompts()  # too small for a box: the dragged rectangle goes
+
+    def _in_prompt_region(self, plane: SlicePlane, x: float, y: float, new: bool = False):
+        """A click on the whole slice ``plane`` at (x, y), on the plane the model segments: the prompts'
+        region when the click lies in it; with ``new``, in click mode, a region of the slice in view
+        (*Visible region*); else the whole slice."""
+        current = self.prompts.plane
+        if current is not None and current.region is not None and current.whole == plane:
+            local = current.data_to_slice(plane.slice_to_data(x, y))
+            if current.contains(*local) or not new:
+                return current, *local
+        if not new or self.mode.value != CLICK_MODE or self.model_sees.value != VISIBLE_REGION:
+            return plane, x, y
+        region = plane.within(*self._visible_rows_and_columns(plane))
+        return (region, *region.data_to_slice(plane.slice_to_data(x, y)))
+
+    def _visible_rows_and_columns(self, plane: SlicePlane) -> tuple[float, float, float, float]:
+        """The part of ``plane`` in napari's view (the image layer's corner pixels), as rows and columns."""
+        layer = self.image_layer
+        corners = np.asarray(layer.corner_pixels, dtype=float)
+        if layer.multiscale:  # corner pixels are in the shown level's voxels
+            corners = corners * np.asarray(layer.downsample_factors[layer.data_level])
+        first, last = corners[0], corners[1] + 1
+        return first[plane.row_axis], last[plane.row_axis], first[plane.col_axis], last[plane.col_axis]
+
+    def _region_around_box(self, plane: SlicePlane, box) -> tuple[SlicePlane, tuple[float, ...]]:
+        """*Region around the box*: a square around the box (``BOX_REGION_MARGIN`` times its larger side,
+        at least ``BOX_REGION_MIN``), and the box in its coordinates."""
+        x0, y0, x1, y1 = box
+        side = max(BOX_REGION_MIN, BOX_REGION_MARGIN * max(abs(x1 - x0), abs(y1 - y0)))
+        row, col = (y0 + y1) / 2, (x0 + x1) / 2
+        region = plane.within(row - side / 2, row + side / 2, col - side / 2, col + side / 2)
+        corner0 = region.data_to_slice(plane.slice_to_data(x0, y0))
+        corner1 = region.data_to_slice(plane.slice_to_data(x1, y1))
+        return region, (*corner0, *corner1)
 
     def _select_point_at(self, world_position) -> None:
         """Left click on a prompt point toggles its selection (for Ctrl+K)."""
         if not self.prompts.points or self.image_layer is None:
             return
         try:
-            plane, x, y = self.plane_under(world_position)
+            plane, x, y = self._in_prompt_region(*self.plane_under(world_position))
         except RwthSamError:
             return
         self.prompts.toggle_point_near(plane, x, y, radius=self._marker_size())
@@ -552,7 +608,7 @@ class SamWidget(Container):
         needs_download = not self.model_loaded and checkpoint is None and weights is not None and not is_cached(weights)
         return ModelRequest(
             model=model,
-            image=(layer.data, layer.rgb, self.window.value, tuple(layer.contrast_limits)),
+            image=(full_resolution(layer), layer.rgb, self.window.value, tuple(layer.contrast_limits)),
             download=JobBar(f"Downloading {weights.filename}") if needs_download else None,
         )
 
@@ -568,7 +624,7 @@ class SamWidget(Container):
         layer = self.image_layer
         model = (*self._model_choice(), self._model_loads)
         identity = SessionIdentity.of(
-            layer, None if layer is None else layer.data, model, self.window.value,
+            layer, None if layer is None else full_resolution(layer), model, self.window.value,
             None if layer is None else layer.contrast_limits,
         )  # fmt: skip
         self.prompts.bind(identity)
@@ -787,6 +843,34 @@ class SamWidget(Container):
         self._box()
         if self._preview_layer is None or self._preview_layer not in self.viewer.layers or self._preview_plane is None:
             self.show_preview(plane, None)
+
+    def _on_model_sees_changed(self, *_) -> None:
+        """Another choice of what the model sees: the prompts of the old one go (their region would mislead)."""
+        self.clear_prompts()
+        self._describe_resolution()
+
+    def _describe_resolution(self, *_) -> None:
+        """What the model sees of the prompted slice, and how large one of its pixels is in the image's."""
+        plane = self.prompts.plane
+        if plane is None:
+            hint = {
+                WHOLE_SLICE: "the whole slice, resized to the model's input",
+                VISIBLE_REGION: "the part of the slice in view at the first click, at native resolution",
+                BOX_REGION: "a region around the first box you draw, at native resolution",
+            }
+            self.resolution.value = f"Next prompt: {hint[self.model_sees.value]}."
+            return
+        height, width = plane.size
+        where = (
+            "the whole slice"
+            if plane.region is None
+            else f"rows {plane.region[0]}–{plane.region[1]}, columns {plane.region[2]}–{plane.region[3]}"
+        )
+        text = f"Model sees {width}×{height} px ({where})"
+        loaded = self.workspace.loaded
+        if loaded is not None:
+            text += f": 1 model pixel = {max(height, width) / loaded.input_size:.2f} image pixels"
+        self.resolution.value = text + "."
 
     def _on_window_changed(self, *_) -> None:
         """What the model sees changed: the same prompts are segmented again (embeddings are keyed by window)."""

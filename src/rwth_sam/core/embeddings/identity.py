@@ -159,12 +159,13 @@ class SliceKey(NamedTuple):
     index: int | None
     row_axis: int
     col_axis: int
+    region: tuple[int, int, int, int] | None = None  # a region at native resolution: embedded on its own
 
     @classmethod
     def of(cls, predictor, image, window: IntensityWindow | None, rgb: bool, plane: SlicePlane) -> SliceKey:
         return cls(
             predictor.name, model_token(predictor), image_token(image), window, bool(rgb),
-            plane.axis, plane.index, plane.row_axis, plane.col_axis,
+            plane.axis, plane.index, plane.row_axis, plane.col_axis, plane.region,
         )  # fmt: skip
 
     @property

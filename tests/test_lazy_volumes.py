@@ -1,0 +1,304 @@
+"""Volumes of any size (issue 12): lazy and multiscale images in click, automatic and 3D modes, what
+they read, and helper layers of one slice.
+
+Each mode is driven twice in one viewer and widget, on the volume as a numpy array and then on the
+same voxels as a dask, zarr, HDF5-backed (dask on h5py) or multiscale (pyramid) layer: the previews,
+labels and automatic results must be equal bit for bit. A counting array-like stands in for a
+volume that does not fit in memory: it records every key read and refuses to be read whole.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from vispy.util import keys
+
+import rwth_sam
+from rwth_sam.core.files.hdf5 import read_hdf5
+from rwth_sam.core.phantom import VOID, battery_phantom
+from rwth_sam.core.preprocessing import PERCENTILES, SAMPLED_SLICES
+from rwth_sam.ui.widget import AUTOMATIC_MODE, HELPER_LAYER, VOLUME_MODE
+
+from conftest import PERMISSIVE, SAM2_TINY_256, random_model
+from napari_helpers import dock, middle_click, middle_drag, wait_idle
+
+pytestmark = pytest.mark.gui
+
+BACKENDS = ["dask", "zarr", "hdf5", "multiscale"]
+LIMITS = (0, 9000)  # given, not computed: napari computes a lazy or multiscale layer's limits otherwise
+
+
+def cell_volume(depth: int = 8, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """The battery phantom as uint16 detector counts (every slice a little different), and its truth."""
+    volume, truth = battery_phantom(shape=(depth, size, size))
+    counts = volume.astype(np.uint16) * 30 + np.arange(depth, dtype=np.uint16)[:, None, None] * 7
+    return counts, truth
+
+
+def stored_as(kind: str, volume: np.ndarray, tmp_path):
+    """``volume`` as the data of an image layer of that kind (small chunks, so a slice is several)."""
+    if kind == "dask":
+        import dask.array as da
+
+        return da.from_array(volume, chunks=(1, 32, 32))
+    if kind == "zarr":
+        import zarr
+
+        stored = zarr.open_array(tmp_path / "volume.zarr", mode="w", shape=volume.shape, chunks=(1, 32, 32),
+                                 dtype=volume.dtype)  # fmt: skip
+        stored[...] = volume
+        return zarr.open_array(tmp_path / "volume.zarr", mode="r")
+    if kind == "hdf5":
+        import h5py
+
+        with h5py.File(tmp_path / "volume.h5", "w") as handle:
+            handle.create_dataset("exchange/data", data=volume, chunks=(1, 32, 32))
+        return read_hdf5(tmp_path / "volume.h5")[0].data
+    if kind == "multiscale":
+        return [volume, volume[:, ::2, ::2].copy()]
+    raise AssertionError(kind)
+
+
+def numpy_and(kind: str, viewer, volume, tmp_path):
+    """Two image layers of the same voxels: the numpy array, then the array of ``kind``."""
+    in_memory = viewer.add_image(volume, name="numpy", contrast_limits=LIMITS)
+    data = stored_as(kind, volume, tmp_path)
+    lazy = viewer.add_image(data, name=kind, contrast_limits=LIMITS, multiscale=kind == "multiscale")
+    if kind == "multiscale":
+        assert lazy.multiscale and lazy.data[0] is volume
+    else:
+        assert not isinstance(lazy.data, np.ndarray), "napari made the lazy array a numpy one"
+    return in_memory, lazy
+
+
+def show_slice(viewer, image, index: int) -> None:
+    viewer.dims.set_point(0, image.data_to_world((index, 0, 0))[0])
+
+
+# ----------------------------------------------------------------------------- the same results
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_click_and_submit_give_the_numpy_arrays_preview_and_labels(viewer, checkpoint, qtbot, tmp_path, kind):
+    volume, _ = cell_volume()
+    widget = dock(viewer, checkpoint)
+    results = []
+    for image in numpy_and(kind, viewer, volume, tmp_path):
+        widget.image_picker.value = image
+        labels = widget.create_labels_layer()
+        show_slice(viewer, image, 4)
+        middle_click(viewer, image.data_to_world((4, 40, 22)))
+        wait_idle(qtbot, widget)
+        plane = widget.prompts.plane
+        assert (plane.axis, plane.index) == (0, 4)
+        preview = widget.preview_mask(plane)
+        widget.submit()
+        results.append((preview, np.asarray(labels.data).copy()))
+    (preview, labels), (lazy_preview, lazy_labels) = results
+    assert preview.any() and (labels[4] == 1).sum() == preview.sum()
+    np.testing.assert_array_equal(lazy_preview, preview)
+    np.testing.assert_array_equal(lazy_labels, labels)
+    segmenter = rwth_sam.Segmenter(random_model(SAM2_TINY_256), volume, window=rwth_sam.IntensityWindow(*LIMITS))
+    expected = segmenter.predict(segmenter.plane(0, 4), points=[(22, 40)], labels=[1])
+    np.testing.assert_array_equal(preview, expected.mask)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_automatic_mode_on_a_slice_gives_the_numpy_arrays_objects(viewer, checkpoint, qtbot, tmp_path, kind):
+    volume, _ = cell_volume()
+    widget = dock(viewer, checkpoint)
+    widget.mode.value = AUTOMATIC_MODE
+    for name, value in PERMISSIVE.items():
+        widget.automatic.setting_controls[name].value = value
+    results = []
+    for image in numpy_and(kind, viewer, volume, tmp_path):
+        widget.image_picker.value = image
+        show_slice(viewer, image, 5)
+        widget.automatic.segment_slice()
+        wait_idle(qtbot, widget)
+        result = widget.automatic.result_layer
+        assert result.name == f"{image.name} automatic" and result.data.shape == volume.shape
+        results.append(np.asarray(result.data).copy())
+    objects, lazy_objects = results
+    assert objects[5].max() >= 2 and not np.delete(objects, 5, axis=0).any(), widget.status.value
+    np.testing.assert_array_equal(lazy_objects, objects)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_propagation_gives_the_numpy_arrays_labels(viewer, checkpoint, qtbot, tmp_path, kind):
+    volume, truth = cell_volume()
+    widget = dock(viewer, checkpoint)
+    widget.mode.value = VOLUME_MODE
+    panel = widget.volume
+    rows, cols = np.nonzero(truth[4] == VOID)
+    results = []
+    for image in numpy_and(kind, viewer, volume, tmp_path):
+        widget.image_picker.value = image
+        labels = widget.create_labels_layer()
+        for index, button in ((6, panel.set_end), (2, panel.set_start)):
+            show_slice(viewer, image, index)
+            button.clicked.emit()
+        assert panel.range_label.value == "Slices 2–6 (axis 0), middle 4"
+        corner0, corner1 = (4, rows.min() - 2, cols.min() - 2), (4, rows.max() + 2, cols.max() + 2)
+        middle_drag(viewer, image.data_to_world(corner0), image.data_to_world(corner1), keys.SHIFT)
+        panel.add_box.clicked.emit()
+        panel.segment_middle.clicked.emit()
+        wait_idle(qtbot, widget)
+        panel.full.clicked.emit()
+        wait_idle(qtbot, widget)
+        assert "Propagation done: 5 slices" in widget.status.value
+        results.append(np.asarray(labels.data).copy())
+    written, lazy_written = results
+    assert all(written[i].any() for i in range(2, 7)), "the propagation left a slice of its range empty"
+    assert not written[[0, 1, 7]].any()
+    np.testing.assert_array_equal(lazy_written, written)
+
+
+# ----------------------------------------------------------------------------- what is read
+
+
+class CountingVolume:
+    """A volume too large to read whole, as the widget meets it: ``array``'s shape and dtype, every
+    key read recorded (and delegated), and reading it whole an error."""
+
+    def __init__(self, array):
+        self.array = array
+        self.shape, self.dtype, self.ndim = tuple(array.shape), np.dtype(array.dtype), len(array.shape)
+        self.keys: list = []
+
+    def __getitem__(self, key):
+        self.keys.append(key)
+        return self.array[key]
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole volume was read")
+
+    def slices_read(self) -> set[int]:
+        """The indices along axis 0 of every slice a recorded key touched (then forgets the keys)."""
+        read = set()
+        for key in self.keys:
+            first = (key if isinstance(key, tuple) else (key,))[0]
+            if isinstance(first, slice):
+                read.update(range(*first.indices(self.shape[0])))
+            elif first is Ellipsis:
+                read.update(range(self.shape[0]))
+            else:
+                read.add(int(first))
+        self.keys.clear()
+        return read
+
+
+def counted_zarr(volume, tmp_path) -> CountingVolume:
+    return CountingVolume(stored_as("zarr", volume, tmp_path))
+
+
+def test_a_click_and_an_automatic_run_read_only_their_slice(viewer, checkpoint, qtbot, tmp_path):
+    """With the layer's contrast limits as the window, only the slice clicked (napari's display reads
+    the slice shown, the same one)."""
+    volume, _ = cell_volume(depth=40)
+    counting = counted_zarr(volume, tmp_path)
+    image = viewer.add_image(counting, name="counted", contrast_limits=LIMITS)
+    widget = dock(viewer, checkpoint)
+    show_slice(viewer, image, 23)
+    qtbot.wait(50)
+    counting.slices_read()
+    middle_click(viewer, image.data_to_world((23, 40, 22)))
+    wait_idle(qtbot, widget)
+    assert widget.prompts.prediction is not None, widget.status.value
+    assert counting.slices_read() == {23}
+
+    widget.mode.value = AUTOMATIC_MODE
+    for name, value in PERMISSIVE.items():
+        widget.automatic.setting_controls[name].value = value
+    widget.automatic.segment_slice()
+    wait_idle(qtbot, widget)
+    assert widget.automatic.result_layer.data[23].any(), widget.status.value
+    assert counting.slices_read() <= {23}
+
+
+def test_a_click_with_a_percentile_window_reads_its_slice_and_the_sampled_ones(viewer, checkpoint, qtbot, tmp_path):
+    volume, _ = cell_volume(depth=40)
+    counting = counted_zarr(volume, tmp_path)
+    image = viewer.add_image(counting, name="counted", contrast_limits=LIMITS)
+    widget = dock(viewer, checkpoint)
+    widget.window.value = PERCENTILES
+    show_slice(viewer, image, 23)
+    qtbot.wait(50)
+    counting.slices_read()
+    middle_click(viewer, image.data_to_world((23, 40, 22)))
+    wait_idle(qtbot, widget)
+    assert widget.prompts.prediction is not None, widget.status.value
+    sampled = {int(i) for i in np.linspace(0, 39, SAMPLED_SLICES).round()}
+    assert counting.slices_read() == sampled | {23}
+
+
+def test_a_propagation_reads_only_the_slices_of_its_range(viewer, checkpoint, qtbot, tmp_path):
+    volume, truth = cell_volume(depth=40)
+    counting = counted_zarr(volume, tmp_path)
+    image = viewer.add_image(counting, name="counted", contrast_limits=LIMITS)
+    widget = dock(viewer, checkpoint)
+    labels = widget.create_labels_layer()
+    widget.mode.value = VOLUME_MODE
+    panel = widget.volume
+    show_slice(viewer, image, 24)
+    qtbot.wait(50)
+    counting.slices_read()
+    for index, button in ((24, panel.set_end), (18, panel.set_start)):
+        show_slice(viewer, image, index)
+        button.clicked.emit()
+    rows, cols = np.nonzero(truth[21] == VOID)
+    corner0, corner1 = (21, rows.min() - 2, cols.min() - 2), (21, rows.max() + 2, cols.max() + 2)
+    middle_drag(viewer, image.data_to_world(corner0), image.data_to_world(corner1), keys.SHIFT)
+    panel.add_box.clicked.emit()
+    panel.segment_middle.clicked.emit()
+    wait_idle(qtbot, widget)
+    panel.full.clicked.emit()
+    wait_idle(qtbot, widget)
+    assert "Propagation done: 7 slices" in widget.status.value
+    assert np.asarray(labels.data)[18:25].any()
+    assert counting.slices_read() == set(range(18, 25))
+
+
+# ----------------------------------------------------------------------------- helper layers of one slice
+
+
+def helper_bytes(viewer) -> dict[str, int]:
+    """The bytes each of the widget's own layers holds as data, by its role."""
+    held = {}
+    for layer in viewer.layers:
+        if HELPER_LAYER in layer.metadata:
+            parts = layer.data if isinstance(layer.data, list) else [layer.data]
+            held[layer.metadata[HELPER_LAYER]] = sum(np.asarray(part).nbytes for part in parts)
+    return held
+
+
+def test_the_preview_prompts_and_box_hold_one_slice_whatever_the_volume(viewer, checkpoint, qtbot):
+    """After clicks and a box on a 30- and a 300-slice volume, the helper layers hold the same few
+    kilobytes: at most what one slice of 32-bit values takes."""
+    budget = 64 * 64 * 4
+    held = {}
+    widget = dock(viewer, checkpoint)
+    for depth in (30, 300):
+        volume, truth = cell_volume(depth=depth)
+        image = viewer.add_image(volume, name=f"{depth} slices", contrast_limits=LIMITS)
+        widget.image_picker.value = image
+        widget.create_labels_layer()
+        middle = depth // 2
+        show_slice(viewer, image, middle)
+        middle_click(viewer, image.data_to_world((middle, 40, 22)))
+        middle_click(viewer, image.data_to_world((middle, 10, 12)), keys.CONTROL)
+        rows, cols = np.nonzero(truth[middle] == VOID)
+        corner0, corner1 = (middle, rows.min() - 2, cols.min() - 2), (middle, rows.max() + 2, cols.max() + 2)
+        middle_drag(viewer, image.data_to_world(corner0), image.data_to_world(corner1), keys.SHIFT)
+        wait_idle(qtbot, widget)
+        assert widget.preview_mask(widget.prompts.plane).any(), widget.status.value
+        layers = (widget._preview_layer, widget._points_layer, widget._box_layer)
+        assert [layer.metadata[HELPER_LAYER] for layer in layers] == ["preview", "prompts", "box"]
+        assert widget._preview_layer.data.shape == (1, 64, 64)
+        assert len(widget._points_layer.data) == 2 and len(widget._box_layer.data) == 1
+        held[depth] = helper_bytes(viewer)
+        assert set(held[depth]) == {"preview", "prompts", "box"}
+        assert widget._preview_layer.data.nbytes <= budget and sum(held[depth].values()) <= budget, held
+        widget.submit()
+        assert sum(helper_bytes(viewer).values()) <= budget, "after the submit"
+    assert held[300] == held[30], "the helper layers grow with the number of slices"
