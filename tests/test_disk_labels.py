@@ -90,3 +90,34 @@ def test_labels_on_disk_take_a_propagation_undo_the_brush_and_open_again(viewer,
     np.testing.assert_allclose(reopened.translate, image.translate)
     assert reopened.metadata["rwth_sam_source"]["source"] == str(tmp_path / "ct.nii.gz")
     np.testing.assert_array_equal(np.asarray(reopened.data[...]), zarr.open_array(folder, mode="r")[...])
+
+
+def test_labels_on_disk_are_saved_as_tiff_slice_by_slice(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    from rwth_sam.ui.volume_files import write_labels
+
+    stored = create_disk_labels(tmp_path / "big.zarr", (12, 40, 30), {})
+    stored[3, 5:9, 2:4] = 300
+    stored[10, 0, 0] = 2
+    read = []
+
+    class DiskOnly:
+        """The zarr array, refusing to be read whole (as a volume larger than memory would be)."""
+
+        shape, dtype, ndim = stored.shape, stored.dtype, stored.ndim
+
+        def __getitem__(self, key):
+            read.append(key)
+            return stored[key]
+
+        def __array__(self, *args, **kwargs):
+            raise AssertionError("the whole volume was read")
+
+    written = write_labels(
+        str(tmp_path / "big.tif"), DiskOnly(), {"name": "big", "scale": (1, 1, 1), "translate": (0, 0, 0)}
+    )
+    assert written == [str(tmp_path / "big.tif")]
+    saved = tifffile.imread(tmp_path / "big.tif")
+    assert saved.dtype == np.uint16, "the smallest type that holds label 300"
+    np.testing.assert_array_equal(saved, stored[...])
+    assert read, "read through indexing only"

@@ -38,7 +38,7 @@ from rwth_sam.core.files.segmentations import (
     write_class_table,
     write_segmentation,
 )
-from rwth_sam.core.labels.disk_labels import disk_labels_layer
+from rwth_sam.core.labels.disk_labels import disk_labels_layer, label_values
 from rwth_sam.core.labels.profiles import Profile, SegmentationClass
 from rwth_sam.ui.reader import NO_LAYERS, add_profile
 from rwth_sam.ui.reporting import as_user_error, show_user_error
@@ -127,7 +127,10 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
 
 def _write_labels(path: Path, data, meta: dict) -> list[str]:
     suffix = file_suffix(path)
-    shown = np.asarray(data)
+    if suffix in (".tif", ".tiff"):  # slice by slice: labels on disk need not fit in memory
+        shown = data
+    else:  # SimpleITK writes a whole array
+        shown = np.asarray(data)
     geometry = SourceGeometry.from_metadata(meta.get("metadata"))
     if geometry is None:
         ndim = shown.ndim
@@ -144,11 +147,11 @@ def _write_labels(path: Path, data, meta: dict) -> list[str]:
     if suffix == SEGMENTATION_SUFFIX:
         write_segmentation(path, shown, geometry, profile)
         return [os.fspath(path)]
-    shown = shown.astype(labels_dtype(int(shown.max(initial=0))), copy=False)
+    dtype = labels_dtype(max((item.value for item in profile.classes), default=0))
     if suffix in (".tif", ".tiff"):
-        _write_tiff(path, shown)
+        _write_tiff(path, shown, dtype)
     else:
-        write_image(path, shown, geometry)
+        write_image(path, shown.astype(dtype, copy=False), geometry)
     if any(item.name != _unnamed(item.value) for item in profile.classes):
         written.append(write_class_table(path, list(profile.classes)))
     return [os.fspath(item) for item in written]
@@ -177,7 +180,7 @@ def layer_profile(meta: dict, data: np.ndarray) -> Profile:
     names: dict[int, str] = {}
     if features is not None and {"index", "class"} <= set(getattr(features, "columns", ())):
         names = {int(index): str(name) for index, name in zip(features["index"], features["class"]) if index}
-    values = sorted(set(names) | {int(v) for v in np.unique(data) if v})
+    values = sorted(set(names) | label_values(data))
     colormap = meta.get("colormap")
     classes = [SegmentationClass(names.get(value, _unnamed(value)), value, _hex(colormap, value)) for value in values]
     return Profile(meta.get("name") or "labels", tuple(classes))
@@ -194,10 +197,16 @@ def _hex(colormap, value: int) -> str:
     return "#" + "".join(f"{round(float(c) * 255):02x}" for c in rgba[:3])
 
 
-def _write_tiff(path: Path, data: np.ndarray) -> None:
+def _write_tiff(path: Path, data, dtype: np.dtype) -> None:
+    """A TIFF of the labels, one page per slice, written as each slice is read."""
+    pages = (np.asarray(data[index]).astype(dtype, copy=False) for index in range(data.shape[0]))
+    if data.ndim == 2:
+        pages = iter([np.asarray(data).astype(dtype, copy=False)])
     partial = path.with_name(f".{path.name}.partial")
     try:
-        tifffile.imwrite(partial, data, compression="zlib", photometric="minisblack")
+        tifffile.imwrite(
+            partial, data=pages, shape=tuple(data.shape), dtype=dtype, compression="zlib", photometric="minisblack"
+        )
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

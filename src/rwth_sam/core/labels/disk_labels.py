@@ -81,9 +81,24 @@ def writable_folder(folder: Path) -> bool:
     return folder.is_dir() and os.access(folder, os.W_OK)
 
 
-def largest_value(labels) -> int:
-    """The largest label value, reading a disk array slab by slab (memory of one slab, not the volume)."""
+def slabs(labels):
+    """A whole array, or a disk one slab by slab along its first axis (memory of one slab, not the volume)."""
     if isinstance(labels, np.ndarray) or labels.ndim < 3:
-        return int(np.max(labels, initial=0))
+        yield np.asarray(labels)
+        return
     depth = max(1, MAX_SLAB // max(1, int(np.prod(labels.shape[1:]))))
-    return max(int(np.max(labels[start : start + depth], initial=0)) for start in range(0, labels.shape[0], depth))
+    for start in range(0, labels.shape[0], depth):
+        yield np.asarray(labels[start : start + depth])
+
+
+def largest_value(labels) -> int:
+    """The largest label value (of a disk array, read slab by slab)."""
+    return max(int(np.max(slab, initial=0)) for slab in slabs(labels))
+
+
+def label_values(labels) -> set[int]:
+    """The label values in use, 0 left out (of a disk array, read slab by slab)."""
+    values: set[int] = set()
+    for slab in slabs(labels):
+        values.update(int(value) for value in np.unique(slab) if value)
+    return values

@@ -1,0 +1,861 @@
+"""Volumes of any size (issue 12): memory and click latency of the widget from 256³ to 2048³.
+
+Synthetic uint16 zarr volumes (the battery phantom tiled), generated slab by slab into a folder and
+reused by later runs, are opened lazily in napari (``viewer.add_image`` of the ``zarr.Array``, as a
+user's script or reader would) with the widget docked: SAM 2.1-t (``sam2.1_hiera_tiny``, random
+weights from a checkpoint this script writes: nothing is downloaded) on the CPU. Each size runs in
+a fresh process (so peak memory is per size) on an Xvfb of its own, driven through napari's own
+canvas events, as the tests drive it (``tests/napari_helpers.py``). Steps:
+
+* open: ``viewer.add_image(zarr_array)`` and the first drawing of the middle slice;
+* dock the widget (model, checkpoint, device);
+* first click (loading the model, embedding the slice) — the **baseline** is the resident memory
+  once it is shown: napari, the widget, the loaded model and one slice embedded;
+* 10 further clicks (every third negative) on the same slice, each timed from the click to its
+  preview being in the preview layer (``PromptSession.predicted`` handled), the model's share
+  (the worker's ``predict``) timed apart;
+* *New labels layer for image* (above the widget's *Labels on disk above*, a zarr folder on disk);
+* submit the preview;
+* 3D propagation over 32 slices: *Set start/end slice* (the range is then embedded in the
+  background: timed until the runner is idle), a box on the middle slice (Shift+middle drag),
+  *Add box*, *Segment middle slice*, *Full segmentation*;
+* save the labels (``widget.save_labels_as`` with a ``.tif``).
+
+Per step: wall time, peak resident memory (``VmHWM``, reset before the step through
+``/proc/self/clear_refs``), resident memory after it, the longest stall of a 20 ms heartbeat timer
+on the GUI thread, and an error with its traceback if the step failed. A watchdog thread samples
+resident memory every 10 ms: above ``--memory-cap-gb`` over the baseline, or with less than
+``--min-available-gb`` left on the machine, it writes every thread's Python stack (faulthandler)
+into the report and ends the process, so a step that grows with the volume is reported, not
+swapped or killed by the kernel. The parent then goes on with the next size.
+
+    . .venv/bin/activate
+    python bench/scale.py                                 # 256 512 1024 2048, volumes in /tmp/rwth-sam-scale
+    python bench/scale.py --sizes 256 512 --folder /data/scale
+    python bench/scale.py --sizes 2048 --merge            # add a size to the results of an earlier run
+
+Goals (issue 12, 2 CPU cores): peak memory above the baseline ≤ 1.5 GB at every size; click
+latency within 10 % of the 256³ case. Results: ``bench/results/scale.json`` (everything) and
+``bench/results/scale.md`` (the tables, machine, date and command), also printed.
+
+Sections: the run is a list of sections (``SECTIONS``), each a function of the run's context
+returning its report (a title, markdown lines, raw data); the volume sizes are the first. A further
+comparison adds its function there and a name to ``--sections``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+MODEL = "sam2.1_hiera_tiny"
+SIZES = {"256": (256, 256, 256), "512": (512, 512, 512), "1024": (1024, 1024, 1024), "2048": (2048, 2048, 2048)}
+TILE = (64, 256, 256)  # one battery_phantom cell; the volume repeats it along every axis
+CHUNKS = (16, 256, 256)  # zarr chunks: a slice along axis 0 decompresses 16 slices' worth
+INTENSITY_SCALE = 100  # the phantom's uint8 intensities × 100: uint16 values 0..25500
+VOLUME_ATTRIBUTE = "rwth_sam_bench_scale"
+VOLUME_VERSION = 1
+COMPRESSED_RATIO = 0.75  # zarr's default zstd stores this phantom at about 0.67 of its raw size
+RANGE_SLICES = 32
+CLICKS = 10
+HEARTBEAT_MS = 20
+GOAL_MEMORY_GB = 1.5
+GOAL_LATENCY_RATIO = 1.10
+GB = 2**30
+MB = 2**20
+
+
+# ============================================================================= volumes
+def volume_path(folder: Path, shape: tuple[int, ...]) -> Path:
+    return folder / f"phantom_{'x'.join(map(str, shape))}_uint16.zarr"
+
+
+def raw_bytes(shape: tuple[int, ...]) -> int:
+    return 2 * shape[0] * shape[1] * shape[2]
+
+
+def stored_bytes(path: Path) -> int:
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file()) if path.exists() else 0
+
+
+def phantom_tile():
+    import numpy as np
+
+    from rwth_sam.core.phantom import battery_phantom
+
+    image, _ = battery_phantom(TILE, seed=0)
+    return image.astype(np.uint16) * INTENSITY_SCALE
+
+
+def volume_state(path: Path, shape: tuple[int, ...]) -> dict | None:
+    """The generation record of an existing volume of ``shape`` made by this script, else None."""
+    import zarr
+
+    try:
+        array = zarr.open_array(path, mode="r")
+    except Exception:  # noqa: BLE001  (no array there, or not a zarr one)
+        return None
+    state = dict(array.attrs.get(VOLUME_ATTRIBUTE) or {})
+    same = tuple(array.shape) == shape and tuple(array.chunks) == CHUNKS and str(array.dtype) == "uint16"
+    return state if same and state.get("version") == VOLUME_VERSION else None
+
+
+def ensure_volume(folder: Path, shape: tuple[int, ...]) -> dict:
+    """The volume of ``shape`` in ``folder``: reused when an earlier run finished it, resumed where an
+    interrupted one stopped, else generated slab by slab (``CHUNKS[0]`` slices at a time: memory of
+    one slab). Refuses (``skipped``) when the disk cannot hold it."""
+    import numpy as np
+    import zarr
+
+    path = volume_path(folder, shape)
+    state = volume_state(path, shape)
+    if state is not None and state.get("complete"):
+        return {"path": str(path), "reused": True, "stored_gb": stored_bytes(path) / GB, "generate_s": 0.0}
+    done = int(state["slices_written"]) if state is not None else 0
+    needed = raw_bytes(shape) * COMPRESSED_RATIO * (1 - done / shape[0]) + 2 * GB  # + labels, the saved .tif
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        return {
+            "path": str(path),
+            "skipped": f"needs about {needed / GB:.1f} GB on disk (the compressed volume and 2 GB for the labels), "
+            f"{free / GB:.1f} GB free in {folder}",
+        }
+    started = time.perf_counter()
+    if state is None:
+        if path.exists():
+            shutil.rmtree(path)
+        array = zarr.create_array(path, shape=shape, chunks=CHUNKS, dtype="uint16", fill_value=0)
+        array.attrs[VOLUME_ATTRIBUTE] = {"version": VOLUME_VERSION, "slices_written": 0, "complete": False}
+    else:
+        array = zarr.open_array(path, mode="r+")
+    tile = phantom_tile()
+    reps = (1, shape[1] // TILE[1], shape[2] // TILE[2])
+    depth = CHUNKS[0]
+    print(f"  generating {path.name} ({raw_bytes(shape) / GB:.2f} GB raw) from slice {done}", flush=True)
+    for z in range(done, shape[0], depth):
+        offset = z % TILE[0]
+        array[z : z + depth] = np.tile(tile[offset : offset + depth], reps)
+        array.attrs[VOLUME_ATTRIBUTE] = {"version": VOLUME_VERSION, "slices_written": z + depth, "complete": False}
+    array.attrs[VOLUME_ATTRIBUTE] = {
+        "version": VOLUME_VERSION, "slices_written": shape[0], "complete": True,
+        "tile": list(TILE), "chunks": list(CHUNKS), "intensity_scale": INTENSITY_SCALE,
+    }  # fmt: skip
+    seconds = time.perf_counter() - started
+    print(f"  generated in {seconds:.0f} s, {stored_bytes(path) / GB:.2f} GB on disk", flush=True)
+    return {"path": str(path), "reused": False, "stored_gb": stored_bytes(path) / GB, "generate_s": seconds}
+
+
+def write_checkpoint(folder: Path) -> Path:
+    """SAM 2.1-t with seeded random weights, as the widget loads a local checkpoint (written once)."""
+    path = folder / f"{MODEL}_random_seed0.pt"
+    if not path.is_file():
+        import torch
+
+        import rwth_sam
+
+        torch.manual_seed(0)
+        predictor = rwth_sam.load_model(MODEL, pretrained=False, device="cpu")
+        partial = path.with_suffix(".partial")
+        torch.save({"model": predictor.model.state_dict()}, partial)
+        os.replace(partial, path)
+    return path
+
+
+# ============================================================================= the parent
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES), help="volume sides")
+    parser.add_argument("--sections", nargs="+", default=["volumes"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--folder", default="/tmp/rwth-sam-scale", help="where the volumes, the checkpoint and the labels go"
+    )
+    parser.add_argument("--json", default=str(RESULTS / "scale.json"))
+    parser.add_argument("--markdown", default=str(RESULTS / "scale.md"))
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the earlier results file's rows of the sizes not run now"
+    )
+    parser.add_argument(
+        "--budget-minutes", type=float, default=60.0, help="skip a size whose estimated time would pass this"
+    )
+    parser.add_argument(
+        "--memory-cap-gb", type=float, default=12.0, help="end a size's process this far above its baseline"
+    )
+    parser.add_argument("--min-available-gb", type=float, default=3.0, help="... or when the machine has this left")
+    parser.add_argument(
+        "--labels-on-disk-above", type=float, default=None, help="the widget's setting in GB (default: its own)"
+    )
+    parser.add_argument(
+        "--tracemalloc", action="store_true", help="trace Python allocations (slower): top sites per step"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # JSON: one size's case
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return run_case(json.loads(args.child))
+    sys.path.insert(0, str(HERE))
+    import torch
+
+    from harness import machine_info, utc_now
+
+    folder = Path(args.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    context = {
+        "args": args, "folder": folder, "started": utc_now(), "clock": time.monotonic(),
+        "machine": machine_info(torch.device("cpu"), ["rwth-sam", "napari", "PyQt6", "vispy", "torch", "zarr", "numpy"]),
+    }  # fmt: skip
+    unknown = [name for name in args.sections if name not in SECTIONS]
+    if unknown:
+        print(f"scale.py: error: unknown sections {unknown}; known: {list(SECTIONS)}", file=sys.stderr)
+        return 2
+    from pyvirtualdisplay import Display
+
+    server = Display(visible=False, size=(1600, 1000), color_depth=24, extra_args=["-nolisten", "tcp", "-noreset"])
+    server.start()
+    context["display"] = server.new_display_var
+    sections = {}
+    try:
+        for name in args.sections:
+            sections[name] = SECTIONS[name](context, lambda report, name=name: save(context, {**sections, name: report}))
+            save(context, sections)
+    finally:
+        server.stop()
+    print("\n" + "\n".join(markdown(context, sections)))
+    return 0
+
+
+def save(context: dict, sections: dict) -> None:
+    """Write the results files (after every size, so an interrupted run keeps what it measured)."""
+    args = context["args"]
+    report = {
+        "started": context["started"], "machine": context["machine"], "folder": str(context["folder"]),
+        "sections": {name: section["data"] for name, section in sections.items()},
+    }  # fmt: skip
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    from harness import write_report
+
+    write_report(args.json, report)
+    Path(args.markdown).write_text("\n".join(markdown(context, sections)) + "\n")
+
+
+def markdown(context: dict, sections: dict) -> list[str]:
+    machine = context["machine"]
+    packages = ", ".join(f"{name} {version}" for name, version in machine["packages"].items() if version)
+    command = " ".join([os.path.basename(sys.executable), *sys.argv])
+    lines = [
+        "# bench/scale.py: volumes of any size (issue 12)",
+        "",
+        f"Run {context['started']} (UTC), finished {time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}: `{command}`",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, {total_memory_gb():.0f} GB memory, "
+        f"{machine['platform']}, Python {machine['python']}; {packages}. Load average at the start "
+        f"{', '.join(f'{x:.1f}' for x in machine.get('load_average_at_start', ()))}. The machine is shared: "
+        "other processes' load makes the timings noisy (each size's load averages are in the JSON).",
+        "",
+    ]
+    for section in sections.values():
+        lines += [f"## {section['title']}", "", *section["lines"], ""]
+    return lines
+
+
+def total_memory_gb() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
+
+
+# ----------------------------------------------------------------------------- section: volume sizes
+def volume_section(context: dict, progress) -> dict:
+    """Each size in a process of its own; the volume generated (or reused) first."""
+    args, folder = context["args"], context["folder"]
+    checkpoint = write_checkpoint(folder)
+    rows = earlier_rows(args) if args.merge else {}
+    budget_s = args.budget_minutes * 60
+    previous = None  # (voxels, seconds) of the last size run
+    for key in args.sizes:
+        shape = SIZES[key]
+        print(f"\n== {key}³ ({'×'.join(map(str, shape))} uint16)", flush=True)
+        elapsed = time.monotonic() - context["clock"]
+        volume = volume_state(volume_path(folder, shape), shape)
+        estimate = 0.0 if volume and volume.get("complete") else raw_bytes(shape) / (60 * MB)  # generation
+        if previous is not None:
+            estimate += previous[1] * (1 + shape[1] * shape[2] / previous[0])  # slices read grow with their area
+        if elapsed + estimate > budget_s:
+            rows[key] = {"size": key, "shape": shape, "skipped": (
+                f"estimated {estimate / 60:.0f} min (generating the volume and the steps), over what is left of the "
+                f"{args.budget_minutes:.0f} min budget ({(budget_s - elapsed) / 60:.0f} min)"
+            )}  # fmt: skip
+            print(f"  skipped: {rows[key]['skipped']}", flush=True)
+            continue
+        volume = ensure_volume(folder, shape)
+        if "skipped" in volume:
+            rows[key] = {"size": key, "shape": shape, "skipped": volume["skipped"]}
+            print(f"  skipped: {volume['skipped']}", flush=True)
+            continue
+        started = time.monotonic()
+        rows[key] = {"size": key, "shape": shape, "volume": volume, **run_child(context, key, volume, checkpoint)}
+        previous = (shape[1] * shape[2], time.monotonic() - started)
+        progress(volume_report(rows))
+    return volume_report(rows)
+
+
+def earlier_rows(args) -> dict:
+    try:
+        return dict(json.loads(Path(args.json).read_text())["sections"]["volumes"]["rows"])
+    except (OSError, KeyError, ValueError):
+        return {}
+
+
+def run_child(context: dict, key: str, volume: dict, checkpoint: Path) -> dict:
+    args, folder = context["args"], context["folder"]
+    work = folder / f"run-{key}"  # the labels (in the widget's user data folder) and the saved .tif
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    out = work / "case.json"
+    case = {
+        "size": key, "shape": SIZES[key], "volume": volume["path"], "checkpoint": str(checkpoint), "work": str(work),
+        "out": str(out), "memory_cap_gb": args.memory_cap_gb, "min_available_gb": args.min_available_gb,
+        "labels_on_disk_above": args.labels_on_disk_above, "tracemalloc": args.tracemalloc,
+    }  # fmt: skip
+    env = {**os.environ, "DISPLAY": context["display"], "XDG_DATA_HOME": str(work / "user-data")}
+    env.pop("QT_QPA_PLATFORM", None)
+    load_before = os.getloadavg()
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(case)], env=env)
+    result = {"seconds": time.monotonic() - started, "returncode": done.returncode}
+    result["load_average"] = {"before": load_before, "after": os.getloadavg()}
+    try:
+        result.update(json.loads(out.read_text()))
+    except (OSError, ValueError) as error:
+        result["error"] = f"the case's process ended with code {done.returncode} and left no report ({error})"
+    labels = work / "user-data"
+    result["labels_on_disk_gb"] = stored_bytes(labels) / GB if labels.exists() else 0.0
+    return result
+
+
+# ----------------------------------------------------------------------------- the section's report
+STEPS_AFTER_BASELINE = [
+    "10 further clicks", "new labels layer", "submit", "3D: set the range (embedding it ahead)",
+    "3D: box, segment the middle slice", "3D: full segmentation", "save the labels (.tif)",
+]  # fmt: skip
+
+
+def volume_report(rows: dict) -> dict:
+    order = [key for key in SIZES if key in rows]
+    reference = rows.get("256", {}).get("clicks", {}).get("median_ms")
+    lines = [
+        "SAM 2.1-t (random weights, CPU), a uint16 zarr volume opened lazily (`viewer.add_image(zarr_array)`), "
+        f"chunks {'×'.join(map(str, CHUNKS))}; each size in a process of its own. Baseline: resident memory once the "
+        "first click's preview is shown (napari, the widget, the loaded model, one slice embedded). Goals: peak above "
+        f"the baseline ≤ {GOAL_MEMORY_GB} GB, click median within {GOAL_LATENCY_RATIO - 1:.0%} of 256³.",
+        "",
+        "| volume | labels | open | first click | click median (min–max) | vs 256³ | model share | 3D embed ahead | "
+        "3D full | save | baseline | peak above baseline (step) | goals |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    notes = []
+    for key in order:
+        row = rows[key]
+        name = f"{key}³"
+        if "skipped" in row:
+            lines.append(f"| {name} | skipped: {row['skipped']} |" + " |" * 11)
+            continue
+        steps = row.get("steps", {})
+        clicks = row.get("clicks", {})
+        median = clicks.get("median_ms")
+        ratio = median / reference if median and reference else None
+        peak = peak_above_baseline(row)
+        memory_ok = peak is not None and peak[0] <= GOAL_MEMORY_GB * GB and "aborted" not in row
+        latency_ok = ratio is not None and ratio <= GOAL_LATENCY_RATIO
+        goals = f"memory {'yes' if memory_ok else '**no**'}, latency {'yes' if latency_ok else '**no**'}"
+        lines.append(
+            f"| {name} | {row.get('labels_kind', '—')} | {seconds(steps, 'open')} | "
+            f"{seconds(steps, 'first click (model load, embedding)')} | "
+            + (f"{median:.0f} ms ({clicks['min_ms']:.0f}–{clicks['max_ms']:.0f})" if median else "—")
+            + f" | {f'{ratio:.2f}' if ratio else '—'} | "
+            + (f"{clicks['model_median_ms']:.0f} ms" if clicks.get("model_median_ms") else "—")
+            + f" | {seconds(steps, '3D: set the range (embedding it ahead)')} | {seconds(steps, '3D: full segmentation')} | "
+            f"{seconds(steps, 'save the labels (.tif)')} | "
+            + (f"{row['baseline_rss'] / GB:.2f} GB" if row.get("baseline_rss") else "—")
+            + " | "
+            + (f"{peak[0] / GB:.2f} GB ({peak[1]})" if peak else "—")
+            + f" | {goals} |"
+        )
+        if row.get("aborted"):
+            aborted = row["aborted"]
+            notes.append(f"* **{name}: stopped in '{aborted['step']}'**: {aborted['reason']}. Python stacks then:")
+            notes += ["", "  ```", *[f"  {line}" for line in aborted["stacks"].strip().splitlines()], "  ```", ""]
+        for step, info in steps.items():
+            if info.get("error"):
+                notes.append(f"* {name}, '{step}' failed: {info['error']}")
+                if info.get("traceback"):
+                    notes += ["", "  ```", *[f"  {line}" for line in info["traceback"].strip().splitlines()[-12:]]]
+                    notes += ["  ```", ""]
+        if row.get("error"):
+            notes.append(f"* {name}: {row['error']}")
+        for line in row.get("notes", []):
+            notes.append(f"* {name}: {line}")
+    lines += ["", "(open, first click, 3D and save in seconds; the model share is the worker's `predict` of a click.)"]
+    lines += ["", *step_table(rows, order)]
+    if notes:
+        lines += ["", "Notes:", "", *notes]
+    return {"title": "Volume sizes: 256³ to 2048³", "lines": lines, "data": {"rows": rows}}
+
+
+def seconds(steps: dict, name: str) -> str:
+    info = steps.get(name)
+    if info is None:
+        return "—"
+    return f"{info['seconds']:.1f}" + (" ✗" if info.get("error") else "")
+
+
+def peak_above_baseline(row: dict) -> tuple[int, str] | None:
+    baseline = row.get("baseline_rss")
+    peaks = [(info["peak_rss"] - baseline, step) for step, info in row.get("steps", {}).items()
+             if baseline and step in STEPS_AFTER_BASELINE and info.get("peak_rss")]  # fmt: skip
+    if row.get("aborted") and baseline:
+        peaks.append((row["aborted"]["rss"] - baseline, row["aborted"]["step"] + ", stopped"))
+    return max(peaks) if peaks else None
+
+
+def step_table(rows: dict, order: list[str]) -> list[str]:
+    """Per step and size: peak above the baseline (before it: above the step's start) / retained after the
+    step, both in MB; wall time; the longest GUI-thread stall."""
+    keys = [key for key in order if "steps" in rows[key]]
+    if not keys:
+        return []
+    names = []
+    for key in keys:
+        names += [name for name in rows[key]["steps"] if name not in names]
+    lines = [
+        "Per step: peak resident memory above the baseline (for the steps before it: above the step's start) / "
+        "resident after the step above the baseline, in MB; wall time; the longest stall of the GUI thread "
+        f"(a {HEARTBEAT_MS} ms heartbeat timer; steps run from the GUI thread stall it for their whole length).",
+        "",
+        "| step | " + " | ".join(f"{key}³" for key in keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for name in names:
+        cells = []
+        for key in keys:
+            row, info = rows[key], rows[key]["steps"].get(name)
+            if info is None:
+                cells.append("—")
+                continue
+            baseline = row.get("baseline_rss") if name in STEPS_AFTER_BASELINE else info["rss_before"]
+            peak = (info["peak_rss"] - baseline) / MB if baseline else float("nan")
+            after = (info["rss_after"] - row["baseline_rss"]) / MB if row.get("baseline_rss") else float("nan")
+            retained = f" / {after:+.0f}" if name in STEPS_AFTER_BASELINE else ""
+            cells.append(
+                f"{peak:+.0f}{retained} MB; {info['seconds']:.1f} s; stall {info['gui_stall_ms']:.0f} ms"
+                + (" ✗" if info.get("error") else "")
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+SECTIONS = {"volumes": volume_section}
+
+
+# ============================================================================= the child (one size)
+def read_status() -> dict:
+    with open("/proc/self/status") as f:
+        return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f) if k in ("VmRSS", "VmHWM")}
+
+
+def available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62
+
+
+class Memory:
+    """Resident memory: exact peaks per step (the kernel's high-water mark, reset before each step), and
+    a watchdog thread that ends the process, with every thread's stack, before the machine runs out."""
+
+    PERIOD_S = 0.01
+
+    def __init__(self, cap: float, min_available: float, on_abort):
+        self.cap, self.min_available, self.on_abort = cap, min_available, on_abort
+        self.start_rss = read_status()["VmRSS"]
+        self.baseline: int | None = None
+        self.step = "start"
+        self.sampled_peak = 0
+        self.can_reset = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="memory watchdog", daemon=True)
+        self._thread.start()
+
+    def rss(self) -> int:
+        return read_status()["VmRSS"]
+
+    def reset_peak(self) -> None:
+        self.sampled_peak = 0
+        if self.can_reset:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # resets VmHWM to the current VmRSS
+            except OSError:
+                self.can_reset = False
+
+    def peak(self) -> int:
+        return read_status()["VmHWM"] if self.can_reset else self.sampled_peak
+
+    def limit(self) -> int:
+        reference = self.baseline if self.baseline is not None else self.start_rss + 2 * GB  # napari, the model
+        return int(reference + self.cap)
+
+    def _watch(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/self/statm") as statm:
+            while not self._stop.wait(self.PERIOD_S):
+                statm.seek(0)
+                rss = int(statm.read().split()[1]) * page
+                self.sampled_peak = max(self.sampled_peak, rss)
+                reason = None
+                if rss > self.limit():
+                    reason = f"resident memory {rss / GB:.2f} GB passed the cap of {self.limit() / GB:.2f} GB"
+                elif available_bytes() < self.min_available:
+                    reason = (
+                        f"the machine had less than {self.min_available / GB:.1f} GB available "
+                        f"(this process: {rss / GB:.2f} GB)"
+                    )
+                if reason:
+                    self.on_abort(self.step, rss, reason)
+                    return
+
+
+def thread_stacks() -> str:
+    """Every thread's Python stack, as faulthandler writes it (it needs no GIL-free moment of the others)."""
+    import faulthandler
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as f:
+        faulthandler.dump_traceback(f, all_threads=True)
+        f.seek(0)
+        return f.read()
+
+
+class Case:
+    """One size: napari, the widget and the steps, driven from the GUI thread as the tests drive it."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.report = {"steps": {}, "notes": []}
+        self.heartbeat_ticks: list[float] = []
+        self.predicted_at: list[float] = []
+        self.model_seconds: list[float] = []
+        self.lock = threading.Lock()
+        self.memory = Memory(spec["memory_cap_gb"] * GB, spec["min_available_gb"] * GB, self.abort)
+
+    # -- the report
+    def write(self) -> None:
+        with self.lock:
+            Path(self.spec["out"]).write_text(json.dumps(self.report, default=str))
+
+    def abort(self, step: str, rss: int, reason: str) -> None:
+        """From the watchdog: record where it happened and end the process (nothing else can stop a numpy call)."""
+        entry = {"step": step, "rss": rss, "reason": reason, "stacks": thread_stacks()}
+        if self.spec["tracemalloc"]:
+            entry["tracemalloc"] = top_allocations()
+        self.report["aborted"] = entry
+        print(f"  ABORTED in '{step}': {reason}", flush=True)
+        print(entry["stacks"], flush=True)
+        self.write()
+        os._exit(3)
+
+    @contextmanager
+    def step(self, name: str, critical: bool = True):
+        import gc
+
+        gc.collect()
+        self.settle(0.3)
+        info = {"rss_before": self.memory.rss()}
+        self.memory.step = name
+        self.memory.reset_peak()
+        if self.spec["tracemalloc"]:
+            import tracemalloc
+
+            tracemalloc.reset_peak()
+        start = time.perf_counter()
+        failed = None
+        try:
+            yield info
+        except Exception as error:  # noqa: BLE001  (recorded; critical ones end the case)
+            failed = error
+            info["error"] = f"{type(error).__name__}: {error}"
+            info["traceback"] = traceback.format_exc()
+        info["seconds"] = time.perf_counter() - start
+        info["peak_rss"] = self.memory.peak()
+        self.settle(0.3)  # the GUI's answer (layer refresh, redraw)
+        info["peak_rss"] = max(info["peak_rss"], self.memory.peak())
+        info["rss_after"] = self.memory.rss()
+        info["gui_stall_ms"] = self.longest_stall(start, time.perf_counter())
+        if self.spec["tracemalloc"]:
+            import tracemalloc
+
+            info["tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / MB
+        with self.lock:
+            self.report["steps"][name] = info
+        baseline = self.memory.baseline
+        above = f", peak {(info['peak_rss'] - (baseline or info['rss_before'])) / MB:+.0f} MB"
+        print(
+            f"  {name:40s} {info['seconds']:7.1f} s{above} (above {'baseline' if baseline else 'its start'}), "
+            f"RSS after {info['rss_after'] / GB:.2f} GB, GUI stall {info['gui_stall_ms']:.0f} ms"
+            + (f"  FAILED: {info['error']}" if failed else ""),
+            flush=True,
+        )
+        self.write()
+        if failed is not None and critical:
+            raise StepFailed(name) from failed
+
+    def longest_stall(self, start: float, end: float) -> float:
+        ticks = [t for t in self.heartbeat_ticks if start - 1 <= t <= end + 1]
+        gaps = [(b - a) * 1000 - HEARTBEAT_MS for a, b in zip(ticks, ticks[1:]) if b >= start and a <= end]
+        return max(gaps, default=float("nan"))
+
+    # -- waiting on the GUI thread
+    def settle(self, seconds: float) -> None:
+        self.wait_until(lambda: False, "", seconds, quiet=True)
+
+    def wait_until(self, condition, what: str, timeout: float, quiet: bool = False) -> None:
+        from qtpy.QtWidgets import QApplication
+
+        app = QApplication.instance()
+        deadline = time.perf_counter() + timeout
+        while not condition():
+            if time.perf_counter() > deadline:
+                if quiet:
+                    return
+                raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+            app.processEvents()
+            time.sleep(0.002)
+
+    def wait_idle(self, timeout: float = 1800) -> None:
+        self.wait_until(lambda: not self.widget.runner.busy, "the model's work to end", timeout)
+
+    # -- input through napari's canvas (as tests/napari_helpers.py)
+    def canvas_position(self, data_point):
+        canvas = self.viewer.window._qt_viewer.canvas
+        view = canvas.view
+        row_axis, col_axis = self.viewer.dims.displayed
+        world = self.image.data_to_world(data_point)
+        transform = view.transform * view.scene.transform
+        return tuple(transform.map([world[col_axis], world[row_axis]])[:2])
+
+    def canvas_events(self):
+        return self.viewer.window._qt_viewer.canvas._scene_canvas.events
+
+    def middle_click(self, data_point, *modifiers) -> None:
+        events, position = self.canvas_events(), self.canvas_position(data_point)
+        press = events.mouse_press(pos=position, button=3, modifiers=modifiers)
+        events.mouse_release(pos=position, button=3, modifiers=modifiers, press_event=press)
+
+    def middle_drag(self, start, end, *modifiers) -> None:
+        events = self.canvas_events()
+        begin, finish = self.canvas_position(start), self.canvas_position(end)
+        press = events.mouse_press(pos=begin, button=3, modifiers=modifiers)
+        for t in (0.5, 1.0):
+            position = tuple(b + t * (f - b) for b, f in zip(begin, finish))
+            events.mouse_move(pos=position, button=3, buttons=[3], modifiers=modifiers, press_event=press)
+        events.mouse_release(pos=finish, button=3, modifiers=modifiers, press_event=press)
+
+    def click_and_wait(self, data_point, negative: bool = False) -> float:
+        """A middle click; returns the seconds until its preview is in the preview layer."""
+        from vispy.util import keys
+
+        seen = len(self.predicted_at)
+        start = time.perf_counter()
+        self.middle_click(data_point, *((keys.CONTROL,) if negative else ()))
+        self.wait_until(lambda: len(self.predicted_at) > seen, "the click's preview", 900)
+        latency = self.predicted_at[-1] - start
+        self.wait_idle()
+        if self.widget.prompts.prediction is None:
+            raise RuntimeError(f"no preview after the click: {self.widget.status.value}")
+        return latency
+
+    # -- the steps
+    def run(self) -> None:
+        spec = self.spec
+        from rwth_sam.core.models.builtin import import_upstream_packages
+
+        import_upstream_packages()  # as python -m rwth_sam does, before napari
+        if spec["tracemalloc"]:
+            import tracemalloc
+
+            tracemalloc.start(10)
+        import napari
+        import zarr
+        from qtpy.QtCore import Qt, QTimer
+
+        self.report["after_imports_rss"] = self.memory.rss()
+        self.viewer = viewer = napari.Viewer()
+        viewer.window._qt_window.setGeometry(0, 0, 1600, 1000)
+        heartbeat = QTimer(timerType=Qt.TimerType.PreciseTimer, interval=HEARTBEAT_MS)
+        heartbeat.timeout.connect(lambda: self.heartbeat_ticks.append(time.perf_counter()))
+        heartbeat.start()
+        self.settle(1.0)
+        self.report["viewer_rss"] = self.memory.rss()
+        depth, height, width = spec["shape"]
+        middle = depth // 2
+        try:
+            self.steps(napari, zarr, depth, height, width, middle)
+        except StepFailed as failed:
+            self.report["stopped_after"] = str(failed)
+        self.report["final_rss"] = self.memory.rss()
+        self.write()
+        viewer.close()
+
+    def steps(self, napari, zarr, depth, height, width, middle) -> None:
+        spec, viewer = self.spec, self.viewer
+        from rwth_sam.ui.widget import CLICK_MODE, VOLUME_MODE
+
+        with self.step("open"):
+            self.image = viewer.add_image(zarr.open_array(spec["volume"], mode="r"), name="phantom")
+            viewer.dims.set_point(0, middle)
+            self.settle(0.5)
+        self.report["contrast_limits"] = list(map(float, self.image.contrast_limits))
+
+        with self.step("dock the widget"):
+            _, self.widget = viewer.window.add_plugin_dock_widget("rwth-sam", "Segment Anything (SAM)")
+            widget = self.widget
+            widget.model.value, widget.checkpoint.value, widget.device.value = MODEL, spec["checkpoint"], "cpu"
+            if spec["labels_on_disk_above"] is not None:
+                widget.labels_on_disk_above.value = spec["labels_on_disk_above"]
+        self.report["labels_on_disk_above_gb"] = widget.labels_on_disk_above.value
+        widget.prompts.predicted.connect(lambda _prediction: self.predicted_at.append(time.perf_counter()))
+        self.time_the_model()
+
+        with self.step("first click (model load, embedding)"):
+            self.report["first_click_ms"] = 1000 * self.click_and_wait((middle, height * 0.5, width * 0.8))
+        self.settle(1.0)
+        self.memory.baseline = self.report["baseline_rss"] = self.memory.rss()
+        self.report["torch_threads"] = __import__("torch").get_num_threads()
+
+        latencies = []
+        with self.step("10 further clicks"):
+            before = len(self.model_seconds)
+            for i in range(CLICKS):
+                point = (middle, height * (0.3 + 0.04 * i), width * (0.25 + 0.05 * i))
+                latencies.append(1000 * self.click_and_wait(point, negative=i % 3 == 2))
+            model_ms = [1000 * s for s in self.model_seconds[before:]]
+        self.report["clicks"] = {
+            "latencies_ms": latencies, "median_ms": statistics.median(latencies), "min_ms": min(latencies),
+            "max_ms": max(latencies), "model_ms": model_ms,
+            "model_median_ms": statistics.median(model_ms) if model_ms else None,
+        }  # fmt: skip
+
+        with self.step("new labels layer"):
+            widget.new_labels.clicked.emit()
+            labels = widget.labels_picker.value
+            if labels is None:
+                raise RuntimeError(f"no labels layer: {widget.status.value}")
+        self.report["labels_kind"] = "zarr on disk" if isinstance(labels.data, zarr.Array) else "in memory"
+        self.report["labels_status"] = widget.status.value
+
+        with self.step("submit"):
+            widget.submit_button.clicked.emit()
+            if "Submitted" not in widget.status.value:
+                raise RuntimeError(f"the submit did not happen: {widget.status.value}")
+        self.report["notes"].append(f"submit: {widget.status.value}")
+
+        panel = widget.volume
+        start, end = middle - RANGE_SLICES // 2, middle + RANGE_SLICES // 2 - 1
+        with self.step("3D: set the range (embedding it ahead)"):
+            widget.mode.value = VOLUME_MODE
+            viewer.dims.set_point(0, start)
+            panel.set_start.clicked.emit()
+            viewer.dims.set_point(0, end)
+            panel.set_end.clicked.emit()
+            self.wait_idle()
+        self.report["range"] = panel.range_label.value
+        centre = (start + end) // 2
+        row0, col0 = (height // 2 // TILE[1]) * TILE[1], (width // 2 // TILE[2]) * TILE[2]
+        row0, col0 = min(row0, height - TILE[1]), min(col0, width - TILE[2])
+        with self.step("3D: box, segment the middle slice"):
+            from vispy.util import keys
+
+            self.middle_drag((centre, row0 + 16, col0 + 16), (centre, row0 + 240, col0 + 240), keys.SHIFT)
+            panel.add_box.clicked.emit()
+            if len(panel.session.objects) != 1:
+                raise RuntimeError(f"the box was not added: {widget.status.value}")
+            panel.segment_middle.clicked.emit()
+            self.wait_idle()
+            if not panel.session.conditioning:
+                raise RuntimeError(f"the middle slice was not segmented: {widget.status.value}")
+        with self.step("3D: full segmentation", critical=False):
+            panel.full.clicked.emit()
+            self.wait_idle()
+            if "Propagation done" not in widget.status.value:
+                raise RuntimeError(f"the propagation did not finish: {widget.status.value}")
+        self.report["notes"].append(f"3D: {widget.status.value}")
+        widget.mode.value = CLICK_MODE
+
+        path = Path(spec["work"]) / "labels.tif"
+        with self.step("save the labels (.tif)", critical=False):
+            widget.save_labels_as(path)
+        if path.is_file():
+            self.report["saved_mb"] = path.stat().st_size / MB
+
+    def time_the_model(self) -> None:
+        """The worker's share of a click: the model's ``predict``, timed where the widget's job calls it."""
+        from rwth_sam.core.tasks import prompt_session
+
+        request = getattr(prompt_session, "PredictionRequest", None)
+        if request is None or not hasattr(request, "predict"):
+            self.report["notes"].append("the model's share of a click is not timed (no PredictionRequest.predict)")
+            return
+        predict = request.predict
+        times = self.model_seconds
+
+        def timed(self_, segmenter):
+            start = time.perf_counter()
+            try:
+                return predict(self_, segmenter)
+            finally:
+                times.append(time.perf_counter() - start)
+
+        request.predict = timed
+
+
+class StepFailed(Exception):
+    pass
+
+
+def top_allocations(limit: int = 10) -> list[str]:
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        return []
+    stats = tracemalloc.take_snapshot().statistics("traceback")[:limit]
+    return [f"{stat.size / MB:.0f} MB: " + " <- ".join(str(frame) for frame in stat.traceback[:4]) for stat in stats]
+
+
+def run_case(spec: dict) -> int:
+    case = Case(spec)
+    try:
+        case.run()
+    except Exception:  # noqa: BLE001  (reported to the parent)
+        case.report["error"] = traceback.format_exc()
+        case.write()
+        print(case.report["error"], flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
