@@ -121,3 +121,40 @@ def test_labels_on_disk_are_saved_as_tiff_slice_by_slice(tmp_path):
     assert saved.dtype == np.uint16, "the smallest type that holds label 300"
     np.testing.assert_array_equal(saved, stored[...])
     assert read, "read through indexing only"
+
+
+@pytest.mark.gui
+def test_an_automatic_result_above_the_size_goes_to_disk_and_its_objects_to_the_labels(
+    viewer, checkpoint, qtbot, rng, tmp_path
+):
+    tifffile = pytest.importorskip("tifffile")
+    from rwth_sam.ui.widget import AUTOMATIC_MODE
+
+    from conftest import PERMISSIVE
+    from napari_helpers import dock, left_click
+
+    volume = rng.integers(0, 255, (4, 48, 48)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "cell.tif", volume, photometric="minisblack")
+    image = viewer.add_image(volume, name="cell")
+    image.metadata["rwth_sam_source"] = {  # as if read with its geometry: disk labels go beside the file
+        "size": [48, 48, 4], "spacing": [1.0] * 3, "origin": [0.0] * 3, "direction": list(np.eye(3).ravel()),
+        "display_axes": [0, 1, 2], "display_flips": [False] * 3, "source": str(tmp_path / "cell.tif"),
+    }  # fmt: skip
+    widget = dock(viewer, checkpoint)
+    widget.labels_on_disk_above.value = 0.0
+    widget.mode.value = AUTOMATIC_MODE
+    for name, value in PERMISSIVE.items():
+        widget.automatic.setting_controls[name].value = value
+    labels = widget.create_labels_layer()
+    viewer.dims.set_point(0, 2)
+    widget.automatic.segment_slice()
+    wait_idle(qtbot, widget)
+    result = widget.automatic.result_layer
+    assert isinstance(result.data, zarr.Array) and (tmp_path / "cell_automatic.zarr").is_dir()
+    objects = result.data[...]
+    assert objects[2].max() >= 1 and not objects[[0, 1, 3]].any(), widget.status.value
+    row, col = np.argwhere(objects[2] == objects[2].max())[0]
+    left_click(viewer, image.data_to_world((2, row, col)))
+    assert widget.automatic.selected.value.endswith(f"({(objects[2] == objects[2].max()).sum()} pixels on this slice)")
+    widget.automatic.assign_selected()
+    np.testing.assert_array_equal(labels.data[...] == widget.label_value.value, objects == objects[2].max())

@@ -24,6 +24,7 @@ from superqt import QCollapsible
 from rwth_sam.core.coordinates import compact_indices
 from rwth_sam.core.embeddings.segmenter import spatial_shape
 from rwth_sam.core.errors import InputError, RwthSamError
+from rwth_sam.core.labels.disk_labels import slabs
 from rwth_sam.core.tasks.automatic import (
     HIGHEST,
     LARGE_PROMPT_POINTS,
@@ -241,10 +242,9 @@ class AutomaticPanel(Container):
         layer = self.result_layer
         current = layer is not None and layer in self.viewer.layers and self._result_image == image
         if not current or tuple(layer.data.shape) != shape:
-            layer = self.viewer.add_labels(
-                np.zeros(shape, dtype=np.int32), name=f"{image.name} automatic", scale=image.scale,
-                translate=image.translate, opacity=0.5, metadata=dict(RESULT_METADATA),
-            )  # fmt: skip
+            layer = self.context.add_labels_for(
+                image, f"{image.name} automatic", shape, opacity=0.5, metadata=dict(RESULT_METADATA)
+            )
             self.result_layer = layer
             self._result_image = image
             self._highest_id = 0
@@ -268,7 +268,9 @@ class AutomaticPanel(Container):
         self.selected_object = int(value)
         layer.selected_label = self.selected_object
         layer.show_selected_label = True
-        self.selected.value = f"Selected object {self.selected_object} ({int((layer.data == value).sum())} voxels)"
+        plane = self.context.plane_under(world_position)[0]
+        on_slice = int((np.asarray(plane.take(layer.data)) == value).sum())  # one slice: a volume is too slow
+        self.selected.value = f"Selected object {self.selected_object} ({on_slice} pixels on this slice)"
 
     @_reported("Assigning the object to the class")
     def assign_selected(self) -> None:
@@ -286,9 +288,22 @@ class AutomaticPanel(Container):
                 f"has {tuple(labels.data.shape)}: run automatic segmentation on this image again."
             )
         data = result.data
-        indices = compact_indices(np.nonzero(data == self.selected_object), data.shape)
+        indices = compact_indices(_nonzero_slab_by_slab(data, self.selected_object), data.shape)
         if len(indices[0]) == 0:
             raise InputError(f"Object {self.selected_object} is no longer in the automatic result: select another.")
         value = context.submit_value(labels)
         written, kept = commit_voxels(labels, indices, value, context.overwrite)
         context.record_submission(labels, value, written, kept)
+
+
+def _nonzero_slab_by_slab(data, value: int) -> tuple[np.ndarray, ...]:
+    """Where ``data`` holds ``value``, reading labels on disk slab by slab (memory of the object, not the
+    volume)."""
+    found, start = [], 0
+    for slab in slabs(data):
+        where = np.nonzero(slab == value)
+        if data.ndim >= 3:
+            where = (where[0] + start, *where[1:])
+        found.append(where)
+        start += slab.shape[0]
+    return tuple(np.concatenate(axis) for axis in zip(*found))

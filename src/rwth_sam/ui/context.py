@@ -76,6 +76,10 @@ class PanelContext(Protocol):
         """The displayed slice of the image at a world position, and (x, y) on it."""
 
     # ------------------------------------------------------------------ results
+    def add_labels_for(
+        self, image: napari.layers.Image, name: str, shape: tuple[int, ...], **layer_options
+    ) -> napari.layers.Labels: ...
+
     def target_labels(self) -> napari.layers.Labels:
         """The labels layer results go to, checked against the image."""
 

@@ -316,31 +316,32 @@ class SamWidget(Container):
             shape = self.image_shape()
         except RwthSamError as error:
             return self.report_error(error)
-        layer = self.image_layer
-        source = {GEOMETRY_KEY: layer.metadata[GEOMETRY_KEY]} if GEOMETRY_KEY in layer.metadata else {}
-        name = f"{layer.name} labels"
+        labels = self.add_labels_for(self.image_layer, f"{self.image_layer.name} labels", shape)
+        self.labels_picker.reset_choices()
+        self.labels_picker.value = labels
+        return labels
+
+    def add_labels_for(self, image: napari.layers.Image, name: str, shape: tuple[int, ...], **layer_options):
+        """A new, empty labels layer on ``image``'s grid, carrying its source geometry (saved onto its
+        source grid, see ui/volume_files.py): in memory, or a zarr folder on disk when it would take
+        more than *Labels on disk above*."""
+        source = {GEOMETRY_KEY: image.metadata[GEOMETRY_KEY]} if GEOMETRY_KEY in image.metadata else {}
+        metadata = {**source, **layer_options.pop("metadata", {})}
         if labels_bytes(shape) > self.labels_on_disk_above.value * 2**30:
             path = free_labels_path(self._disk_labels_folder(), name)
             settings = {
                 "name": name,
-                "scale": list(layer.scale),
-                "translate": list(layer.translate),
-                "metadata": source,
+                "scale": list(image.scale),
+                "translate": list(image.translate),
+                "metadata": metadata,
             }
             data = create_disk_labels(path, shape, settings)
             self.say(f"The labels ({labels_bytes(shape) / 2**30:.1f} GB as uint32) are kept on disk, in {path}.")
         else:
             data = np.zeros(shape, dtype=np.uint32)
-        labels = self.viewer.add_labels(
-            data,
-            name=name,
-            scale=layer.scale,
-            translate=layer.translate,
-            metadata=source,  # saved onto the image's source grid (ui/volume_files.py)
+        return self.viewer.add_labels(
+            data, name=name, scale=image.scale, translate=image.translate, metadata=metadata, **layer_options
         )
-        self.labels_picker.reset_choices()
-        self.labels_picker.value = labels
-        return labels
 
     def _disk_labels_folder(self) -> Path:
         """Beside the image's source file when that folder can be written, else the user's data folder."""
