@@ -199,6 +199,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--tracemalloc", action="store_true", help="trace Python allocations (slower): top sites per step"
     )
+    parser.add_argument(
+        "--range-slices", type=int, default=RANGE_SLICES, help=f"the 3D range's slices (default {RANGE_SLICES})"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # JSON: one size's case
     return parser.parse_args(argv)
 
@@ -230,7 +233,9 @@ def main(argv=None) -> int:
     sections = {}
     try:
         for name in args.sections:
-            sections[name] = SECTIONS[name](context, lambda report, name=name: save(context, {**sections, name: report}))
+            sections[name] = SECTIONS[name](
+                context, lambda report, name=name: save(context, {**sections, name: report})
+            )
             save(context, sections)
     finally:
         server.stop()
@@ -283,7 +288,7 @@ def volume_section(context: dict, progress) -> dict:
     checkpoint = write_checkpoint(folder)
     rows = earlier_rows(args) if args.merge else {}
     budget_s = args.budget_minutes * 60
-    previous = None  # (voxels, seconds) of the last size run
+    previous = None  # seconds the last size took
     for key in args.sizes:
         shape = SIZES[key]
         print(f"\n== {key}³ ({'×'.join(map(str, shape))} uint16)", flush=True)
@@ -291,7 +296,7 @@ def volume_section(context: dict, progress) -> dict:
         volume = volume_state(volume_path(folder, shape), shape)
         estimate = 0.0 if volume and volume.get("complete") else raw_bytes(shape) / (60 * MB)  # generation
         if previous is not None:
-            estimate += previous[1] * (1 + shape[1] * shape[2] / previous[0])  # slices read grow with their area
+            estimate += previous * 1.25  # the model's work is the same at every size; reading slices grows
         if elapsed + estimate > budget_s:
             rows[key] = {"size": key, "shape": shape, "skipped": (
                 f"estimated {estimate / 60:.0f} min (generating the volume and the steps), over what is left of the "
@@ -306,7 +311,7 @@ def volume_section(context: dict, progress) -> dict:
             continue
         started = time.monotonic()
         rows[key] = {"size": key, "shape": shape, "volume": volume, **run_child(context, key, volume, checkpoint)}
-        previous = (shape[1] * shape[2], time.monotonic() - started)
+        previous = time.monotonic() - started
         progress(volume_report(rows))
     return volume_report(rows)
 
@@ -328,6 +333,7 @@ def run_child(context: dict, key: str, volume: dict, checkpoint: Path) -> dict:
         "size": key, "shape": SIZES[key], "volume": volume["path"], "checkpoint": str(checkpoint), "work": str(work),
         "out": str(out), "memory_cap_gb": args.memory_cap_gb, "min_available_gb": args.min_available_gb,
         "labels_on_disk_above": args.labels_on_disk_above, "tracemalloc": args.tracemalloc,
+        "range_slices": args.range_slices,
     }  # fmt: skip
     env = {**os.environ, "DISPLAY": context["display"], "XDG_DATA_HOME": str(work / "user-data")}
     env.pop("QT_QPA_PLATFORM", None)
@@ -774,7 +780,8 @@ class Case:
         self.report["notes"].append(f"submit: {widget.status.value}")
 
         panel = widget.volume
-        start, end = middle - RANGE_SLICES // 2, middle + RANGE_SLICES // 2 - 1
+        slices = spec["range_slices"]
+        start, end = middle - slices // 2, middle - slices // 2 + slices - 1
         with self.step("3D: set the range (embedding it ahead)"):
             widget.mode.value = VOLUME_MODE
             viewer.dims.set_point(0, start)
@@ -783,6 +790,7 @@ class Case:
             panel.set_end.clicked.emit()
             self.wait_idle()
         self.report["range"] = panel.range_label.value
+        self.report["notes"].append(f"3D range: {panel.range_label.value}")
         centre = (start + end) // 2
         row0, col0 = (height // 2 // TILE[1]) * TILE[1], (width // 2 // TILE[2]) * TILE[2]
         row0, col0 = min(row0, height - TILE[1]), min(col0, width - TILE[2])

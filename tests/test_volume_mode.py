@@ -306,3 +306,51 @@ def test_after_switching_the_image_or_the_model_nothing_of_the_old_session_is_us
     assert widget.status.value == "Add a box for at least one object first."
     wait_idle(qtbot, widget)
     assert np.array_equal(labels.data, written)
+
+
+def test_a_propagation_in_a_region_around_the_first_box_segments_and_writes_that_region_only(
+    viewer, qtbot, oracle_checkpoint
+):
+    from rwth_sam.ui.widget import BOX_REGION, BOX_REGION_MIN
+
+    from napari_helpers import teach_oracle
+
+    shape = (16, 400, 500)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    organ = ((z - 8) / 7.0) ** 2 + ((y - 200) / 20.0) ** 2 + ((x - 330) / 25.0) ** 2 <= 1
+    ct = np.where(organ, 60, -900).astype(np.int16)
+    ct[:, 300:, :100] = 60  # another bright part, far from the box: it must stay out of the result
+    truth = np.where(organ, 5, 0).astype(np.uint8)
+    image = viewer.add_image(ct, name="ct", contrast_limits=(-160, 240))
+    _, widget = viewer.window.add_plugin_dock_widget("rwth-sam", "Segment Anything (SAM)")
+    widget.model.value, widget.checkpoint.value, widget.device.value = ORACLE, oracle_checkpoint, "cpu"
+    labels = widget.create_labels_layer()
+    widget.profile.value = "Abdominal CT"
+    widget.classes.value = PROFILES.get("Abdominal CT").class_by_name("liver")
+    widget.mode.value = VOLUME_MODE
+    widget.model_sees.value = BOX_REGION
+    panel = widget.volume
+    for index, button in ((3, panel.set_start), (13, panel.set_end)):
+        viewer.dims.set_point(0, index)
+        button.clicked.emit()
+    # the box is 52 × 42 around (row 200, column 330): the region is the least square, 256 px, centred there
+    row0, row1, col0, col1 = (
+        200 - BOX_REGION_MIN // 2,
+        200 + BOX_REGION_MIN // 2,
+        330 - BOX_REGION_MIN // 2,
+        330 + BOX_REGION_MIN // 2,
+    )
+    teach_oracle(ct[:, row0:row1, col0:col1], truth[:, row0:row1, col0:col1], 0, rwth_sam.IntensityWindow(-160, 240))
+    middle_drag(viewer, image.data_to_world((8, 179, 304)), image.data_to_world((8, 221, 356)), keys.SHIFT)
+    panel.add_box.clicked.emit()
+    assert panel.session.region == (row0, row1, col0, col1)
+
+    panel.segment_middle.clicked.emit()
+    wait_idle(qtbot, widget)
+    panel.full.clicked.emit()
+    wait_idle(qtbot, widget, timeout=120_000)
+    written = np.asarray(labels.data)
+    inside = np.zeros(shape, bool)
+    inside[3:14, row0:row1, col0:col1] = True
+    assert dice(written[inside] == 5, truth[inside] == 5) >= 0.99, widget.status.value
+    assert not written[~inside].any(), "nothing outside the region and the range"

@@ -19,12 +19,14 @@ only the napari work (moving the view, the preview, running jobs, writing the la
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 
 from rwth_sam.core.coordinates import SlicePlane
 from rwth_sam.core.errors import InputError, RwthSamError
-from rwth_sam.core.tasks.propagation import propagate
+from rwth_sam.core.tasks.propagation import propagate, range_plane
 from rwth_sam.core.tasks.volume_session import (
     VolumeObject,
     VolumeSession,
@@ -109,9 +111,12 @@ class VolumePanel(Container):
         self.object_choice.value = obj.object_id
 
     def _current_plane(self) -> SlicePlane:
+        """The slice shown, or its region the session segments at native resolution."""
         plane = self.context.plane_under(self.viewer.dims.point)[0]
         if plane.axis is None:
             raise InputError("3D propagation needs a volume; this image is 2D.")
+        if self.session.region is not None and plane.axis == self.session.axis:
+            return replace(plane, region=self.session.region)
         return plane
 
     def _go_to(self, index: int) -> None:
@@ -162,11 +167,11 @@ class VolumePanel(Container):
             request = context.model_request()
         except RwthSamError:
             return
-        runner, axis, start, end = context.runner, session.axis, session.start, session.end
+        runner, axis, start, end, region = context.runner, session.axis, session.start, session.end, session.region
 
         def job():
             segmenter = context.segmenter_for(request)
-            plane = segmenter.plane(axis, (start + end) // 2)
+            plane = range_plane(segmenter, axis, (start + end) // 2, region)
             segmenter.prefetch(plane, end - start, should_stop=lambda: runner.has_waiting, within=(start, end))
             return runner.has_waiting
 
@@ -181,15 +186,20 @@ class VolumePanel(Container):
         context = self.context
         try:
             plane = self._middle_plane()
-            box = context.prompts.box
-            if box is None or context.prompts.plane != plane:
+            box, boxed = context.prompts.box, context.prompts.plane
+            if box is None or boxed is None or boxed.whole != plane.whole:
                 raise InputError("Draw a box on the middle slice first (Shift+middle drag).")
+            if boxed.region is not None and boxed.row_axis > boxed.col_axis:
+                raise InputError(
+                    "A region in 3D mode needs the slice shown with its axes in order: change the axis order."
+                )
             labels = context.target_labels()
             value = context.submit_value(labels, taken=self.session.taken_values())
+            segment_class = context.selected_class
+            name = segment_class.name if segment_class is not None else f"label {value}"
+            self.session.add_object(box, value, name, region=boxed.region)
         except RwthSamError as error:
             return context.report_error(error)
-        segment_class = context.selected_class
-        self.session.add_object(box, value, segment_class.name if segment_class is not None else f"label {value}")
         context.clear_prompts()
 
     def segment_middle_slice(self) -> None:
@@ -300,7 +310,7 @@ class VolumePanel(Container):
             segmenter = context.segmenter_for(request)
             return run, propagate(
                 segmenter, run.axis, run.start, run.end, run.conditioning, direction=direction, from_index=from_index,
-                on_slice=step, should_stop=should_stop,
+                on_slice=step, should_stop=should_stop, region=run.region,
             )  # fmt: skip
 
         context.say("Propagating…")

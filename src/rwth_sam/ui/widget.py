@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import napari
@@ -534,7 +535,7 @@ class SamWidget(Container):
 
     def _drag_box(self, plane: SlicePlane, x0: float, y0: float, event):
         """Shift+middle drag: the rectangle follows the mouse; on release it becomes the box prompt."""
-        if self.model_sees.value != BOX_REGION:
+        if self.model_sees.value != BOX_REGION or not self._box_sets_the_region():
             plane, x0, y0 = self._in_prompt_region(plane, x0, y0, new=True)
         yield
         while event.type == "mouse_move":
@@ -543,21 +544,32 @@ class SamWidget(Container):
             self._draw_prompts(box=(x0, y0, x1, y1))
             yield
         x1, y1 = plane.data_to_slice(self._geometry(self.image_layer).world_to_data(event.position))
-        if self.model_sees.value == BOX_REGION and self.mode.value == CLICK_MODE:
+        if self.model_sees.value == BOX_REGION and self._box_sets_the_region():
             plane, (x0, y0, x1, y1) = self._region_around_box(plane, (x0, y0, x1, y1))
         if not self.prompts.set_box(plane, x0, y0, x1, y1):
             self._draw_prompts()  # too small for a box: the dragged rectangle goes
 
+    def _box_sets_the_region(self) -> bool:
+        """*Region around the box*: in click mode every box, in 3D mode the first object's box."""
+        if self.mode.value == VOLUME_MODE:
+            return not self.volume.session.objects
+        return self.mode.value == CLICK_MODE
+
     def _in_prompt_region(self, plane: SlicePlane, x: float, y: float, new: bool = False):
-        """A click on the whole slice ``plane`` at (x, y), on the plane the model segments: the prompts'
-        region when the click lies in it; with ``new``, in click mode, a region of the slice in view
-        (*Visible region*); else the whole slice."""
-        current = self.prompts.plane
+        """A click on the whole slice ``plane`` at (x, y), on the plane the model segments: the 3D
+        session's region (every slice of its range), or the prompts' region when the click lies in it;
+        with ``new``, in click and 3D mode, a region of the slice in view (*Visible region*); else the
+        whole slice."""
+        session = self.volume.session
+        if self.mode.value == VOLUME_MODE and session.region is not None and plane.axis == session.axis:
+            current = replace(plane, region=session.region)  # a 3D session segments its region on every slice
+        else:
+            current = self.prompts.plane
         if current is not None and current.region is not None and current.whole == plane:
             local = current.data_to_slice(plane.slice_to_data(x, y))
-            if current.contains(*local) or not new:
+            if current.contains(*local) or not new or self.mode.value == VOLUME_MODE:
                 return current, *local
-        if not new or self.mode.value != CLICK_MODE or self.model_sees.value != VISIBLE_REGION:
+        if not new or self.mode.value == AUTOMATIC_MODE or self.model_sees.value != VISIBLE_REGION:
             return plane, x, y
         region = plane.within(*self._visible_rows_and_columns(plane))
         return (region, *region.data_to_slice(plane.slice_to_data(x, y)))
@@ -572,12 +584,16 @@ class SamWidget(Container):
         return first[plane.row_axis], last[plane.row_axis], first[plane.col_axis], last[plane.col_axis]
 
     def _region_around_box(self, plane: SlicePlane, box) -> tuple[SlicePlane, tuple[float, ...]]:
-        """*Region around the box*: a square around the box (``BOX_REGION_MARGIN`` times its larger side,
-        at least ``BOX_REGION_MIN``), and the box in its coordinates."""
+        """*Region around the box*: a square centred on the box (``BOX_REGION_MARGIN`` times its larger
+        side, at least ``BOX_REGION_MIN``; moved inside the slice at its edges), and the box in its
+        coordinates."""
         x0, y0, x1, y1 = box
-        side = max(BOX_REGION_MIN, BOX_REGION_MARGIN * max(abs(x1 - x0), abs(y1 - y0)))
-        row, col = (y0 + y1) / 2, (x0 + x1) / 2
-        region = plane.within(row - side / 2, row + side / 2, col - side / 2, col + side / 2)
+        side = round(max(BOX_REGION_MIN, BOX_REGION_MARGIN * max(abs(x1 - x0), abs(y1 - y0))))
+        height, width = plane.size
+        rows, cols = min(side, height), min(side, width)
+        row0 = int(np.clip(round((y0 + y1) / 2 - rows / 2), 0, height - rows))  # moved in at the edges: still square
+        col0 = int(np.clip(round((x0 + x1) / 2 - cols / 2), 0, width - cols))
+        region = plane.within(row0, row0 + rows, col0, col0 + cols)
         corner0 = region.data_to_slice(plane.slice_to_data(x0, y0))
         corner1 = region.data_to_slice(plane.slice_to_data(x1, y1))
         return region, (*corner0, *corner1)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
+from rwth_sam.core.coordinates import SlicePlane
 from rwth_sam.core.errors import InputError
 
 __all__ = ["PropagationResult", "SliceFeatures", "VideoFrames", "propagate"]
@@ -46,13 +47,19 @@ class PropagationResult:
 # SAM 2: frames and features from the segmenter
 
 
+def range_plane(segmenter, axis: int, index: int, region: tuple[int, int, int, int] | None) -> SlicePlane:
+    """Slice ``index`` of the range, or its ``region`` (the same rectangle on every slice)."""
+    plane = segmenter.plane(axis, index)
+    return plane if region is None else replace(plane, region=region)
+
+
 class VideoFrames(Sequence):
     """Slices ``start..end`` of a segmenter's volume as SAM 2 video frames: (3, S, S) float32, the
     2D predictor's input for the slice (``Sam2Predictor.input_tensor``), made on demand (nothing is
     held: memory does not grow with the range)."""
 
-    def __init__(self, segmenter, axis: int, start: int, end: int):
-        self.segmenter, self.axis, self.start, self.end = segmenter, axis, start, end
+    def __init__(self, segmenter, axis: int, start: int, end: int, region=None):
+        self.segmenter, self.axis, self.start, self.end, self.region = segmenter, axis, start, end, region
 
     def __len__(self) -> int:
         return self.end - self.start + 1
@@ -62,7 +69,7 @@ class VideoFrames(Sequence):
             return [self[i] for i in range(*index.indices(len(self)))]
         if not -len(self) <= index < len(self):
             raise IndexError(index)
-        plane = self.segmenter.plane(self.axis, self.start + index % len(self))
+        plane = range_plane(self.segmenter, self.axis, self.start + index % len(self), self.region)
         return self.segmenter.predictor.input_tensor(self.segmenter.slice_rgb(plane))
 
     def stacked(self) -> torch.Tensor:
@@ -78,11 +85,11 @@ class SliceFeatures:
     frame itself.
     """
 
-    def __init__(self, segmenter, device: torch.device, axis: int, start: int):
-        self.segmenter, self.device, self.axis, self.start = segmenter, device, axis, start
+    def __init__(self, segmenter, device: torch.device, axis: int, start: int, region=None):
+        self.segmenter, self.device, self.axis, self.start, self.region = segmenter, device, axis, start, region
 
     def __call__(self, frame_idx: int) -> list[torch.Tensor]:
-        embedding = self.segmenter.embed(self.segmenter.plane(self.axis, self.start + frame_idx))
+        embedding = self.segmenter.embed(range_plane(self.segmenter, self.axis, self.start + frame_idx, self.region))
         return list(embedding.to(self.device).features["backbone_fpn"])
 
 
@@ -100,6 +107,7 @@ def propagate(
     from_index: int | None = None,
     on_slice: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    region: tuple[int, int, int, int] | None = None,
 ) -> PropagationResult:
     """Propagate ``conditioning`` masks through slices ``start..end`` (inclusive) along ``axis``.
 
@@ -108,7 +116,9 @@ def propagate(
     at ``from_index`` (default: the conditioning slice nearest the middle of the range) and goes
     forward to ``end`` and/or backward to ``start`` (``direction``: "both", "forward", "backward").
     ``on_slice(done, total)`` is called after each slice; ``should_stop()`` is asked between slices,
-    and a stopped run returns the slices it finished with ``cancelled=True``.
+    and a stopped run returns the slices it finished with ``cancelled=True``. ``region`` (row0, row1,
+    col0, col1): propagate in that region of every slice, at native resolution (see ``SlicePlane``);
+    the masks are then of the region.
     """
     if len(segmenter.shape) != 3:
         raise InputError("Propagation needs a 3D volume.")
@@ -120,7 +130,7 @@ def propagate(
         raise InputError(f"Slices {start}..{end} are outside the volume (axis {axis} has {count} slices).")
     if direction not in _DIRECTIONS:
         raise InputError(f"direction must be one of {', '.join(_DIRECTIONS)}, not {direction!r}.")
-    size = segmenter.plane(axis, start).size
+    size = range_plane(segmenter, axis, start, region).size
     cond: dict[int, dict[int, np.ndarray]] = {}
     for index, objects in conditioning.items():
         index = int(index)
@@ -144,13 +154,13 @@ def propagate(
     last = end if direction in ("both", "forward") else from_index
 
     def passed(index: int) -> None:
-        segmenter.cache.demote(segmenter.key(segmenter.plane(axis, index)))
+        segmenter.cache.demote(segmenter.key(range_plane(segmenter, axis, index, region)))
 
     run = _Run(cond, last - first + 1, on_slice, should_stop, passed)
     if segmenter.predictor.capabilities.video_propagation:
-        _propagate_sam2(segmenter, axis, start, end, from_index, direction, size, run)
+        _propagate_sam2(segmenter, axis, start, end, from_index, direction, size, run, region)
     else:
-        _propagate_projection(segmenter, axis, from_index, direction, start, end, run)
+        _propagate_projection(segmenter, axis, from_index, direction, start, end, run, region)
     return run.finish()
 
 
@@ -221,16 +231,16 @@ class _Run:
 # SAM 2: the video predictor
 
 
-def _propagate_sam2(segmenter, axis, start, end, from_index, direction, size, run: _Run) -> None:
+def _propagate_sam2(segmenter, axis, start, end, from_index, direction, size, run: _Run, region) -> None:
     run.score_is_logit = True
     video = segmenter.predictor.video_predictor()
-    frames = VideoFrames(segmenter, axis, start, end)
+    frames = VideoFrames(segmenter, axis, start, end, region)
     offload = video.device.type == "cuda"  # frames and state on the CPU: upstream's options for long videos
     with torch.inference_mode(), warnings.catch_warnings():
         # without sam2's optional CUDA extension, hole filling is skipped with a warning on every
         # slice: once is enough
         warnings.filterwarnings("once", message=".*Skipping the post-processing step.*")
-        features = SliceFeatures(segmenter, video.device, axis, start)
+        features = SliceFeatures(segmenter, video.device, axis, start, region)
         state = video.init_state(
             frames, size[0], size[1], features, offload_video_to_cpu=offload, offload_state_to_cpu=offload
         )
@@ -276,7 +286,7 @@ def mask_box(mask: np.ndarray) -> np.ndarray | None:
     return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
 
 
-def _propagate_projection(segmenter, axis, from_index, direction, start, end, run: _Run) -> None:
+def _propagate_projection(segmenter, axis, from_index, direction, start, end, run: _Run, region) -> None:
     passes = []
     if direction in ("both", "forward"):
         passes.append((False, range(from_index, end + 1)))
@@ -293,7 +303,7 @@ def _propagate_projection(segmenter, axis, from_index, direction, start, end, ru
                 if obj_id in given:
                     continue
                 box = mask_box(previous)
-                prediction = segmenter.predict(segmenter.plane(axis, index), box=box, mask_logits=logits)
+                prediction = segmenter.predict(range_plane(segmenter, axis, index, region), box=box, mask_logits=logits)
                 mask = np.asarray(prediction.mask, dtype=bool)
                 masks[obj_id] = mask
                 scores[obj_id] = float(np.max(prediction.scores)) if len(prediction.scores) else 0.0

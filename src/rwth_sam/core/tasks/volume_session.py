@@ -73,6 +73,7 @@ class Run:
     start: int
     end: int
     conditioning: dict[int, dict[int, np.ndarray]]
+    region: tuple[int, int, int, int] | None = None  # the rectangle of every slice it segments
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class VolumeSession:
     def __init__(self):
         self.axis: int | None = None
         self.bounds: dict[str, int] = {}  # "start" / "end" -> slice index, either order
+        self.region: tuple[int, int, int, int] | None = None  # every slice's rectangle the model sees, if not whole
         self.objects: EventedList[VolumeObject] = EventedList()
         self.conditioning: dict[int, dict[int, np.ndarray]] = {}  # slice -> object id -> (H, W) mask
         self.logits: dict[int, np.ndarray] = {}  # object id -> its last low-resolution logits
@@ -123,6 +125,7 @@ class VolumeSession:
         self.generation += 1
         self._stale_reason = reason
         self.bounds, self.conditioning, self.logits, self.flags = {}, {}, {}, []
+        self.region = None
         self.objects.clear()
         self.propagated, self.written = False, WriteRecord()
         self.restarted.emit(reason)
@@ -172,7 +175,15 @@ class VolumeSession:
         return "Range: not set"
 
     # ----------------------------------------------------------------- objects
-    def add_object(self, box: tuple[float, float, float, float], value: int, name: str) -> VolumeObject:
+    def add_object(
+        self, box: tuple[float, float, float, float], value: int, name: str, region: tuple | None = None
+    ) -> VolumeObject:
+        """An object boxed on the middle slice; the first one's ``region`` (its box lies in that rectangle
+        of the slice, at native resolution) becomes the session's: every slice is segmented in it."""
+        if not self.objects:
+            self.region = region
+        elif region != self.region:
+            raise InputError("Draw this box in the region of the first object (or start the objects afresh).")
         obj = VolumeObject(len(self.objects) + 1, tuple(box), value, name)
         self.objects.append(obj)
         self.changed.emit()
@@ -265,7 +276,7 @@ class VolumeSession:
     def start_run(self, labels: object) -> Run:
         self.require_conditioning()
         conditioning = {index: dict(masks) for index, masks in self.conditioning.items()}
-        self.running = Run(self.generation, labels, self.axis, self.start, self.end, conditioning)
+        self.running = Run(self.generation, labels, self.axis, self.start, self.end, conditioning, self.region)
         return self.running
 
     def run_finished(self, run: Run) -> None:
@@ -283,7 +294,12 @@ class VolumeSession:
         runs wrote there, except on slices the user edited since. The flags of those slices are
         replaced by the run's."""
         self.check_current(run)
-        block = range_block(labels.ndim, run.axis, run.start, run.end)  # the range only, not the volume
+        block = list(range_block(labels.ndim, run.axis, run.start, run.end))  # the range only, not the volume
+        if run.region is not None:  # and only the region of its slices
+            row_axis, col_axis = (a for a in range(labels.ndim) if a != run.axis)
+            row0, row1, col0, col1 = run.region
+            block[row_axis], block[col_axis] = slice(row0, row1), slice(col0, col1)
+        block = tuple(block)
         values = np.array(labels[block], copy=True)
         masks = {index: result.masks.get(index, {}) for index in result.finished}
         objects = {obj.object_id: obj.value for obj in self.objects}
