@@ -223,6 +223,7 @@ class SamWidget(Container):
         self.prompts.changed.connect(self.guard("Segmenting", self._on_prompts_changed))
         self.prompts.changed.connect(self.guard("Describing the resolution", self._describe_resolution))
         self.prompts.cleared.connect(self.guard("Describing the resolution", self._describe_resolution))
+        self.prompts.predicted.connect(self.guard("Describing the resolution", self._describe_resolution))
         self.prompts.selection_changed.connect(self.guard("Selecting a point", self._draw_prompts))
         self.prompts.predicted.connect(self.guard("Showing the preview", self._on_predicted))
         self.prompts.cleared.connect(self.guard("Clearing the prompts", self._on_prompts_cleared))
