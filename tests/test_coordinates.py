@@ -316,3 +316,13 @@ def test_a_region_of_a_slice_reads_writes_and_converts_at_its_offset(axis):
     assert moved[region.col_axis] == (10.0, 20.0, 30.0)[region.col_axis] + 5 * (2.0, 3.0, 4.0)[region.col_axis]
     with pytest.raises(rwth_sam.InputError, match="not inside the slice"):
         SlicePlane(shape, whole.row_axis, whole.col_axis, axis, 7, region=(0, 99, 0, 5))
+
+
+def test_the_square_around_a_box_keeps_its_side_at_the_slice_edges():
+    plane = SlicePlane.of((5, 600, 700), 0, 2)
+    centred = plane.square_around((300, 200, 340, 230), margin=2.0, least=256)
+    assert centred.region == (87, 343, 192, 448), "256 px, centred on (row 215, column 320)"
+    corner = plane.square_around((2, 590, 30, 598), margin=2.0, least=256)
+    assert corner.region == (344, 600, 0, 256), "moved inside the slice, still square"
+    large = plane.square_around((100, 100, 500, 300), margin=2.0, least=256)
+    assert large.region is None, "twice a 400-px box is more than the slice: the whole slice"

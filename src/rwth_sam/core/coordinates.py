@@ -115,6 +115,18 @@ class SlicePlane:
             return self.whole
         return replace(self, region=(*rows, *cols))
 
+    def square_around(self, box: Sequence[float], margin: float, least: int) -> SlicePlane:
+        """The square region centred on an (x0, y0, x1, y1) box of this slice: ``margin`` times the box's
+        larger side, at least ``least`` pixels, moved inside the slice at its edges (cut only where the
+        slice is smaller)."""
+        x0, y0, x1, y1 = box
+        side = round(max(least, margin * max(abs(x1 - x0), abs(y1 - y0))))
+        height, width = self.whole.size
+        rows, cols = min(side, height), min(side, width)
+        row0 = int(np.clip(round((y0 + y1) / 2 - rows / 2), 0, height - rows))
+        col0 = int(np.clip(round((x0 + x1) / 2 - cols / 2), 0, width - cols))
+        return self.whole.within(row0, row0 + rows, col0, col0 + cols)
+
     @property
     def whole(self) -> SlicePlane:
         """The whole slice this plane (or region) lies in."""

@@ -585,16 +585,10 @@ class SamWidget(Container):
         return first[plane.row_axis], last[plane.row_axis], first[plane.col_axis], last[plane.col_axis]
 
     def _region_around_box(self, plane: SlicePlane, box) -> tuple[SlicePlane, tuple[float, ...]]:
-        """*Region around the box*: a square centred on the box (``BOX_REGION_MARGIN`` times its larger
-        side, at least ``BOX_REGION_MIN``; moved inside the slice at its edges), and the box in its
-        coordinates."""
+        """*Region around the box*: the square region around a box of the whole slice ``plane``, and the
+        box in its coordinates."""
+        region = plane.square_around(box, BOX_REGION_MARGIN, BOX_REGION_MIN)
         x0, y0, x1, y1 = box
-        side = round(max(BOX_REGION_MIN, BOX_REGION_MARGIN * max(abs(x1 - x0), abs(y1 - y0))))
-        height, width = plane.size
-        rows, cols = min(side, height), min(side, width)
-        row0 = int(np.clip(round((y0 + y1) / 2 - rows / 2), 0, height - rows))  # moved in at the edges: still square
-        col0 = int(np.clip(round((x0 + x1) / 2 - cols / 2), 0, width - cols))
-        region = plane.within(row0, row0 + rows, col0, col0 + cols)
         corner0 = region.data_to_slice(plane.slice_to_data(x0, y0))
         corner1 = region.data_to_slice(plane.slice_to_data(x1, y1))
         return region, (*corner0, *corner1)
