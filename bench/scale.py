@@ -25,22 +25,29 @@ Per step: wall time, peak resident memory (``VmHWM``, reset before the step thro
 ``/proc/self/clear_refs``), resident memory after it, the longest stall of a 20 ms heartbeat timer
 on the GUI thread, and an error with its traceback if the step failed. A watchdog thread samples
 resident memory every 10 ms: above ``--memory-cap-gb`` over the baseline, or with less than
-``--min-available-gb`` left on the machine, it writes every thread's Python stack (faulthandler)
-into the report and ends the process, so a step that grows with the volume is reported, not
-swapped or killed by the kernel. The parent then goes on with the next size.
+``--min-available-gb`` left on the machine while this process is itself more than the goal above
+its baseline, it writes every thread's Python stack (faulthandler) into the report and ends the
+process, so a step that grows with the volume is reported, not swapped or killed by the kernel.
+The parent then goes on with the next size. (A machine short of memory through other processes
+is only noted.)
 
     . .venv/bin/activate
     python bench/scale.py                                 # 256 512 1024 2048, volumes in /tmp/rwth-sam-scale
     python bench/scale.py --sizes 256 512 --folder /data/scale
     python bench/scale.py --sizes 2048 --merge            # add a size to the results of an earlier run
+    python bench/scale.py --rebuild                       # the tables again from the JSON (nothing run)
+    python bench/scale.py --sections volumes clicks       # and the click latency again, sizes interleaved
 
 Goals (issue 12, 2 CPU cores): peak memory above the baseline ≤ 1.5 GB at every size; click
 latency within 10 % of the 256³ case. Results: ``bench/results/scale.json`` (everything) and
 ``bench/results/scale.md`` (the tables, machine, date and command), also printed.
 
-Sections: the run is a list of sections (``SECTIONS``), each a function of the run's context
-returning its report (a title, markdown lines, raw data); the volume sizes are the first. A further
-comparison adds its function there and a name to ``--sections``.
+Sections: the run is a list of sections (``SECTIONS``: a name, the function that runs it with the
+run's context and returns its raw data, and the one that makes its report, a title and markdown
+lines, from that data): ``volumes``, the steps above for each size, and ``clicks``, only the
+clicks again, every size once in each of ``--rounds`` rounds, so that load from other processes
+drifting over the run hits every size alike (the ratio to 256³ is taken per round). Both reuse
+the volumes. A further comparison adds its pair there and its name to ``--sections``.
 """
 
 from __future__ import annotations
@@ -177,7 +184,9 @@ def write_checkpoint(folder: Path) -> Path:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES), help="volume sides")
-    parser.add_argument("--sections", nargs="+", default=["volumes"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--sections", nargs="+", default=["volumes"], help="what to run: volumes (default), clicks (see above)"
+    )
     parser.add_argument(
         "--folder", default="/tmp/rwth-sam-scale", help="where the volumes, the checkpoint and the labels go"
     )
@@ -192,12 +201,23 @@ def parse_args(argv=None):
     parser.add_argument(
         "--memory-cap-gb", type=float, default=12.0, help="end a size's process this far above its baseline"
     )
-    parser.add_argument("--min-available-gb", type=float, default=3.0, help="... or when the machine has this left")
+    parser.add_argument(
+        "--min-available-gb",
+        type=float,
+        default=3.0,
+        help="... or when the machine has this left and the case is above the goal",
+    )
     parser.add_argument(
         "--labels-on-disk-above", type=float, default=None, help="the widget's setting in GB (default: its own)"
     )
     parser.add_argument(
-        "--tracemalloc", action="store_true", help="trace Python allocations (slower): top sites per step"
+        "--tracemalloc",
+        action="store_true",
+        help="trace Python allocations (slower): the traced peak per step, the top sites if a size is stopped",
+    )
+    parser.add_argument("--rebuild", action="store_true", help="only write the tables again from --json")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds of the 'clicks' section (every size once a round; default 2)"
     )
     parser.add_argument(
         "--range-slices", type=int, default=RANGE_SLICES, help=f"the 3D range's slices (default {RANGE_SLICES})"
@@ -215,6 +235,8 @@ def main(argv=None) -> int:
 
     from harness import machine_info, utc_now
 
+    if args.rebuild:
+        return rebuild(args)
     folder = Path(args.folder)
     folder.mkdir(parents=True, exist_ok=True)
     context = {
@@ -230,41 +252,61 @@ def main(argv=None) -> int:
     server = Display(visible=False, size=(1600, 1000), color_depth=24, extra_args=["-nolisten", "tcp", "-noreset"])
     server.start()
     context["display"] = server.new_display_var
-    sections = {}
+    data = earlier_sections(args) if args.merge else {}
     try:
         for name in args.sections:
-            sections[name] = SECTIONS[name](
-                context, lambda report, name=name: save(context, {**sections, name: report})
-            )
-            save(context, sections)
+            run, _ = SECTIONS[name]
+            data[name] = run(context, lambda partial, name=name: save(context, {**data, name: partial}))
+            save(context, data)
     finally:
         server.stop()
-    print("\n" + "\n".join(markdown(context, sections)))
+    print("\n" + "\n".join(markdown(context, data)))
     return 0
 
 
-def save(context: dict, sections: dict) -> None:
+def earlier_sections(args) -> dict:
+    """The results file's sections (--merge keeps those not run now)."""
+    try:
+        return dict(json.loads(Path(args.json).read_text())["sections"])
+    except (OSError, KeyError, ValueError):
+        return {}
+
+
+def command_line() -> str:
+    return " ".join([os.path.basename(sys.executable), *sys.argv])
+
+
+def save(context: dict, data: dict) -> None:
     """Write the results files (after every size, so an interrupted run keeps what it measured)."""
     args = context["args"]
-    report = {
-        "started": context["started"], "machine": context["machine"], "folder": str(context["folder"]),
-        "sections": {name: section["data"] for name, section in sections.items()},
-    }  # fmt: skip
+    report = {"started": context["started"], "machine": context["machine"], "folder": str(context["folder"]),
+              "sections": data}  # fmt: skip
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     from harness import write_report
 
     write_report(args.json, report)
-    Path(args.markdown).write_text("\n".join(markdown(context, sections)) + "\n")
+    context["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    Path(args.markdown).write_text("\n".join(markdown(context, data)) + "\n")
 
 
-def markdown(context: dict, sections: dict) -> list[str]:
+def rebuild(args) -> int:
+    """The markdown file again from the JSON one (after a change to the tables; nothing is run)."""
+    report = json.loads(Path(args.json).read_text())
+    for row in report["sections"].get("volumes", {}).get("rows", {}).values():
+        row.setdefault("run", {"started": report.get("started"), "command": report.get("command")})
+    context = {**report, "args": args, "command": report.get("command")}
+    Path(args.markdown).write_text("\n".join(markdown(context, report["sections"])) + "\n")
+    print(f"wrote {args.markdown}")
+    return 0
+
+
+def markdown(context: dict, data: dict) -> list[str]:
     machine = context["machine"]
     packages = ", ".join(f"{name} {version}" for name, version in machine["packages"].items() if version)
-    command = " ".join([os.path.basename(sys.executable), *sys.argv])
     lines = [
         "# bench/scale.py: volumes of any size (issue 12)",
         "",
-        f"Run {context['started']} (UTC), finished {time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}: `{command}`",
+        f"Run {context['started']} (UTC) to {context.get('finished', '?')}: `{context.get('command') or command_line()}`",
         "",
         f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, {total_memory_gb():.0f} GB memory, "
         f"{machine['platform']}, Python {machine['python']}; {packages}. Load average at the start "
@@ -272,8 +314,9 @@ def markdown(context: dict, sections: dict) -> list[str]:
         "other processes' load makes the timings noisy (each size's load averages are in the JSON).",
         "",
     ]
-    for section in sections.values():
-        lines += [f"## {section['title']}", "", *section["lines"], ""]
+    for name, section_data in data.items():
+        title, section_lines = SECTIONS[name][1](section_data)
+        lines += [f"## {title}", "", *section_lines, ""]
     return lines
 
 
@@ -298,7 +341,7 @@ def volume_section(context: dict, progress) -> dict:
         if previous is not None:
             estimate += previous * 1.25  # the model's work is the same at every size; reading slices grows
         if elapsed + estimate > budget_s:
-            rows[key] = {"size": key, "shape": shape, "skipped": (
+            rows[key] = {"size": key, "shape": shape, "run": {"started": context["started"]}, "skipped": (
                 f"estimated {estimate / 60:.0f} min (generating the volume and the steps), over what is left of the "
                 f"{args.budget_minutes:.0f} min budget ({(budget_s - elapsed) / 60:.0f} min)"
             )}  # fmt: skip
@@ -306,26 +349,37 @@ def volume_section(context: dict, progress) -> dict:
             continue
         volume = ensure_volume(folder, shape)
         if "skipped" in volume:
-            rows[key] = {"size": key, "shape": shape, "skipped": volume["skipped"]}
+            rows[key] = {
+                "size": key,
+                "shape": shape,
+                "run": {"started": context["started"]},
+                "skipped": volume["skipped"],
+            }
             print(f"  skipped: {volume['skipped']}", flush=True)
             continue
         started = time.monotonic()
         rows[key] = {"size": key, "shape": shape, "volume": volume, **run_child(context, key, volume, checkpoint)}
+        rows[key]["run"] = {"started": context["started"], "command": command_line()}
         previous = time.monotonic() - started
-        progress(volume_report(rows))
-    return volume_report(rows)
+        progress({"rows": rows})
+    return {"rows": rows}
 
 
 def earlier_rows(args) -> dict:
+    """The rows of the results file, each with the run that measured it."""
     try:
-        return dict(json.loads(Path(args.json).read_text())["sections"]["volumes"]["rows"])
+        report = json.loads(Path(args.json).read_text())
+        rows = dict(report["sections"]["volumes"]["rows"])
     except (OSError, KeyError, ValueError):
         return {}
+    for row in rows.values():
+        row.setdefault("run", {"started": report.get("started"), "command": report.get("command")})
+    return rows
 
 
-def run_child(context: dict, key: str, volume: dict, checkpoint: Path) -> dict:
+def run_child(context: dict, key: str, volume: dict, checkpoint: Path, clicks_only: bool = False) -> dict:
     args, folder = context["args"], context["folder"]
-    work = folder / f"run-{key}"  # the labels (in the widget's user data folder) and the saved .tif
+    work = folder / f"{'clicks' if clicks_only else 'run'}-{key}"  # the labels (in the user data folder), the .tif
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     out = work / "case.json"
@@ -333,7 +387,7 @@ def run_child(context: dict, key: str, volume: dict, checkpoint: Path) -> dict:
         "size": key, "shape": SIZES[key], "volume": volume["path"], "checkpoint": str(checkpoint), "work": str(work),
         "out": str(out), "memory_cap_gb": args.memory_cap_gb, "min_available_gb": args.min_available_gb,
         "labels_on_disk_above": args.labels_on_disk_above, "tracemalloc": args.tracemalloc,
-        "range_slices": args.range_slices,
+        "range_slices": args.range_slices, "clicks_only": clicks_only,
     }  # fmt: skip
     env = {**os.environ, "DISPLAY": context["display"], "XDG_DATA_HOME": str(work / "user-data")}
     env.pop("QT_QPA_PLATFORM", None)
@@ -358,7 +412,8 @@ STEPS_AFTER_BASELINE = [
 ]  # fmt: skip
 
 
-def volume_report(rows: dict) -> dict:
+def volume_report(data: dict) -> tuple[str, list[str]]:
+    rows = data["rows"]
     order = [key for key in SIZES if key in rows]
     reference = rows.get("256", {}).get("clicks", {}).get("median_ms")
     lines = [
@@ -415,9 +470,17 @@ def volume_report(rows: dict) -> dict:
             notes.append(f"* {name}: {line}")
     lines += ["", "(open, first click, 3D and save in seconds; the model share is the worker's `predict` of a click.)"]
     lines += ["", *step_table(rows, order)]
+    runs = {}
+    for key in order:
+        run = rows[key].get("run") or {}
+        runs.setdefault((run.get("started"), run.get("command")), []).append(f"{key}³")
+    lines += ["", "Measured by: " + "; ".join(
+        f"{', '.join(sizes)}: `{command or 'python bench/scale.py'}`, started {started} (UTC)"
+        for (started, command), sizes in runs.items()
+    ) + "."]  # fmt: skip
     if notes:
         lines += ["", "Notes:", "", *notes]
-    return {"title": "Volume sizes: 256³ to 2048³", "lines": lines, "data": {"rows": rows}}
+    return "Volume sizes: 256³ to 2048³", lines
 
 
 def seconds(steps: dict, name: str) -> str:
@@ -472,7 +535,67 @@ def step_table(rows: dict, order: list[str]) -> list[str]:
     return lines
 
 
-SECTIONS = {"volumes": volume_section}
+# ----------------------------------------------------------------------------- section: clicks, interleaved
+def clicks_section(context: dict, progress) -> dict:
+    """Open, first click and the 10 clicks only, each size once a round (the volumes made before)."""
+    args, folder = context["args"], context["folder"]
+    checkpoint = write_checkpoint(folder)
+    rounds = []
+    for number in range(args.rounds):
+        this = {}
+        rounds.append(this)
+        for key in args.sizes:
+            shape = SIZES[key]
+            state = volume_state(volume_path(folder, shape), shape)
+            if not (state and state.get("complete")):
+                print(f"\n== clicks, round {number + 1}, {key}³: no volume (run the volumes section first)")
+                continue
+            print(f"\n== clicks, round {number + 1}, {key}³", flush=True)
+            volume = {"path": str(volume_path(folder, shape))}
+            result = run_child(context, key, volume, checkpoint, clicks_only=True)
+            this[key] = {"clicks": result.get("clicks"), "load_average": result["load_average"],
+                         "error": result.get("error") or result.get("stopped_after")}  # fmt: skip
+            progress({"rounds": rounds, "run": {"started": context["started"], "command": command_line()}})
+    return {"rounds": rounds, "run": {"started": context["started"], "command": command_line()}}
+
+
+def clicks_report(data: dict) -> tuple[str, list[str]]:
+    rounds = data["rounds"]
+    keys = [key for key in SIZES if any(key in r for r in rounds)]
+    lines = [
+        f"The 10 clicks again (a fresh process per size and round, as above, stopping after the clicks), every size "
+        f"once in each of {len(rounds)} rounds: median latency per round (the model's share), and its ratio to the "
+        f"256³ median of the same round. Goal: within {GOAL_LATENCY_RATIO - 1:.0%} of 256³.",
+        "",
+        "| volume | " + " | ".join(f"round {i + 1}" for i in range(len(rounds))) + " | ratio to 256³ per round | met |",
+        "|---|" + "---:|" * len(rounds) + "---|---|",
+    ]
+    for key in keys:
+        cells, ratios = [], []
+        for r in rounds:
+            clicks = (r.get(key) or {}).get("clicks")
+            reference = ((r.get("256") or {}).get("clicks") or {}).get("median_ms")
+            if not clicks:
+                cells.append("—")
+                continue
+            load = r[key]["load_average"]["before"][0]
+            cells.append(f"{clicks['median_ms']:.0f} ms ({clicks['model_median_ms']:.0f}), load {load:.1f}")
+            if reference:
+                ratios.append(clicks["median_ms"] / reference)
+        met = "—" if not ratios else "yes" if max(ratios) <= GOAL_LATENCY_RATIO else "**no**"
+        lines.append(
+            f"| {key}³ | " + " | ".join(cells) + f" | {', '.join(f'{x:.2f}' for x in ratios) or '—'} | {met} |"
+        )
+    run = data.get("run") or {}
+    lines += ["", f"Measured by `{run.get('command')}`, started {run.get('started')} (UTC); load: the 1-minute load "
+              "average when the size's process started."]  # fmt: skip
+    return "Click latency, sizes interleaved", lines
+
+
+SECTIONS = {  # name: (run it, report its data)
+    "volumes": (volume_section, volume_report),
+    "clicks": (clicks_section, clicks_report),
+}
 
 
 # ============================================================================= the child (one size)
@@ -502,6 +625,7 @@ class Memory:
         self.step = "start"
         self.sampled_peak = 0
         self.can_reset = True
+        self.short: list[str] = []  # when the machine was short of memory (others' processes)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="memory watchdog", daemon=True)
         self._thread.start()
@@ -536,10 +660,17 @@ class Memory:
                 if rss > self.limit():
                     reason = f"resident memory {rss / GB:.2f} GB passed the cap of {self.limit() / GB:.2f} GB"
                 elif available_bytes() < self.min_available:
-                    reason = (
-                        f"the machine had less than {self.min_available / GB:.1f} GB available "
-                        f"(this process: {rss / GB:.2f} GB)"
-                    )
+                    # the machine is short: this process's doing only if it grew past the goal (others'
+                    # processes share the machine; ending this one for their memory would measure nothing)
+                    grown = rss - (self.baseline if self.baseline is not None else self.start_rss + 2 * GB)
+                    if grown > GOAL_MEMORY_GB * GB:
+                        reason = (
+                            f"the machine had less than {self.min_available / GB:.1f} GB available, this process "
+                            f"{rss / GB:.2f} GB ({grown / GB:.2f} GB above its baseline)"
+                        )
+                    elif not self.short:
+                        self.short.append(f"{self.step}: the machine had less than {self.min_available / GB:.1f} "
+                                          f"GB available (this process {rss / GB:.2f} GB)")  # fmt: skip
                 if reason:
                     self.on_abort(self.step, rss, reason)
                     return
@@ -723,6 +854,7 @@ class Case:
         except StepFailed as failed:
             self.report["stopped_after"] = str(failed)
         self.report["final_rss"] = self.memory.rss()
+        self.report["notes"] += self.memory.short
         self.write()
         viewer.close()
 
@@ -764,6 +896,8 @@ class Case:
             "max_ms": max(latencies), "model_ms": model_ms,
             "model_median_ms": statistics.median(model_ms) if model_ms else None,
         }  # fmt: skip
+        if spec.get("clicks_only"):
+            return
 
         with self.step("new labels layer"):
             widget.new_labels.clicked.emit()
