@@ -306,7 +306,7 @@ def markdown(context: dict, data: dict) -> list[str]:
     lines = [
         "# bench/scale.py: volumes of any size (issue 12)",
         "",
-        f"Run {context['started']} (UTC) to {context.get('finished', '?')}: `{context.get('command') or command_line()}`",
+        f"Last run {context['started']} (UTC) to {context.get('finished', '?')}: `{context.get('command') or command_line()}`",
         "",
         f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, {total_memory_gb():.0f} GB memory, "
         f"{machine['platform']}, Python {machine['python']}; {packages}. Load average at the start "
@@ -340,22 +340,21 @@ def volume_section(context: dict, progress) -> dict:
         estimate = 0.0 if volume and volume.get("complete") else raw_bytes(shape) / (60 * MB)  # generation
         if previous is not None:
             estimate += previous * 1.25  # the model's work is the same at every size; reading slices grows
+        skipped = None
         if elapsed + estimate > budget_s:
-            rows[key] = {"size": key, "shape": shape, "run": {"started": context["started"]}, "skipped": (
+            skipped = (
                 f"estimated {estimate / 60:.0f} min (generating the volume and the steps), over what is left of the "
                 f"{args.budget_minutes:.0f} min budget ({(budget_s - elapsed) / 60:.0f} min)"
-            )}  # fmt: skip
-            print(f"  skipped: {rows[key]['skipped']}", flush=True)
-            continue
-        volume = ensure_volume(folder, shape)
-        if "skipped" in volume:
-            rows[key] = {
-                "size": key,
-                "shape": shape,
-                "run": {"started": context["started"]},
-                "skipped": volume["skipped"],
-            }
-            print(f"  skipped: {volume['skipped']}", flush=True)
+            )
+        else:
+            volume = ensure_volume(folder, shape)
+            skipped = volume.get("skipped")
+        if skipped:
+            if key in rows and "skipped" not in rows[key]:  # --merge: what an earlier run measured stays
+                print(f"  skipped: {skipped}; the earlier run's row is kept", flush=True)
+                continue
+            rows[key] = {"size": key, "shape": shape, "run": {"started": context["started"]}, "skipped": skipped}
+            print(f"  skipped: {skipped}", flush=True)
             continue
         started = time.monotonic()
         rows[key] = {"size": key, "shape": shape, "volume": volume, **run_child(context, key, volume, checkpoint)}
@@ -468,7 +467,13 @@ def volume_report(data: dict) -> tuple[str, list[str]]:
             notes.append(f"* {name}: {row['error']}")
         for line in row.get("notes", []):
             notes.append(f"* {name}: {line}")
-    lines += ["", "(open, first click, 3D and save in seconds; the model share is the worker's `predict` of a click.)"]
+        notes += [f"* {name}: {line}" for line in per_voxel(row)]
+    lines += [
+        "",
+        "(open, first click, 3D and save in seconds; the model share is the worker's `predict` of a click. *vs 256³* "
+        "compares processes run minutes apart under other load: judge the latency goal by the interleaved rounds of "
+        "the *Click latency* section where there is one.)",
+    ]
     lines += ["", *step_table(rows, order)]
     runs = {}
     for key in order:
@@ -481,6 +486,31 @@ def volume_report(data: dict) -> tuple[str, list[str]]:
     if notes:
         lines += ["", "Notes:", "", *notes]
     return "Volume sizes: 256³ to 2048³", lines
+
+
+def per_voxel(row: dict) -> list[str]:
+    """What a write into the labels cost per voxel written (submit, propagation): it follows the voxels, not
+    the volume, as long as it is not a whole-volume pass."""
+    import re
+
+    written = {
+        "submit": r"Submitted (\d+) pixels",
+        "3D: full segmentation": r"Propagation done: \d+ slices \((\d+) voxels",
+    }
+    lines = []
+    for step, pattern in written.items():
+        info = row.get("steps", {}).get(step)
+        found = [re.search(pattern, note) for note in row.get("notes", [])]
+        count = next((int(match.group(1)) for match in found if match), 0)
+        if info is None or not count or "rss_before" not in info:
+            continue
+        grown = info["peak_rss"] - info["rss_before"]
+        lines.append(
+            f"{step}: {count / 1e6:.1f} M voxels written; peak {grown / MB:+.0f} MB above the step's start "
+            f"(the model's work included; {grown / count:.0f} B a voxel), longest GUI stall {info['gui_stall_ms'] / 1000:.1f} s "
+            f"({info['gui_stall_ms'] * 1000 / count:.2f} µs a voxel)"
+        )
+    return lines
 
 
 def seconds(steps: dict, name: str) -> str:
@@ -564,11 +594,15 @@ def clicks_report(data: dict) -> tuple[str, list[str]]:
     keys = [key for key in SIZES if any(key in r for r in rounds)]
     lines = [
         f"The 10 clicks again (a fresh process per size and round, as above, stopping after the clicks), every size "
-        f"once in each of {len(rounds)} rounds: median latency per round (the model's share), and its ratio to the "
-        f"256³ median of the same round. Goal: within {GOAL_LATENCY_RATIO - 1:.0%} of 256³.",
+        f"once in each of {len(rounds)} rounds: per round the median latency, as model (the worker's `predict`) + "
+        "the rest (the GUI thread: the runner's hand-over, the preview layer's refresh), and its ratio to the 256³ "
+        f"median of the same round. Goal: within {GOAL_LATENCY_RATIO - 1:.0%} of 256³; met when the median of the "
+        "rounds' ratios is (single rounds swing with the load of other processes).",
         "",
-        "| volume | " + " | ".join(f"round {i + 1}" for i in range(len(rounds))) + " | ratio to 256³ per round | met |",
-        "|---|" + "---:|" * len(rounds) + "---|---|",
+        "| volume | "
+        + " | ".join(f"round {i + 1}" for i in range(len(rounds)))
+        + " | ratio to 256³ per round | median | met |",
+        "|---|" + "---:|" * len(rounds) + "---|---:|---|",
     ]
     for key in keys:
         cells, ratios = [], []
@@ -578,13 +612,21 @@ def clicks_report(data: dict) -> tuple[str, list[str]]:
             if not clicks:
                 cells.append("—")
                 continue
+            rest = statistics.median(a - b for a, b in zip(clicks["latencies_ms"], clicks["model_ms"]))
             load = r[key]["load_average"]["before"][0]
-            cells.append(f"{clicks['median_ms']:.0f} ms ({clicks['model_median_ms']:.0f}), load {load:.1f}")
+            cells.append(
+                f"{clicks['median_ms']:.0f} ms ({clicks['model_median_ms']:.0f} + {rest:.0f}), load {load:.1f}"
+            )
             if reference:
                 ratios.append(clicks["median_ms"] / reference)
-        met = "—" if not ratios else "yes" if max(ratios) <= GOAL_LATENCY_RATIO else "**no**"
+        median = statistics.median(ratios) if ratios else None
+        met = "—" if median is None else "yes" if median <= GOAL_LATENCY_RATIO else "**no**"
         lines.append(
-            f"| {key}³ | " + " | ".join(cells) + f" | {', '.join(f'{x:.2f}' for x in ratios) or '—'} | {met} |"
+            f"| {key}³ | "
+            + " | ".join(cells)
+            + f" | {', '.join(f'{x:.2f}' for x in ratios) or '—'} | "
+            + (f"{median:.2f}" if median else "—")
+            + f" | {met} |"
         )
     run = data.get("run") or {}
     lines += ["", f"Measured by `{run.get('command')}`, started {run.get('started')} (UTC); load: the 1-minute load "
