@@ -467,3 +467,34 @@ def write_dicom_series(
         writer.Execute(image)
         files.append(path)
     return files
+
+
+class CountingVolume:
+    """A volume too large to read whole, as the widget meets it: ``array``'s shape and dtype, every
+    key read recorded (and delegated), and reading it whole an error."""
+
+    def __init__(self, array):
+        self.array = array
+        self.shape, self.dtype, self.ndim = tuple(array.shape), np.dtype(array.dtype), len(array.shape)
+        self.keys: list = []
+
+    def __getitem__(self, key):
+        self.keys.append(key)
+        return self.array[key]
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole volume was read")
+
+    def slices_read(self) -> set[int]:
+        """The indices along axis 0 of every slice a recorded key touched (then forgets the keys)."""
+        read = set()
+        for key in self.keys:
+            first = (key if isinstance(key, tuple) else (key,))[0]
+            if isinstance(first, slice):
+                read.update(range(*first.indices(self.shape[0])))
+            elif first is Ellipsis:
+                read.update(range(self.shape[0]))
+            else:
+                read.add(int(first))
+        self.keys.clear()
+        return read

@@ -19,7 +19,7 @@ from rwth_sam.core.labels.disk_labels import (
 )
 from rwth_sam.core.labels.labelling import next_instance_id
 
-from conftest import dice
+from conftest import CountingVolume, dice
 from napari_helpers import run_3d, wait_idle
 
 
@@ -99,28 +99,15 @@ def test_labels_on_disk_are_saved_as_tiff_slice_by_slice(tmp_path):
     stored = create_disk_labels(tmp_path / "big.zarr", (12, 40, 30), {})
     stored[3, 5:9, 2:4] = 300
     stored[10, 0, 0] = 2
-    read = []
-
-    class DiskOnly:
-        """The zarr array, refusing to be read whole (as a volume larger than memory would be)."""
-
-        shape, dtype, ndim = stored.shape, stored.dtype, stored.ndim
-
-        def __getitem__(self, key):
-            read.append(key)
-            return stored[key]
-
-        def __array__(self, *args, **kwargs):
-            raise AssertionError("the whole volume was read")
-
+    counting = CountingVolume(stored)  # refuses to be read whole, as a volume larger than memory would
     written = write_labels(
-        str(tmp_path / "big.tif"), DiskOnly(), {"name": "big", "scale": (1, 1, 1), "translate": (0, 0, 0)}
+        str(tmp_path / "big.tif"), counting, {"name": "big", "scale": (1, 1, 1), "translate": (0, 0, 0)}
     )
     assert written == [str(tmp_path / "big.tif")]
     saved = tifffile.imread(tmp_path / "big.tif")
     assert saved.dtype == np.uint16, "the smallest type that holds label 300"
     np.testing.assert_array_equal(saved, stored[...])
-    assert read, "read through indexing only"
+    assert counting.keys, "read through indexing only"
 
 
 @pytest.mark.gui

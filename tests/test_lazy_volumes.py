@@ -22,7 +22,7 @@ from rwth_sam.core.phantom import VOID, battery_phantom
 from rwth_sam.core.preprocessing import PERCENTILES, SAMPLED_SLICES
 from rwth_sam.ui.widget import AUTOMATIC_MODE, HELPER_LAYER, VOLUME_MODE
 
-from conftest import ORACLE, PERMISSIVE
+from conftest import ORACLE, PERMISSIVE, CountingVolume
 from napari_helpers import dock, middle_click, middle_drag, teach_oracle, wait_idle
 
 pytestmark = pytest.mark.gui
@@ -64,6 +64,21 @@ def numpy_and(kind: str, viewer, volume, tmp_path):
     assert lazy.multiscale == (kind == "multiscale")
     assert not isinstance(lazy.data[0] if lazy.multiscale else lazy.data, np.ndarray), "napari read it into memory"
     return in_memory, lazy
+
+
+def propagate_a_box(viewer, qtbot, widget, image, start: int, end: int, corner0, corner1) -> None:
+    """3D mode as a user goes through it: the range (end first), a box on the middle slice between two
+    data corners, *Segment middle slice*, *Full segmentation*."""
+    panel = widget.volume
+    for index, button in ((end, panel.set_end), (start, panel.set_start)):
+        show_slice(viewer, image, index)
+        button.clicked.emit()
+    middle_drag(viewer, image.data_to_world(corner0), image.data_to_world(corner1), keys.SHIFT)
+    panel.add_box.clicked.emit()
+    panel.segment_middle.clicked.emit()
+    wait_idle(qtbot, widget)
+    panel.full.clicked.emit()
+    wait_idle(qtbot, widget)
 
 
 def show_slice(viewer, image, index: int) -> None:
@@ -134,16 +149,8 @@ def test_a_propagation_gives_the_numpy_arrays_labels(viewer, oracle_checkpoint, 
     for image in numpy_and(kind, viewer, volume, tmp_path):
         widget.image_picker.value = image
         labels = widget.create_labels_layer()
-        for index, button in ((6, panel.set_end), (2, panel.set_start)):
-            show_slice(viewer, image, index)
-            button.clicked.emit()
+        propagate_a_box(viewer, qtbot, widget, image, 2, 6, corner0, corner1)
         assert panel.range_label.value == "Slices 2–6 (axis 0), middle 4"
-        middle_drag(viewer, image.data_to_world(corner0), image.data_to_world(corner1), keys.SHIFT)
-        panel.add_box.clicked.emit()
-        panel.segment_middle.clicked.emit()
-        wait_idle(qtbot, widget)
-        panel.full.clicked.emit()
-        wait_idle(qtbot, widget)
         assert "Propagation done: 5 slices" in widget.status.value
         results.append(np.asarray(labels.data).copy())
     written, lazy_written = results
@@ -153,37 +160,6 @@ def test_a_propagation_gives_the_numpy_arrays_labels(viewer, oracle_checkpoint, 
 
 
 # ----------------------------------------------------------------------------- what is read
-
-
-class CountingVolume:
-    """A volume too large to read whole, as the widget meets it: ``array``'s shape and dtype, every
-    key read recorded (and delegated), and reading it whole an error."""
-
-    def __init__(self, array):
-        self.array = array
-        self.shape, self.dtype, self.ndim = tuple(array.shape), np.dtype(array.dtype), len(array.shape)
-        self.keys: list = []
-
-    def __getitem__(self, key):
-        self.keys.append(key)
-        return self.array[key]
-
-    def __array__(self, *args, **kwargs):
-        raise AssertionError("the whole volume was read")
-
-    def slices_read(self) -> set[int]:
-        """The indices along axis 0 of every slice a recorded key touched (then forgets the keys)."""
-        read = set()
-        for key in self.keys:
-            first = (key if isinstance(key, tuple) else (key,))[0]
-            if isinstance(first, slice):
-                read.update(range(*first.indices(self.shape[0])))
-            elif first is Ellipsis:
-                read.update(range(self.shape[0]))
-            else:
-                read.add(int(first))
-        self.keys.clear()
-        return read
 
 
 def counted_zarr(volume, tmp_path) -> CountingVolume:
@@ -239,21 +215,12 @@ def test_a_propagation_reads_only_the_slices_of_its_range(viewer, checkpoint, qt
     widget = dock(viewer, checkpoint)
     labels = widget.create_labels_layer()
     widget.mode.value = VOLUME_MODE
-    panel = widget.volume
     show_slice(viewer, image, 22)
     qtbot.wait(50)
     counting.slices_read()
-    for index, button in ((22, panel.set_end), (20, panel.set_start)):
-        show_slice(viewer, image, index)
-        button.clicked.emit()
     rows, cols = np.nonzero(truth[21] == VOID)
     corner0, corner1 = (21, rows.min() - 2, cols.min() - 2), (21, rows.max() + 2, cols.max() + 2)
-    middle_drag(viewer, image.data_to_world(corner0), image.data_to_world(corner1), keys.SHIFT)
-    panel.add_box.clicked.emit()
-    panel.segment_middle.clicked.emit()
-    wait_idle(qtbot, widget)
-    panel.full.clicked.emit()
-    wait_idle(qtbot, widget)
+    propagate_a_box(viewer, qtbot, widget, image, 20, 22, corner0, corner1)
     assert "Propagation done: 3 slices" in widget.status.value
     assert np.asarray(labels.data)[20:23].any()
     assert counting.slices_read() == {20, 21, 22}

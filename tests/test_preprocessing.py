@@ -316,25 +316,14 @@ def test_percentiles_of_a_lazy_volume_read_only_sampled_slices(tmp_path):
     zarr = pytest.importorskip("zarr")
     from rwth_sam.core.preprocessing import SAMPLED_SLICES
 
+    from conftest import CountingVolume
+
     volume = np.random.default_rng(0).normal(1000, 200, (200, 24, 24)).astype(np.float32)
     volume[150:] += 500  # the upper part is brighter: a window from the first slices alone would miss it
     stored = zarr.open_array(tmp_path / "volume.zarr", mode="w", shape=volume.shape, chunks=(1, 24, 24), dtype="f4")
     stored[...] = volume
-    read = []
-
-    class CountingVolume:
-        """The zarr array, counting the slices read."""
-
-        shape, dtype, ndim = stored.shape, stored.dtype, stored.ndim
-
-        def __getitem__(self, key):
-            read.append(key)
-            return stored[key]
-
-        def __array__(self, *args, **kwargs):
-            raise AssertionError("the whole volume was read")
-
-    window = IntensityWindow.percentiles(CountingVolume())
-    assert len(read) <= SAMPLED_SLICES and all(isinstance(key, int) for key in read)
+    counting = CountingVolume(stored)
+    window = IntensityWindow.percentiles(counting)
+    assert len(counting.keys) <= SAMPLED_SLICES and all(isinstance(key, int) for key in counting.keys)
     assert window.low == pytest.approx(np.percentile(volume, 0.5), rel=0.05)
     assert window.high == pytest.approx(np.percentile(volume, 99.5), rel=0.05)
