@@ -19,7 +19,7 @@ canvas events, as the tests drive it (``tests/napari_helpers.py``). Steps:
 * 3D propagation over 32 slices: *Set start/end slice* (the range is then embedded in the
   background: timed until the runner is idle), a box on the middle slice (Shift+middle drag),
   *Add box*, *Segment middle slice*, *Full segmentation*;
-* save the labels (``widget.save_labels_as`` with a ``.tif``).
+* save the labels (``widget.save_labels_as`` with a ``.tif``, written in a worker slab by slab).
 
 Per step: wall time, peak resident memory (``VmHWM``, reset before the step through
 ``/proc/self/clear_refs``), resident memory after it, the longest stall of a 20 ms heartbeat timer
@@ -46,8 +46,9 @@ Sections: the run is a list of sections (``SECTIONS``: a name, the function that
 run's context and returns its raw data, and the one that makes its report, a title and markdown
 lines, from that data): ``volumes``, the steps above for each size, and ``clicks``, only the
 clicks again, every size once in each of ``--rounds`` rounds, so that load from other processes
-drifting over the run hits every size alike (the ratio to 256³ is taken per round). Both reuse
-the volumes. A further comparison adds its pair there and its name to ``--sections``.
+drifting over the run hits every size alike (the ratio to 256³ is taken per round); both reuse
+the volumes. ``pores``: a 2048² slice with 8-pixel pores, each prompted with a point on the whole
+slice and in the native region around it (in this process, without napari).
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES), help="volume sides")
     parser.add_argument(
-        "--sections", nargs="+", default=["volumes"], help="what to run: volumes (default), clicks (see above)"
+        "--sections", nargs="+", default=["volumes"], help="what to run: volumes (default), clicks, pores (see above)"
     )
     parser.add_argument(
         "--folder", default="/tmp/rwth-sam-scale", help="where the volumes, the checkpoint and the labels go"
@@ -634,9 +635,122 @@ def clicks_report(data: dict) -> tuple[str, list[str]]:
     return "Click latency, sizes interleaved", lines
 
 
+# ----------------------------------------------------------------------------- section: pores at native resolution
+PORE_SLICE, PORE_DIAMETER, PORE_COUNT = 2048, 8, 24
+MODEL_INPUT, LOW_RES = 1024, 256  # SAM 2.1's input side and the side of its mask logits
+PORE_PRECISION, PORE_RECALL = 0.9, 0.5  # a pore counts when its mask lies in it (1 px tolerance) and covers half
+
+
+def pore_slice(seed: int = 3):
+    """A 2048² slice of the battery phantom with PORE_COUNT round pores 8 pixels across in the electrode
+    roll, at least 64 pixels apart: the image and the pores' labels (1…PORE_COUNT)."""
+    import numpy as np
+
+    from rwth_sam.core.phantom import ANODE, CATHODE, battery_phantom
+
+    image, labels = battery_phantom((1, PORE_SLICE, PORE_SLICE), seed=seed)
+    image, labels = image[0].copy(), labels[0]
+    truth = np.zeros(labels.shape, np.int32)
+    rng = np.random.default_rng(seed)
+    offsets = np.mgrid[-PORE_DIAMETER : PORE_DIAMETER + 1, -PORE_DIAMETER : PORE_DIAMETER + 1]
+    disk = np.hypot(*(offsets + 0.5)) <= PORE_DIAMETER / 2  # 8 pixels across, centred between pixels
+    centres: list[tuple[int, int]] = []
+    while len(centres) < PORE_COUNT:
+        row, col = (int(v) for v in rng.integers(256, PORE_SLICE - 256, 2))
+        if labels[row, col] not in (CATHODE, ANODE) or any(np.hypot(row - r, col - c) < 64 for r, c in centres):
+            continue
+        rows, cols = offsets[0][disk] + row, offsets[1][disk] + col
+        truth[rows, cols] = len(centres) + 1
+        image[rows, cols] = np.clip(rng.normal(25, 12, rows.size), 0, 255).astype(np.uint8)  # the phantom's pore
+        centres.append((row, col))
+    return image, truth, centres
+
+
+def best_mask_on_the_model_grid(pore):
+    """The best mask SAM's geometry allows for ``pore`` (a square region's truth, side dividing into the
+    256 logits): the truth averaged over each logit's pixels, thresholded, and brought back to the region
+    by bilinear upsampling as upstream does. It tells what the resolution alone permits, whatever the weights."""
+    import numpy as np
+    from skimage.transform import downscale_local_mean, resize
+
+    factor = pore.shape[0] // LOW_RES
+    logits = downscale_local_mean(pore.astype(np.float32), (factor, factor)) - 0.5
+    return resize(logits, pore.shape, order=1, mode="edge", anti_aliasing=False) > 0
+
+
+def pore_found(mask, pore) -> bool:
+    from scipy import ndimage
+
+    if not mask.any():
+        return False
+    inside = (mask & ndimage.binary_dilation(pore)).sum() / mask.sum()
+    return inside >= PORE_PRECISION and (mask & pore).sum() / pore.sum() >= PORE_RECALL
+
+
+def pores_section(context: dict, progress) -> dict:
+    """Each pore prompted with a point at its centre, on the whole 2048² slice and in the native region
+    the widget's *Region around the box* takes around an 8-pixel box on it: the geometric bound, and SAM
+    2.1-t with this run's random weights."""
+    import rwth_sam
+    from rwth_sam.core.coordinates import SlicePlane
+    from rwth_sam.ui.widget import BOX_REGION_MARGIN, BOX_REGION_MIN
+
+    image, truth, centres = pore_slice()
+    predictor = rwth_sam.load_model(MODEL, checkpoint=str(write_checkpoint(context["folder"])), device="cpu")
+    segmenter = rwth_sam.Segmenter(predictor, image)
+    whole = SlicePlane.of(image.shape)
+    half = PORE_DIAMETER / 2
+    rows = {"whole slice": {"bound": 0, "model": 0}, "native region": {"bound": 0, "model": 0}}
+    started = time.perf_counter()
+    for number, (row, col) in enumerate(centres, start=1):
+        x, y = col - 0.5, row - 0.5  # the pore's centre, between its middle pixels
+        region = whole.square_around((x - half, y - half, x + half, y + half), BOX_REGION_MARGIN, BOX_REGION_MIN)
+        for name, plane in (("whole slice", whole), ("native region", region)):
+            row0, col0 = plane.offset
+            pore = plane.take(truth) == number
+            bound = best_mask_on_the_model_grid(pore)
+            mask = segmenter.predict(plane, points=[(x - col0, y - row0)], labels=[1], multimask=False).mask
+            rows[name]["bound"] += pore_found(bound, pore)
+            rows[name]["model"] += pore_found(mask, pore)
+        print(f"  pore {number}/{len(centres)}: {rows}", flush=True)
+    return {
+        "rows": rows, "pores": len(centres), "diameter": PORE_DIAMETER, "slice": PORE_SLICE,
+        "region": region.size[0], "seconds": time.perf_counter() - started,
+        "run": {"started": context["started"], "command": command_line()},
+    }  # fmt: skip
+
+
+def pores_report(data: dict) -> tuple[str, list[str]]:
+    side, region, pores = data["slice"], data["region"], data["pores"]
+    lines = [
+        f"A {side}² slice of the phantom with {pores} round pores {data['diameter']} pixels across in the electrode "
+        "roll; each prompted with one point at its centre, as the whole slice (the model sees it at "
+        f"{MODEL_INPUT / side:.2f}×, a mask logit covers {side // LOW_RES} pixels) and in the {region}² native region "
+        f"that *Region around the box* takes around an {data['diameter']}-pixel box ({MODEL_INPUT / region:.0f}×, a "
+        f"logit covers {region // LOW_RES} pixel). A pore counts as segmented when at least {PORE_PRECISION:.0%} of "
+        f"its mask lies inside the pore (1 pixel tolerance) and the mask covers at least {PORE_RECALL:.0%} of it.",
+        "",
+        "| embedding | pores segmented: geometric bound | SAM 2.1-t, random weights |",
+        "|---|---:|---:|",
+    ]
+    for name, counts in data["rows"].items():
+        lines.append(f"| {name} | {counts['bound']} of {pores} | {counts['model']} of {pores} |")
+    lines += [
+        "",
+        "*Geometric bound*: the best mask SAM's own grid allows (the pore averaged over each mask logit, "
+        "thresholded, upsampled bilinearly back as upstream does), whatever the weights. With random weights "
+        "the model's column says nothing about quality (trained weights cannot be downloaded here); it shows "
+        "that the same prompts run through the model in both embeddings.",
+        "",
+        f"Measured by `{data['run']['command']}`, started {data['run']['started']} (UTC), {data['seconds']:.0f} s.",
+    ]
+    return "Pores at native resolution", lines
+
+
 SECTIONS = {  # name: (run it, report its data)
     "volumes": (volume_section, volume_report),
     "clicks": (clicks_section, clicks_report),
+    "pores": (pores_section, pores_report),
 }
 
 
@@ -991,7 +1105,10 @@ class Case:
 
         path = Path(spec["work"]) / "labels.tif"
         with self.step("save the labels (.tif)", critical=False):
-            widget.save_labels_as(path)
+            widget.save_labels_as(path)  # in a worker: the step lasts until it is written
+            self.wait_idle()
+            if not widget.status.value.startswith("Saved"):
+                raise RuntimeError(f"the labels were not saved: {widget.status.value}")
         if path.is_file():
             self.report["saved_mb"] = path.stat().st_size / MB
 

@@ -100,14 +100,30 @@ def test_labels_on_disk_are_saved_as_tiff_slice_by_slice(tmp_path):
     stored[3, 5:9, 2:4] = 300
     stored[10, 0, 0] = 2
     counting = CountingVolume(stored)  # refuses to be read whole, as a volume larger than memory would
+    steps = []
     written = write_labels(
-        str(tmp_path / "big.tif"), counting, {"name": "big", "scale": (1, 1, 1), "translate": (0, 0, 0)}
-    )
-    assert written == [str(tmp_path / "big.tif")]
+        str(tmp_path / "big.tif"), counting, {"name": "big", "scale": (1, 1, 1), "translate": (0, 0, 0)},
+        lambda *step: steps.append(step),
+    )  # fmt: skip
+    assert written == [str(tmp_path / "big.tif")] and steps[-1] == (12, 12)
     saved = tifffile.imread(tmp_path / "big.tif")
     assert saved.dtype == np.uint16, "the smallest type that holds label 300"
     np.testing.assert_array_equal(saved, stored[...])
-    assert counting.keys, "read through indexing only"
+    assert counting.keys and all(isinstance(key, slice) for key in counting.keys), "read in slabs of slices"
+    assert len(counting.keys) == 2, "each slab read once for the label values and once for the pages"
+
+
+def test_labels_on_disk_too_large_for_memory_are_not_read_for_a_whole_array_format(tmp_path, monkeypatch):
+    import psutil
+
+    from rwth_sam.ui.volume_files import LabelsNotSaved, write_labels
+
+    stored = create_disk_labels(tmp_path / "big.zarr", (12, 40, 30), {})
+    counting = CountingVolume(stored)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": 100_000})())
+    with pytest.raises(LabelsNotSaved, match=r"written whole from memory .* save them as \.tif"):
+        write_labels(str(tmp_path / "big.nii.gz"), counting, {"name": "big", "scale": (1, 1, 1), "translate": (0,) * 3})
+    assert not counting.keys and not (tmp_path / "big.nii.gz").exists()
 
 
 @pytest.mark.gui
@@ -144,4 +160,5 @@ def test_an_automatic_result_above_the_size_goes_to_disk_and_its_objects_to_the_
     left_click(viewer, image.data_to_world((2, row, col)))
     assert widget.automatic.selected.value.endswith(f"({(objects[2] == objects[2].max()).sum()} pixels on this slice)")
     widget.automatic.assign_selected()
+    wait_idle(qtbot, widget)
     np.testing.assert_array_equal(labels.data[...] == widget.label_value.value, objects == objects[2].max())

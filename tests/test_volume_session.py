@@ -10,9 +10,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from rwth_sam.core.coordinates import range_block
 from rwth_sam.core.embeddings.identity import DATA, IMAGE, MODEL, WINDOW, SessionIdentity
 from rwth_sam.core.errors import InputError
+from rwth_sam.core.labels.block_writes import written_voxels
 from rwth_sam.core.preprocessing import CONTRAST_LIMITS, PERCENTILES
 from rwth_sam.core.tasks.propagation import PropagationResult
 from rwth_sam.core.tasks.volume_session import (
@@ -157,7 +157,7 @@ def test_before_the_first_propagation_a_correction_only_sets_the_mask():
 )
 def test_after_a_propagation_a_correction_re_propagates_the_way_it_lies(index, direction):
     session = segmented()
-    session.apply(session.start_run("layer"), result_of({4: session.conditioning[4]}), np.zeros(SHAPE, np.uint8), False)
+    write(session, np.zeros(SHAPE, np.uint8), {4: session.conditioning[4]})
     assert session.correct(index, 2, square(1, 1, 2)) == direction
     assert np.array_equal(session.mask_on(index, 2), square(1, 1, 2))
     assert (2 in session.logits) == (index != 4)
@@ -289,9 +289,10 @@ def test_the_identity_is_the_layer_its_data_the_model_and_the_window():
 
 # ----------------------------------------------------------------------------- writing into labels
 def write(session, labels, masks, overwrite=False, **result):
-    """Run and apply a result as the panel does, writing the block back into ``labels``."""
-    applied = session.apply(session.start_run("layer"), result_of(masks, **result), labels, overwrite)
-    labels[applied.block] = applied.values
+    """Run and apply a result as the panel does: written in the worker, the flags taken on the GUI thread."""
+    run, result = session.start_run("layer"), result_of(masks, **result)
+    applied = session.apply(run, result, labels, overwrite)
+    session.applied(run, result)
     return applied
 
 
@@ -301,7 +302,9 @@ def test_a_result_goes_into_the_range_only_and_keeps_other_labels():
     labels[:, :2, :2] = 7  # the user's own label, on every slice
     liver = square(0, 0, 4)
     applied = write(session, labels, {index: {1: liver, 2: square(5, 5, 2)} for index in range(2, 7)})
-    assert applied.block == range_block(3, 0, 2, 6) and applied.values.shape == (5, 8, 8) and applied.edited == []
+    assert applied.edited == [] and written_voxels(applied.changes) == 5 * (16 - 4 + 4)
+    (change,) = applied.changes
+    assert change.block == (slice(2, 7), slice(0, 7), slice(0, 7)), "the changed box of the range"
     assert session.propagated
     for index in range(2, 7):
         assert (labels[index][liver] == np.where(square(0, 0, 2)[liver], 7, LIVER)).all(), "the user's label is kept"

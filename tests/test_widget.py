@@ -451,8 +451,11 @@ def test_a_lazy_hdf5_volume_is_segmented_like_the_same_array_and_saved_as_tiff(
     expected = expected_mask(volume, plane, rwth_sam.IntensityWindow(500, 3000), points=[(30, 20)], labels=[1])
     np.testing.assert_array_equal(widget.preview_mask(plane), expected.mask)
     widget.submit()
-    written = widget.save_labels_as(tmp_path / "scan_labels.tif")
-    assert written == [str(tmp_path / "scan_labels.tif")], "no class table without named classes"
+    widget.save_labels_as(tmp_path / "scan_labels.tif")
+    assert not labels.editable, "locked while it is saved, in a worker"
+    wait_idle(qtbot, widget)
+    assert widget.status.value == f"Saved '{labels.name}' to scan_labels.tif.", "no class table without named classes"
+    assert labels.editable
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "scan_labels.tif") != 0, np.asarray(labels.data) != 0)
     assert (np.asarray(labels.data)[3] != 0).sum() == expected.mask.sum()
 

@@ -21,10 +21,11 @@ import numpy as np
 from magicgui.widgets import Container, FloatSpinBox, Label, PushButton, SpinBox
 from superqt import QCollapsible
 
-from rwth_sam.core.coordinates import compact_indices
+from rwth_sam.core.coordinates import SlicePlane, range_block
 from rwth_sam.core.embeddings.segmenter import spatial_shape
 from rwth_sam.core.errors import InputError, RwthSamError
-from rwth_sam.core.labels.disk_labels import slabs
+from rwth_sam.core.labels.block_writes import slice_pieces, write_blocks
+from rwth_sam.core.labels.labelling import writable
 from rwth_sam.core.tasks.automatic import (
     HIGHEST,
     LARGE_PROMPT_POINTS,
@@ -36,7 +37,7 @@ from rwth_sam.core.tasks.automatic import (
     setting_label,
 )
 from rwth_sam.ui.context import PanelContext, full_resolution
-from rwth_sam.ui.labels_io import commit_block, commit_voxels
+from rwth_sam.ui.labels_io import commit_block, write_in_worker
 from rwth_sam.ui.reporting import guarded
 from rwth_sam.ui.runner import AUTOMATIC, PanelRun, Run
 
@@ -176,29 +177,37 @@ class AutomaticPanel(Container):
 
         def job(step, should_stop):
             segmenter = context.segmenter_for(request)
-            result = generate_volume(segmenter, plane.axis, settings, on_slice=step, should_stop=should_stop)
-            return plane.axis, result
+            return generate_volume(segmenter, plane.axis, settings, on_slice=step, should_stop=should_stop)
 
         context.say("Segmenting everything in the volume…")
         self._run(job, lambda result: self._on_volume_result(image, started, result), "Segmenting the volume",
                   plane.shape[plane.axis], request)  # fmt: skip
 
     @_reported("Writing the automatic result")
-    def _on_volume_result(self, image, started, axis_and_result) -> None:
-        axis, result = axis_and_result
+    def _on_volume_result(self, image, started, result) -> None:
         self._check_image(image, started)
         if not result.finished:
             self.context.say("Automatic: cancelled before the first slice finished, nothing was written.")
             return
         layer, note = self._result_for(image, started)
-        region = np.zeros(layer.data.shape, dtype=bool)
-        for index in result.finished:
-            np.moveaxis(region, axis, 0)[index] = True
-        commit_block(layer, (), result.labels.astype(layer.data.dtype), region)
-        self._highest_id = max(self._highest_id, int(result.labels.max(initial=0)))
-        state = "cancelled, kept" if result.cancelled else "done:"
-        count = int(result.labels.max())
-        self.context.say(f"Automatic {state} {len(result.finished)} slices, {count} objects.{note}")
+        data, axis = layer.data, result.axis
+        slice_voxels = int(np.prod(result.shape)) // result.shape[axis]
+
+        def change(after: np.ndarray, first: int, last: int) -> None:  # the finished slices replaced whole
+            for index in range(first, last + 1):
+                SlicePlane.of(after.shape, axis, index - first).take(after)[...] = result.slice_labels(index)
+
+        def write(step):
+            block_of = functools.partial(range_block, data.ndim, axis)
+            return write_blocks(data, slice_pieces(data, result.finished, slice_voxels, block_of, change, step)), None
+
+        def written(_, voxels: int) -> None:
+            self._highest_id = max(self._highest_id, result.highest)
+            state = "cancelled, kept" if result.cancelled else "done:"
+            self.context.say(f"Automatic {state} {len(result.finished)} slices, {result.highest} objects.{note}")
+
+        self.context.say(f"Writing {len(result.finished)} slices into '{layer.name}'…")
+        write_in_worker(self.run, layer, write, written, "Writing the automatic result", len(result.finished))
 
     @property
     def running(self) -> bool:
@@ -287,23 +296,27 @@ class AutomaticPanel(Container):
                 f"The automatic result has shape {tuple(result.data.shape)} but the labels layer '{labels.name}' "
                 f"has {tuple(labels.data.shape)}: run automatic segmentation on this image again."
             )
-        data = result.data
-        indices = compact_indices(_nonzero_slab_by_slab(data, self.selected_object), data.shape)
-        if len(indices[0]) == 0:
-            raise InputError(f"Object {self.selected_object} is no longer in the automatic result: select another.")
-        value = context.submit_value(labels)
-        written, kept = commit_voxels(labels, indices, value, context.overwrite)
-        context.record_submission(labels, value, written, kept)
+        self._refuse_a_second_run()
+        source, target, selected = result.data, labels.data, self.selected_object
+        value, overwrite = context.submit_value(labels), context.overwrite
+        slice_voxels = int(np.prod(target.shape[1:]))
+        block_of = functools.partial(range_block, target.ndim, 0)
+        counts = {"written": 0, "kept": 0}
 
+        def change(after: np.ndarray, first: int, last: int) -> None:
+            where = np.asarray(source[block_of(first, last)]) == selected
+            allowed = where & writable(after, value, overwrite)
+            after[allowed] = value
+            counts["written"] += int(allowed.sum())
+            counts["kept"] += int(where.sum() - allowed.sum())
 
-def _nonzero_slab_by_slab(data, value: int) -> tuple[np.ndarray, ...]:
-    """Where ``data`` holds ``value``, reading labels on disk slab by slab (memory of the object, not the
-    volume)."""
-    found, start = [], 0
-    for slab in slabs(data):
-        where = np.nonzero(slab == value)
-        if data.ndim >= 3:
-            where = (where[0] + start, *where[1:])
-        found.append(where)
-        start += slab.shape[0]
-    return tuple(np.concatenate(axis) for axis in zip(*found))
+        def write(step):  # the whole result is read, slab by slab: in a worker
+            slabs = range(target.shape[0])
+            return write_blocks(target, slice_pieces(target, slabs, slice_voxels, block_of, change, step)), None
+
+        def written(_, voxels: int) -> None:
+            if not counts["written"] + counts["kept"]:
+                raise InputError(f"Object {selected} is no longer in the automatic result: select another.")
+            context.record_submission(labels, value, counts["written"], counts["kept"])
+
+        write_in_worker(self.run, labels, write, written, "Assigning the object", target.shape[0])

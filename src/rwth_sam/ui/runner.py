@@ -61,18 +61,21 @@ class PanelRun:
         self.current: Run | None = None
         cancel_button.changed.connect(self._on_cancel)
 
-    def start(self, job, on_result, description: str, total: int, bar=None, on_finished=None) -> Run:
-        """``runner.submit_run`` for this panel; ``on_finished`` follows the run's end, however it ends."""
+    def start(self, job, on_result, description: str, total: int, bar=None, on_finished=None, cancellable=True) -> Run:
+        """``runner.submit_run`` for this panel; ``on_finished`` follows the run's end, however it ends.
+        A run started from the result handler of the one before (writing its result) follows it as the
+        panel's run: the buttons wait on until it ends too."""
 
         def finished() -> None:
-            self.current = None
-            self._show_running(False)
+            if self.current is run:
+                self.current = None
+                self._show_running(False)
             if on_finished is not None:
                 on_finished()
 
-        self.current = self._runner.submit_run(self._kind, job, on_result, description, total, finished, bar=bar)
-        self._show_running(True)
-        return self.current
+        run = self.current = self._runner.submit_run(self._kind, job, on_result, description, total, finished, bar=bar)
+        self._show_running(True, cancellable)
+        return run
 
     def cancel(self, *_) -> None:
         """Stop the run at its next step, quietly."""
@@ -84,10 +87,10 @@ class PanelRun:
             self._say("Cancelling…")
             self.cancel()
 
-    def _show_running(self, running: bool) -> None:
+    def _show_running(self, running: bool, cancellable: bool = True) -> None:
         for button in self._start_buttons:
             button.enabled = not running
-        self._cancel_button.enabled = running
+        self._cancel_button.enabled = running and cancellable
 
 
 class JobBar:
@@ -165,6 +168,7 @@ class LatestJobRunner:
         self._on_error = on_error
         self._worker = None
         self._pending: dict[str, _Job] = {}
+        self._beside: set = set()  # the workers of run_beside going
         self._shut_down = False
         self._bar = None
         self._close_bar = QTimer(singleShot=True, interval=IDLE_BEFORE_CLOSING_MS)
@@ -172,7 +176,8 @@ class LatestJobRunner:
 
     @property
     def busy(self) -> bool:
-        return self._worker is not None or bool(self._pending)
+        """A job runs or waits, or a run beside them (``run_beside``) goes."""
+        return self._worker is not None or bool(self._pending) or bool(self._beside)
 
     @property
     def has_waiting(self) -> bool:
@@ -222,6 +227,27 @@ class LatestJobRunner:
         if not self._shut_down:
             self._queue(kind, _Job(job, on_result, description, on_finished, run, total), bar)
         return run
+
+    def run_beside(
+        self,
+        job: Callable[[Step], Any],
+        on_result: Callable[[Any], None],
+        description: str,
+        total: int,
+        on_finished: Callable[[], None],
+    ) -> None:
+        """Run ``job(step)``, work without a model (saving labels), in a worker of its own beside the
+        model's jobs, so that clicks are answered meanwhile; with a progress bar of ``total`` steps,
+        results and errors handed back as ``submit_run``'s."""
+        worker = create_worker(
+            _steps_of, Run(), lambda step, should_stop: job(step), _worker_class=_RunWorker, _ignore_errors=True,
+            _progress={"total": total, "desc": description},
+        )  # fmt: skip
+        worker.returned.connect(lambda outcome: self._returned(outcome, on_result, description))
+        worker.finished.connect(lambda: self._handle(on_finished, description))
+        worker.finished.connect(lambda: self._beside.discard(worker))
+        self._beside.add(worker)
+        worker.start()
 
     def shut_down(self) -> None:
         """The widget was closed: drop waiting jobs (running their ``on_finished``) and every later result."""

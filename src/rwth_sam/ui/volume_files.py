@@ -10,9 +10,11 @@ voxel, with nothing for the user to set. Files that cannot be opened get a messa
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import psutil
 import tifffile
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_info, show_warning
@@ -38,10 +40,12 @@ from rwth_sam.core.files.segmentations import (
     write_class_table,
     write_segmentation,
 )
-from rwth_sam.core.labels.disk_labels import disk_labels_layer, label_values
+from rwth_sam.core.labels.disk_labels import disk_labels_layer, label_values, slabs
 from rwth_sam.core.labels.profiles import Profile, SegmentationClass
 from rwth_sam.ui.reader import NO_LAYERS, add_profile
 from rwth_sam.ui.reporting import as_user_error, show_user_error
+
+Step = Callable[[int, int], None]  # step(done, total)
 
 DICOM_PROBE = 32  # a folder is offered as DICOM when one of its first files is
 LABELS_SUFFIXES = (".nii.gz", ".nii", SEGMENTATION_SUFFIX, ".nrrd", ".mha", ".tif", ".tiff")  # as in napari.yaml
@@ -115,21 +119,23 @@ class LabelsNotSaved(RwthSamError):
     from a writer for "no writer found", drops its message and warns that no plugin could write the layer."""
 
 
-def write_labels(path: str, data, meta: dict) -> list[str]:
+def write_labels(path: str, data, meta: dict, step: Step | None = None) -> list[str]:
     """Write a labels layer: NIfTI, NRRD, MetaImage or 3D Slicer segmentation on its image's source grid, or
-    TIFF; a class table goes beside the formats that cannot hold class names."""
+    TIFF; a class table goes beside the formats that cannot hold class names. ``step(done, total)`` follows
+    the slices of a TIFF (the other formats are written whole, at once)."""
     path = Path(path)
     try:
-        return _write_labels(path, data, meta)
+        return _write_labels(path, data, meta, step)
     except ValueError as error:
         raise LabelsNotSaved(str(as_user_error(error, f"Saving {path.name}"))) from error
 
 
-def _write_labels(path: Path, data, meta: dict) -> list[str]:
+def _write_labels(path: Path, data, meta: dict, step: Step | None) -> list[str]:
     suffix = file_suffix(path)
-    if suffix in (".tif", ".tiff"):  # slice by slice: labels on disk need not fit in memory
+    if suffix in (".tif", ".tiff"):  # slab by slab: labels on disk need not fit in memory
         shown = data
     else:  # SimpleITK writes a whole array
+        _check_fits_in_memory(data, path)
         shown = np.asarray(data)
     geometry = SourceGeometry.from_metadata(meta.get("metadata"))
     if geometry is None:
@@ -149,7 +155,7 @@ def _write_labels(path: Path, data, meta: dict) -> list[str]:
         return [os.fspath(path)]
     dtype = labels_dtype(max((item.value for item in profile.classes), default=0))
     if suffix in (".tif", ".tiff"):
-        _write_tiff(path, shown, dtype)
+        _write_tiff(path, shown, dtype, step)
     else:
         write_image(path, shown.astype(dtype, copy=False), geometry)
     if any(item.name != _unnamed(item.value) for item in profile.classes):
@@ -197,11 +203,28 @@ def _hex(colormap, value: int) -> str:
     return "#" + "".join(f"{round(float(c) * 255):02x}" for c in rgba[:3])
 
 
-def _write_tiff(path: Path, data, dtype: np.dtype) -> None:
-    """A TIFF of the labels, one page per slice, written as each slice is read."""
-    pages = (np.asarray(data[index]).astype(dtype, copy=False) for index in range(data.shape[0]))
+def _check_fits_in_memory(data, path: Path) -> None:
+    """Refuse, before reading it, labels on disk that a whole-array format would need in memory: running
+    out of memory would end napari and everything not yet saved."""
+    if isinstance(data, np.ndarray):
+        return
+    needed = int(np.prod(data.shape, dtype=np.int64)) * np.dtype(data.dtype).itemsize * 2  # read, then converted
+    available = psutil.virtual_memory().available
+    if needed > available / 2:
+        raise LabelsNotSaved(
+            f"The labels are {needed / 2**30 / 2:.1f} GB and {file_suffix(path)} is written whole from memory "
+            f"({available / 2**30:.1f} GB free): save them as .tif, which is written slab by slab. "
+            "They are on disk already, in their .zarr folder."
+        )
+
+
+def _write_tiff(path: Path, data, dtype: np.dtype, step: Step | None = None) -> None:
+    """A TIFF of the labels, one page per slice, written as each slab of slices is read (a slab is whole
+    chunks of labels on disk, each read once)."""
     if data.ndim == 2:
         pages = iter([np.asarray(data).astype(dtype, copy=False)])
+    else:
+        pages = (page.astype(dtype, copy=False) for slab in _slabs_followed(data, step) for page in slab)
     partial = path.with_name(f".{path.name}.partial")
     try:
         tifffile.imwrite(
@@ -210,6 +233,19 @@ def _write_tiff(path: Path, data, dtype: np.dtype) -> None:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+    if step is not None:
+        slices = data.shape[0] if data.ndim == 3 else 1
+        step(slices, slices)
+
+
+def _slabs_followed(data, step: Step | None):
+    """``slabs(data)``, telling ``step`` the slices done before each one is read."""
+    done = 0
+    for slab in slabs(data):
+        if step is not None:
+            step(done, data.shape[0])
+        yield slab
+        done += len(slab)
 
 
 def _layer_meta(volume: Volume) -> dict:

@@ -34,7 +34,7 @@ from rwth_sam.core.tasks.volume_session import (
     run_summary,
 )
 from rwth_sam.ui.context import PanelContext
-from rwth_sam.ui.labels_io import commit_block
+from rwth_sam.ui.labels_io import write_in_worker
 from rwth_sam.ui.runner import EMBED_RANGE, PREDICT, PROPAGATE, PanelRun
 from rwth_sam.ui.runner import Run as RunHandle
 
@@ -45,6 +45,7 @@ class VolumePanel(Container):
         self.context = context
         self.viewer = context.viewer
         self.session = VolumeSession()
+        self.writing = None  # the run whose result is being written
         self.set_start = PushButton(text="Set start slice")
         self.set_end = PushButton(text="Set end slice")
         self.range_label = Label(value="Range: not set")
@@ -316,7 +317,7 @@ class VolumePanel(Container):
         context.say("Propagating…")
         self.run.start(
             job, self._on_propagated, "Propagating", run.end - run.start + 1, bar=request.download,
-            on_finished=lambda: self.session.run_finished(run),
+            on_finished=lambda: self._run_ended(run),
         )  # fmt: skip
 
     @property
@@ -349,12 +350,34 @@ class VolumePanel(Container):
                 )
         except RwthSamError as error:
             return context.report_error(error)
-        applied = self.session.apply(run, result, labels.data, context.overwrite)
-        written = commit_block(labels, applied.block, applied.values)
-        context.show_preview(None, None)  # the result is in the labels layer now
-        for obj in self.session.objects:
-            context.record_class(labels, obj.value, context.profile_class(obj.name))
-        context.say(run_summary(result, written, applied.edited))
+        overwrite = context.overwrite
+
+        def write(step):
+            applied = self.session.apply(run, result, labels.data, overwrite, step)
+            return applied.changes, applied
+
+        def written(applied, voxels: int) -> None:
+            if labels not in self.viewer.layers:
+                raise InputError(f"The labels layer '{labels.name}' was removed while the result was written: "
+                                 "nothing was written.")  # fmt: skip
+            self.session.applied(run, result)
+            context.show_preview(None, None)  # the result is in the labels layer now
+            for obj in self.session.objects:
+                context.record_class(labels, obj.value, context.profile_class(obj.name))
+            context.say(run_summary(result, voxels, applied.edited))
+
+        context.say(f"Writing {len(result.finished)} slices into '{labels.name}'…")
+        self.writing = run
+        write_in_worker(
+            self.run, labels, write, written, "Writing the propagation", len(result.finished),
+            on_finished=lambda: self._run_ended(run, writing=True),
+        )  # fmt: skip
+
+    def _run_ended(self, run, writing: bool = False) -> None:
+        """A propagation's end, or the end of writing its result: the session's run is over after both."""
+        if writing or self.writing is not run:
+            self.writing = None
+            self.session.run_finished(run)
 
     def go_to_next_flag(self) -> None:
         """Show the next flagged slice after the current one (wrapping around), with its reasons."""

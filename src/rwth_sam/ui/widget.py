@@ -59,7 +59,7 @@ from rwth_sam.core.preprocessing import WINDOW_CHOICES
 from rwth_sam.core.tasks.prompt_session import PromptSession
 from rwth_sam.ui.automatic_panel import AutomaticPanel
 from rwth_sam.ui.context import ModelRequest, full_resolution
-from rwth_sam.ui.labels_io import commit_mask
+from rwth_sam.ui.labels_io import check_unlocked, commit_mask, lock
 from rwth_sam.ui.profile_widget import apply_profile
 from rwth_sam.ui.reporting import as_user_error, guarded
 from rwth_sam.ui.runner import EMBED_AHEAD, PREDICT, JobBar, LatestJobRunner
@@ -133,6 +133,7 @@ class SamWidget(Container):
         gc.freeze()  # napari's and torch's objects out of the collector's full passes (300 ms, all threads stopped)
         self.viewer = napari_viewer
         self.closed = False
+        self._saving = False  # one save at a time
         self.workspace = Workspace()
         self.runner = LatestJobRunner(on_error=self.report_error)
         self.prompts = PromptSession()
@@ -374,14 +375,29 @@ class SamWidget(Container):
             raise InputError("Pick the labels layer to save, or create one with 'New labels layer for image'.")
         return labels
 
-    def save_labels_as(self, path: str | os.PathLike) -> list[str]:
+    def save_labels_as(self, path: str | os.PathLike) -> None:
         """Write the picked labels layer to ``path`` onto its image's source grid (the format from the
-        name), as *File > Save Selected Layers* does with rwth-sam's writer."""
+        name), as *File > Save Selected Layers* does with rwth-sam's writer, but in a worker with a progress
+        bar (labels on disk take minutes), the layer locked until it is written."""
         labels = self._labels_to_save()
+        if self._saving:
+            raise InputError("A save is in progress: wait for it to finish.")
         data, meta, _ = labels.as_layer_data_tuple()
-        written = write_labels(os.fspath(path), data, meta)
-        self.say(f"Saved '{labels.name}' to {', '.join(Path(item).name for item in written)}.")
-        return written
+        release = lock(labels)
+        self._saving = True
+        self.say(f"Saving '{labels.name}'…")
+
+        def saved(written: list[str]) -> None:
+            self.say(f"Saved '{labels.name}' to {', '.join(Path(item).name for item in written)}.")
+
+        def finished() -> None:
+            self._saving = False
+            release()
+
+        self.runner.run_beside(
+            lambda step: write_labels(os.fspath(path), data, meta, step), saved, f"Saving {Path(path).name}",
+            data.shape[0] if data.ndim == 3 else 1, finished,
+        )  # fmt: skip
 
     def target_labels(self) -> napari.layers.Labels:
         """The labels layer results go to, checked against the image's shape."""
@@ -389,6 +405,7 @@ class SamWidget(Container):
         if labels is None or labels not in self.viewer.layers:
             raise InputError("Pick a labels layer, or create one with 'New labels layer for image'.")
         check_writable(labels.data, labels.name)
+        check_unlocked(labels)
         shape = self.image_shape()
         if tuple(labels.data.shape) != shape:
             raise InputError(

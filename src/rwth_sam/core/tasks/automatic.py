@@ -33,6 +33,7 @@ import numpy as np
 from skimage.segmentation import relabel_sequential
 
 from rwth_sam.core.errors import InputError
+from rwth_sam.core.labels.block_writes import PackedBlock
 from rwth_sam.core.models.predictors.base import MaskGenerator, Predictor
 
 # Upper bounds, from real use. SAM's defaults are 32 points per side, 64 per batch and no crop
@@ -317,11 +318,63 @@ def generate_slice(
 
 @dataclass
 class VolumeResult:
-    """Linked labels of a volume (0 on slices not computed), the slice indices done, and whether cancelled."""
+    """A volume's automatic result: the linked labels of each slice done along ``axis`` (kept
+    compressed: a volume's result need not fit in memory), whether it was cancelled, and the
+    highest object id."""
 
-    labels: np.ndarray
-    finished: list[int] = field(default_factory=list)
+    axis: int
+    shape: tuple[int, ...]
+    slices: dict[int, PackedBlock] = field(default_factory=dict)
     cancelled: bool = False
+    highest: int = 0
+
+    @property
+    def finished(self) -> list[int]:
+        return sorted(self.slices)
+
+    def slice_labels(self, index: int) -> np.ndarray:
+        """Slice ``index``'s linked labels, (H, W) int32."""
+        return np.asarray(self.slices[index])
+
+
+class SliceLinker:
+    """Gives objects on consecutive slices that overlap one id, a slice at a time (see ``link_slices``)."""
+
+    def __init__(self, min_overlap: float = 0.5):
+        if not 0.0 < min_overlap <= 1.0:
+            raise InputError(f"The minimum overlap for linking must be in (0, 1], not {min_overlap}.")
+        self.min_overlap = min_overlap
+        self.next_id = 1
+        self.previous: np.ndarray | None = None
+
+    def add(self, raw: np.ndarray) -> np.ndarray:
+        """The next slice's labels, linked to the previous slice's (the input is not modified)."""
+        raw = np.asarray(raw)
+        if raw.ndim != 2:
+            raise InputError(f"link_slices takes 2D label images, not an array of shape {raw.shape}.")
+        previous = self.previous
+        if previous is not None and previous.shape != raw.shape:
+            raise InputError(f"Slices of shapes {previous.shape} and {raw.shape} cannot be linked.")
+        ids = np.unique(raw)
+        if len(ids) and ids[0] < 0:
+            raise InputError(f"Label images hold ids of 0 (background) and up, not {ids[0]}.")
+        ids = ids[ids != 0]
+        mapping = dict.fromkeys(ids.tolist(), 0)
+        if previous is not None and len(ids):
+            for child, parent in _match(previous, raw, self.min_overlap):
+                mapping[child] = parent
+        for child in mapping:
+            if mapping[child] == 0:
+                mapping[child] = self.next_id
+                self.next_id += 1
+        linked = np.zeros(raw.shape, dtype=np.int32)
+        if len(ids):
+            lookup = np.zeros(int(ids[-1]) + 1, dtype=np.int32)
+            lookup[ids] = [mapping[i] for i in ids.tolist()]
+            foreground = raw > 0
+            linked[foreground] = lookup[raw[foreground]]
+        self.previous = linked
+        return linked
 
 
 def link_slices(labels_per_slice: Iterable[np.ndarray], min_overlap: float = 0.5) -> list[np.ndarray]:
@@ -333,38 +386,8 @@ def link_slices(labels_per_slice: Iterable[np.ndarray], min_overlap: float = 0.5
     object takes at most one parent and a parent passes its id on to at most one object. Unmatched
     objects get new ids, in order of appearance. The inputs are not modified.
     """
-    if not 0.0 < min_overlap <= 1.0:
-        raise InputError(f"The minimum overlap for linking must be in (0, 1], not {min_overlap}.")
-    result: list[np.ndarray] = []
-    next_id = 1
-    previous = None
-    for raw in labels_per_slice:
-        raw = np.asarray(raw)
-        if raw.ndim != 2:
-            raise InputError(f"link_slices takes 2D label images, not an array of shape {raw.shape}.")
-        if previous is not None and previous.shape != raw.shape:
-            raise InputError(f"Slices of shapes {previous.shape} and {raw.shape} cannot be linked.")
-        ids = np.unique(raw)
-        if len(ids) and ids[0] < 0:
-            raise InputError(f"Label images hold ids of 0 (background) and up, not {ids[0]}.")
-        ids = ids[ids != 0]
-        mapping = dict.fromkeys(ids.tolist(), 0)
-        if previous is not None and len(ids):
-            for child, parent in _match(previous, raw, min_overlap):
-                mapping[child] = parent
-        for child in mapping:
-            if mapping[child] == 0:
-                mapping[child] = next_id
-                next_id += 1
-        linked = np.zeros(raw.shape, dtype=np.int32)
-        if len(ids):
-            lookup = np.zeros(int(ids[-1]) + 1, dtype=np.int32)
-            lookup[ids] = [mapping[i] for i in ids.tolist()]
-            foreground = raw > 0
-            linked[foreground] = lookup[raw[foreground]]
-        result.append(linked)
-        previous = linked
-    return result
+    linker = SliceLinker(min_overlap)
+    return [linker.add(raw) for raw in labels_per_slice]
 
 
 def _match(parents: np.ndarray, children: np.ndarray, min_overlap: float) -> list[tuple[int, int]]:
@@ -439,12 +462,12 @@ def generate_volume(
 ) -> VolumeResult:
     """Segment every slice (or ``indices``) of the segmenter's volume along ``axis`` and link them in 3D.
 
-    Slices are segmented in the order given, each as ``generate_slice`` would, from
-    ``segmenter.slice_rgb``; ``on_slice(done, total)`` follows each one. ``should_stop()`` is asked
+    Slices are segmented in index order, each as ``generate_slice`` would, from
+    ``segmenter.slice_rgb``, and linked to the one before as they finish (``SliceLinker``), so that
+    only the previous slice and the compressed results are held; ``on_slice(done, total)`` follows each one. ``should_stop()`` is asked
     before each slice and, so that a cancel need not wait for a slice to finish, before each of the
     decoder's batches: when it is true the run stops, drops the slice in progress and returns those
-    that finished, with ``cancelled`` set. Finished slices are linked in index order (see
-    ``link_slices``); the rest of the label volume is 0.
+    that finished, with ``cancelled`` set.
     """
     shape = tuple(segmenter.shape)
     if len(shape) != 3:
@@ -454,7 +477,7 @@ def generate_volume(
     if indices is None:
         indices = list(range(shape[axis]))
     else:
-        indices = list(dict.fromkeys(int(i) for i in indices))
+        indices = sorted({int(i) for i in indices})
         outside = [i for i in indices if not 0 <= i < shape[axis]]
         if outside:
             raise InputError(f"Slice {outside[0]} is outside the volume (axis {axis} has {shape[axis]} slices).")
@@ -463,24 +486,21 @@ def generate_volume(
     generator = cached_generator(segmenter.predictor, settings)
     should_stop = should_stop or (lambda: False)
 
-    slices: dict[int, np.ndarray] = {}
-    cancelled = False
+    linker = SliceLinker(min_overlap)
+    result = VolumeResult(axis, shape)
     with _between_batches(generator, should_stop):
         for index in indices:
             if should_stop():
-                cancelled = True
+                result.cancelled = True
                 break
             plane = segmenter.plane(axis, index)
             try:
-                slices[index] = _labels(segmenter.predictor, generator, segmenter.slice_rgb(plane))
+                raw = _labels(segmenter.predictor, generator, segmenter.slice_rgb(plane))
             except _Stopped:
-                cancelled = True
+                result.cancelled = True
                 break
+            result.slices[index] = PackedBlock(linker.add(raw))
             if on_slice is not None:
-                on_slice(len(slices), len(indices))
-
-    labels = np.zeros(shape, dtype=np.int32)
-    finished = sorted(slices)
-    for index, linked in zip(finished, link_slices([slices[i] for i in finished], min_overlap)):
-        segmenter.plane(axis, index).take(labels)[...] = linked
-    return VolumeResult(labels, finished, cancelled)
+                on_slice(len(result.slices), len(indices))
+    result.highest = linker.next_id - 1
+    return result

@@ -17,7 +17,7 @@ renders the events (``changed``, ``flags_changed``, ``restarted``, and the objec
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,6 +28,7 @@ from psygnal.containers import EventedList
 from rwth_sam.core.coordinates import range_block
 from rwth_sam.core.embeddings.identity import DATA, IMAGE, MODEL, WINDOW, SessionIdentity
 from rwth_sam.core.errors import InputError
+from rwth_sam.core.labels.block_writes import BlockChange, slice_pieces, write_blocks
 from rwth_sam.core.labels.labelling import WriteRecord
 
 if TYPE_CHECKING:
@@ -78,11 +79,11 @@ class Run:
 
 @dataclass(frozen=True)
 class Applied:
-    """A run's result merged into the labels of its range: ``values`` goes into ``block``."""
+    """What writing a run's result changed (for undo), and the slices kept as they were because the
+    user edited them since the last run."""
 
-    block: tuple[slice, ...]
-    values: np.ndarray
-    edited: list[int]  # slices kept as they are: edited by the user since the last run
+    changes: list[BlockChange]
+    edited: list[int]
 
 
 class VolumeSession:
@@ -288,26 +289,66 @@ class VolumeSession:
         if run.generation != self.generation:
             raise InputError(self._stale_reason or SESSION_CHANGED)
 
-    def apply(self, run: Run, result: PropagationResult, labels: np.ndarray, overwrite: bool) -> Applied:
-        """Merge a run's finished slices into the labels of its range (``labels`` is left as it is):
-        each object as its class value under the overwrite rule, after taking back what earlier
-        runs wrote there, except on slices the user edited since. The flags of those slices are
-        replaced by the run's."""
+    def apply(
+        self,
+        run: Run,
+        result: PropagationResult,
+        labels,
+        overwrite: bool,
+        step: Callable[[int, int], None] | None = None,
+    ) -> Applied:
+        """Write a run's finished slices into ``labels`` (a numpy or zarr array), a few whole slices at
+        a time (``write_blocks``: memory of those slices, not of the range): each object as its class
+        value under the overwrite rule, after taking back what earlier runs wrote there, except on
+        slices the user edited since. ``step(done, total)`` follows the slices.
+
+        This runs in a worker, with the labels locked; ``applied`` then takes the run's flags, on the
+        GUI thread. If a write fails, the labels and the record of earlier runs are as they were."""
         self.check_current(run)
-        block = list(range_block(labels.ndim, run.axis, run.start, run.end))  # the range only, not the volume
-        if run.region is not None:  # and only the region of its slices
-            row_axis, col_axis = (a for a in range(labels.ndim) if a != run.axis)
-            row0, row1, col0, col1 = run.region
-            block[row_axis], block[col_axis] = slice(row0, row1), slice(col0, col1)
-        block = tuple(block)
-        values = np.array(labels[block], copy=True)
-        masks = {index: result.masks.get(index, {}) for index in result.finished}
+        record = self.written  # a reset meanwhile gives the session a new record: this run's is this one
+        kept = record.array_id, dict(record.slices)
         objects = {obj.object_id: obj.value for obj in self.objects}
-        edited = self.written.merge(values, run.axis, run.start, masks, objects, overwrite, id(labels))
+        edited: list[int] = []
+
+        def change(after: np.ndarray, first: int, last: int) -> None:
+            masks = {index: result.masks.get(index, {}) for index in range(first, last + 1)}
+            edited.extend(record.merge(after, run.axis, first, masks, objects, overwrite, id(labels)))
+
+        pieces = slice_pieces(
+            labels, sorted(result.finished), self._slice_voxels(run, labels.shape),
+            lambda first, last: self._block(run, labels.ndim, first, last), change, step,
+        )  # fmt: skip
+        try:
+            changes = write_blocks(labels, pieces)
+        except BaseException:
+            record.array_id, record.slices = kept
+            raise
+        return Applied(changes, sorted(edited))
+
+    def applied(self, run: Run, result: PropagationResult) -> None:
+        """On the GUI thread, after ``apply``: the run's flags replace those of its slices. Raises when
+        the session changed during the write (the caller then takes the write back)."""
+        self.check_current(run)
         self.propagated = True
         self.flags = sorted([flag for flag in self.flags if flag[0] not in result.finished] + result.flags)
         self.flags_changed.emit()
-        return Applied(block, values, edited)
+
+    @staticmethod
+    def _block(run: Run, ndim: int, first: int, last: int) -> tuple[slice, ...]:
+        """Slices ``first`` to ``last`` of the run, only the region of each if it has one."""
+        block = list(range_block(ndim, run.axis, first, last))
+        if run.region is not None:
+            row_axis, col_axis = (a for a in range(ndim) if a != run.axis)
+            row0, row1, col0, col1 = run.region
+            block[row_axis], block[col_axis] = slice(row0, row1), slice(col0, col1)
+        return tuple(block)
+
+    @staticmethod
+    def _slice_voxels(run: Run, shape: tuple[int, ...]) -> int:
+        if run.region is not None:
+            row0, row1, col0, col1 = run.region
+            return (row1 - row0) * (col1 - col0)
+        return int(np.prod([size for axis, size in enumerate(shape) if axis != run.axis]))
 
     # ----------------------------------------------------------------- flags
     def next_flag(self, current: int) -> tuple[int, str] | None:
