@@ -154,7 +154,7 @@ class SamWidget(Container):
         self.labels_picker = ComboBox(label="Labels", choices=self._labels_choices)
         self.new_labels = PushButton(text="New labels layer for image")
         self.save_labels = PushButton(text="Save labels…")
-        self.labels_on_disk_above = FloatSpinBox(label="Labels on disk above", min=0.0, max=1e6, step=0.5, value=2.0)
+        self.labels_on_disk_above = FloatSpinBox(label="Labels on disk above", min=0.0, max=1e6, step=0.5, value=0.5)
         self.labels_on_disk_above.native.setSuffix(" GB")
         self.labels_on_disk_above.tooltip = (
             "New labels layers larger than this (4 bytes a voxel) are a zarr folder on disk beside the image "
