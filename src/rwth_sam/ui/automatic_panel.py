@@ -206,8 +206,8 @@ class AutomaticPanel(Container):
             state = "cancelled, kept" if result.cancelled else "done:"
             self.context.say(f"Automatic {state} {len(result.finished)} slices, {result.highest} objects.{note}")
 
-        self.context.say(f"Writing {len(result.finished)} slices into '{layer.name}'…")
         write_in_worker(self.run, layer, write, written, "Writing the automatic result", len(result.finished))
+        self.context.say(f"Writing {len(result.finished)} slices into '{layer.name}'…")
 
     @property
     def running(self) -> bool:

@@ -366,12 +366,12 @@ class VolumePanel(Container):
                 context.record_class(labels, obj.value, context.profile_class(obj.name))
             context.say(run_summary(result, voxels, applied.edited))
 
-        context.say(f"Writing {len(result.finished)} slices into '{labels.name}'…")
-        self.writing = run
         write_in_worker(
             self.run, labels, write, written, "Writing the propagation", len(result.finished),
             on_finished=lambda: self._run_ended(run, writing=True),
         )  # fmt: skip
+        self.writing = run
+        context.say(f"Writing {len(result.finished)} slices into '{labels.name}'…")
 
     def _run_ended(self, run, writing: bool = False) -> None:
         """A propagation's end, or the end of writing its result: the session's run is over after both."""

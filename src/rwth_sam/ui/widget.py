@@ -382,6 +382,11 @@ class SamWidget(Container):
         labels = self._labels_to_save()
         if self._saving:
             raise InputError("A save is in progress: wait for it to finish.")
+        running = self.volume.session.running
+        if (running is not None and running.labels is labels) or (
+            self.automatic.running and labels is self.automatic.result_layer
+        ):
+            raise InputError(f"A run is writing into '{labels.name}': save it when the run is done.")
         data, meta, _ = labels.as_layer_data_tuple()
         release = lock(labels)
         self._saving = True
