@@ -65,7 +65,7 @@ class SlicePlane:
 
     A region is how a slice larger than the model's input is segmented at native resolution: the
     model sees only the region, and everything the plane reads, writes and converts (``take``,
-    ``indices``, ``block``, (x, y) ↔ data) is of the region, placed at its offset in the slice.
+    ``block``, (x, y) ↔ data) is of the region, placed at its offset in the slice.
     """
 
     shape: tuple[int, ...]
@@ -200,19 +200,6 @@ class SlicePlane:
             raise InputError(f"Mask of shape {mask.shape} does not match the slice's shape {view.shape}.")
         view[mask] = value
 
-    def indices(self, mask: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Array indices (one int array per axis) of the true pixels of an (H, W) slice mask."""
-        if tuple(mask.shape) != self.size:
-            raise InputError(f"Mask of shape {mask.shape} does not match the slice's shape {self.size}.")
-        rows, cols = np.nonzero(mask)
-        row0, col0 = self.offset
-        rows, cols = rows + row0, cols + col0
-        result = [None] * len(self.shape)
-        result[self.row_axis], result[self.col_axis] = rows, cols
-        if self.axis is not None:
-            result[self.axis] = np.full(rows.shape, self.index)
-        return compact_indices(result, self.shape)
-
     def slice_to_data(self, x: float, y: float) -> np.ndarray:
         row0, col0 = self.offset
         point = np.zeros(len(self.shape))
@@ -239,12 +226,6 @@ class SlicePlane:
 def range_block(ndim: int, axis: int, first: int, last: int) -> tuple[slice, ...]:
     """The block of an ``ndim``-D array holding slices ``first`` to ``last`` (both in) along ``axis``."""
     return tuple(slice(first, last + 1) if a == axis else slice(None) for a in range(ndim))
-
-
-def compact_indices(indices, shape: Sequence[int]) -> tuple[np.ndarray, ...]:
-    """Index arrays in the smallest integer type that holds ``shape``: undo histories keep them."""
-    dtype = np.min_scalar_type(max(int(s) for s in shape) - 1)
-    return tuple(np.asarray(axis, dtype=dtype) for axis in indices)
 
 
 def plane_at(
