@@ -710,8 +710,8 @@ def pores_section(context: dict, progress) -> dict:
             pore = plane.take(truth) == number
             bound = best_mask_on_the_model_grid(pore)
             mask = segmenter.predict(plane, points=[(x - col0, y - row0)], labels=[1], multimask=False).mask
-            rows[name]["bound"] += pore_found(bound, pore)
-            rows[name]["model"] += pore_found(mask, pore)
+            rows[name]["bound"] += int(pore_found(bound, pore))
+            rows[name]["model"] += int(pore_found(mask, pore))
         print(f"  pore {number}/{len(centres)}: {rows}", flush=True)
     return {
         "rows": rows, "pores": len(centres), "diameter": PORE_DIAMETER, "slice": PORE_SLICE,

@@ -392,7 +392,7 @@ def test_model_and_checkpoint_from_the_environment(viewer, checkpoint, monkeypat
 
 
 def test_save_labels_offers_the_source_folder_and_format_and_writes_onto_the_source_grid(
-    viewer, checkpoint, tmp_path, monkeypatch
+    viewer, checkpoint, tmp_path, monkeypatch, qtbot
 ):
     nibabel = pytest.importorskip("nibabel")
     from rwth_sam.ui import widget as widget_module
@@ -421,6 +421,7 @@ def test_save_labels_offers_the_source_folder_and_format_and_writes_onto_the_sou
 
     monkeypatch.setattr(widget_module.QFileDialog, "getSaveFileName", answer)
     widget.save_labels.changed.emit(True)
+    wait_idle(qtbot, widget)  # saved in a worker
 
     assert offered[0][0] == str(tmp_path / "scan_labels.nii.gz"), "offer the source's folder and format"
     saved = nibabel.load(tmp_path / "saved.nii.gz")
