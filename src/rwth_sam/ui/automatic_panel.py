@@ -191,7 +191,6 @@ class AutomaticPanel(Container):
             return
         layer, note = self._result_for(image, started)
         data, axis = layer.data, result.axis
-        slice_voxels = int(np.prod(result.shape)) // result.shape[axis]
 
         def change(after: np.ndarray, first: int, last: int) -> None:  # the finished slices replaced whole
             for index in range(first, last + 1):
@@ -199,7 +198,7 @@ class AutomaticPanel(Container):
 
         def write(step):
             block_of = functools.partial(range_block, data.ndim, axis)
-            return write_blocks(data, slice_pieces(data, result.finished, slice_voxels, block_of, change, step)), None
+            return write_blocks(data, slice_pieces(data, result.finished, block_of, change, step)), None
 
         def written(_, voxels: int) -> None:
             self._highest_id = max(self._highest_id, result.highest)
@@ -299,7 +298,6 @@ class AutomaticPanel(Container):
         self._refuse_a_second_run()
         source, target, selected = result.data, labels.data, self.selected_object
         value, overwrite = context.submit_value(labels), context.overwrite
-        slice_voxels = int(np.prod(target.shape[1:]))
         block_of = functools.partial(range_block, target.ndim, 0)
         counts = {"written": 0, "kept": 0}
 
@@ -312,7 +310,7 @@ class AutomaticPanel(Container):
 
         def write(step):  # the whole result is read, slab by slab: in a worker
             slabs = range(target.shape[0])
-            return write_blocks(target, slice_pieces(target, slabs, slice_voxels, block_of, change, step)), None
+            return write_blocks(target, slice_pieces(target, slabs, block_of, change, step)), None
 
         def written(_, voxels: int) -> None:
             if not counts["written"] + counts["kept"]:

@@ -43,15 +43,11 @@ def record_undo_step(labels: napari.layers.Labels, changes: Iterable[BlockChange
     labels.refresh()
 
 
-def commit_block(
-    labels: napari.layers.Labels, block: tuple[slice, ...], values: np.ndarray, region: np.ndarray | None = None
-) -> int:
-    """Replace the ``block`` of ``labels`` (a slice per axis) by ``values`` (block-shaped), inside the
-    boolean ``region`` if given, as one undoable step. Returns the voxels that changed."""
-    block, before, after = block_piece(labels.data, block)
-    where = before != values if region is None else (before != values) & region
-    after[where] = values[where]
-    changes = write_blocks(labels.data, [(block, before, after)])
+def commit_block(labels: napari.layers.Labels, block: tuple[slice, ...], values: np.ndarray) -> int:
+    """Replace the ``block`` of ``labels`` (a slice per axis) by ``values`` (block-shaped), as one
+    undoable step. Returns the voxels that changed."""
+    block, before, _ = block_piece(labels.data, block)
+    changes = write_blocks(labels.data, [(block, before, values)])
     record_undo_step(labels, changes)
     return written_voxels(changes)
 

@@ -77,11 +77,7 @@ def _changed_box(changed: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def write_blocks(
-    labels,
-    pieces: Iterable[tuple[tuple[slice, ...], np.ndarray, np.ndarray]],
-    on_piece: Callable[[], None] | None = None,
-) -> list[BlockChange]:
+def write_blocks(labels, pieces: Iterable[tuple[tuple[slice, ...], np.ndarray, np.ndarray]]) -> list[BlockChange]:
     """Write each ``(block, before, after)`` into ``labels`` (a numpy or zarr array): the bounding box
     of the voxels where ``after`` differs from ``before`` (which must be what ``labels`` holds there).
 
@@ -100,8 +96,6 @@ def write_blocks(
                 changes.append(
                     BlockChange(target, PackedBlock(before[box]), PackedBlock(after[box]), int(changed.sum()))
                 )
-            if on_piece is not None:
-                on_piece()
     except BaseException:
         undo_blocks(labels, changes)
         raise
@@ -137,14 +131,17 @@ def consecutive_runs(indices: Sequence[int], longest: int) -> Iterator[tuple[int
 def slice_pieces(
     labels,
     indices: Sequence[int],
-    slice_voxels: int,
     block_of: Callable[[int, int], tuple[slice, ...]],
     change: Callable[[np.ndarray, int, int], None],
     step: Callable[[int, int], None] | None = None,
 ) -> Iterator[tuple[tuple[slice, ...], np.ndarray, np.ndarray]]:
-    """Pieces for ``write_blocks`` over the slices ``indices`` (sorted) of ``slice_voxels`` each: runs of
-    consecutive slices, as many as a block holds. ``block_of(first, last)`` is the block of slices first
-    to last, ``change(after, first, last)`` changes its copy; ``step(done, total)`` follows the slices."""
+    """Pieces for ``write_blocks`` over the slices ``indices`` (sorted): runs of consecutive slices, as
+    many as a block holds. ``block_of(first, last)`` is the block of slices first to last,
+    ``change(after, first, last)`` changes its copy; ``step(done, total)`` follows the slices."""
+    if not indices:
+        return
+    one_slice = resolved(block_of(indices[0], indices[0]), labels.shape)
+    slice_voxels = int(np.prod([axis.stop - axis.start for axis in one_slice]))
     done = 0
     for first, last in consecutive_runs(indices, slices_per_block(slice_voxels)):
         block, before, after = block_piece(labels, block_of(first, last))

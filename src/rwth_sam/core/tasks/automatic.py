@@ -464,8 +464,8 @@ def generate_volume(
 
     Slices are segmented in index order, each as ``generate_slice`` would, from
     ``segmenter.slice_rgb``, and linked to the one before as they finish (``SliceLinker``), so that
-    only the previous slice and the compressed results are held; ``on_slice(done, total)`` follows each one. ``should_stop()`` is asked
-    before each slice and, so that a cancel need not wait for a slice to finish, before each of the
+    only the previous slice and the compressed results are held; ``on_slice(done, total)`` follows
+    each one. ``should_stop()`` is asked before each slice and, so that a cancel need not wait for a slice to finish, before each of the
     decoder's batches: when it is true the run stops, drops the slice in progress and returns those
     that finished, with ``cancelled`` set.
     """

@@ -17,6 +17,7 @@ renders the events (``changed``, ``flags_changed``, ``restarted``, and the objec
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -314,10 +315,8 @@ class VolumeSession:
             masks = {index: result.masks.get(index, {}) for index in range(first, last + 1)}
             edited.extend(record.merge(after, run.axis, first, masks, objects, overwrite, id(labels)))
 
-        pieces = slice_pieces(
-            labels, sorted(result.finished), self._slice_voxels(run, labels.shape),
-            lambda first, last: self._block(run, labels.ndim, first, last), change, step,
-        )  # fmt: skip
+        block_of = functools.partial(self._block, run, labels.ndim)
+        pieces = slice_pieces(labels, sorted(result.finished), block_of, change, step)
         try:
             changes = write_blocks(labels, pieces)
         except BaseException:
@@ -342,13 +341,6 @@ class VolumeSession:
             row0, row1, col0, col1 = run.region
             block[row_axis], block[col_axis] = slice(row0, row1), slice(col0, col1)
         return tuple(block)
-
-    @staticmethod
-    def _slice_voxels(run: Run, shape: tuple[int, ...]) -> int:
-        if run.region is not None:
-            row0, row1, col0, col1 = run.region
-            return (row1 - row0) * (col1 - col0)
-        return int(np.prod([size for axis, size in enumerate(shape) if axis != run.axis]))
 
     # ----------------------------------------------------------------- flags
     def next_flag(self, current: int) -> tuple[int, str] | None:
