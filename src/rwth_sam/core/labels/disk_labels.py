@@ -19,7 +19,7 @@ from rwth_sam.core.errors import InputError
 LABELS_DTYPE = np.dtype(np.uint32)
 DISK_LABELS_SUFFIX = ".zarr"
 LAYER_ATTRIBUTE = "rwth_sam_labels_layer"
-MAX_SLAB = 2**26  # voxels read at a time when a whole disk array is scanned (256 MB of uint32)
+MAX_SLAB = 2**25  # voxels read at a time when a whole disk array is scanned (128 MB of uint32)
 
 
 def labels_bytes(shape: tuple[int, ...]) -> int:
@@ -87,6 +87,9 @@ def slabs(labels):
         yield np.asarray(labels)
         return
     depth = max(1, MAX_SLAB // max(1, int(np.prod(labels.shape[1:]))))
+    chunk = (getattr(labels, "chunks", None) or (1,))[0]
+    if isinstance(chunk, int) and depth > chunk:
+        depth -= depth % chunk  # whole chunks: each is read once
     for start in range(0, labels.shape[0], depth):
         yield np.asarray(labels[start : start + depth])
 
