@@ -187,7 +187,9 @@ def test_sample_battery_opens_and_segments(viewer, checkpoint, qtbot):
     assert set(np.unique(truth.data)) == set(range(7))
     widget = dock(viewer, checkpoint)
     assert widget.image_picker.value is image
-    labels = widget.create_labels_layer()
+    labels = viewer.layers["battery phantom labels"]
+    assert widget.labels_picker.value is labels, "the sample's empty labels are the target, never its truth"
+    assert not labels.data.any()
     viewer.dims.set_point(0, 16)
     middle_click(viewer, image.data_to_world((16, 128, 60)))
     wait_idle(qtbot, widget)
@@ -198,6 +200,30 @@ def test_sample_battery_opens_and_segments(viewer, checkpoint, qtbot):
     submitted = int((labels.data[16] == 1).sum())
     assert submitted > 0 and f"Submitted {submitted} pixels" in widget.status.value
     assert not np.delete(labels.data, 16, axis=0).any()
+    assert set(np.unique(truth.data)) == set(range(7)), "the truth labels are untouched"
+
+
+def test_reference_labels_are_never_the_default_target(viewer, checkpoint):
+    """Docked before the sample opens, or after; with more labels layers added: the truth is the
+    default target only when picked by the user."""
+    widget = dock(viewer, checkpoint)
+    viewer.open_sample("rwth-sam", "battery_volume")
+    truth, labels = viewer.layers["battery phantom truth"], viewer.layers["battery phantom labels"]
+    assert widget.labels_picker.value is labels
+    assert [name for name, _ in widget._labels_choices()] == [
+        "battery phantom labels", "battery phantom truth (reference)"
+    ]  # fmt: skip
+    viewer.layers.remove(labels)
+    assert widget.labels_picker.value is truth, "the only labels layer left: picked, as the user sees it named"
+    added = viewer.add_labels(np.zeros(truth.data.shape, np.uint32), name="mine")
+    assert widget.labels_picker.value is added
+    combo = widget.labels_picker.native
+    index = combo.findText("battery phantom truth (reference)")
+    combo.setCurrentIndex(index)
+    combo.activated.emit(index)  # what a user's pick in the list sends
+    assert widget.labels_picker.value is truth
+    viewer.add_labels(np.zeros((4, 4), np.uint32), name="other")
+    assert widget.labels_picker.value is truth, "the user's own pick stays"
 
 
 def test_layer_pickers_follow_the_layer_list(viewer, checkpoint):

@@ -19,7 +19,6 @@ from dataclasses import fields
 import napari
 import numpy as np
 from magicgui.widgets import Container, FloatSpinBox, Label, PushButton, SpinBox
-from superqt import QCollapsible
 
 from rwth_sam.core.coordinates import SlicePlane, range_block
 from rwth_sam.core.embeddings.segmenter import spatial_shape
@@ -38,6 +37,7 @@ from rwth_sam.core.tasks.automatic import (
 )
 from rwth_sam.ui.context import PanelContext, full_resolution
 from rwth_sam.ui.labels_io import commit_block, write_in_worker
+from rwth_sam.ui.layout import collapsible
 from rwth_sam.ui.reporting import guarded
 from rwth_sam.ui.runner import AUTOMATIC, PanelRun, Run
 
@@ -82,19 +82,17 @@ class AutomaticPanel(Container):
         self.workload.tooltip = "What one slice costs with these settings; the time grows with the prompt points."
         self.run_slice = PushButton(text="Segment everything on this slice")
         self.run_volume = PushButton(text="Segment everything in the volume")
-        self.cancel = PushButton(text="Cancel", enabled=False)
+        self.run = PanelRun(context.runner, AUTOMATIC, (self.run_slice, self.run_volume), context.say)
+        self.cancel = self.run.cancel_button
         self.selected = Label(value="Left click an object of the result to select it")
         self.assign = PushButton(text="Assign selected object to class")
-        settings = Container(labels=True, widgets=list(self.setting_controls.values()))
-        self.settings_box = QCollapsible("Generator settings")
-        self.settings_box.addWidget(settings.native)
-        self.extend([self.workload, self.run_slice, self.run_volume, self.cancel, self.selected, self.assign])
+        self.settings_box = collapsible("Generator settings", list(self.setting_controls.values()))
+        self.extend([self.workload, self.run_slice, self.run_volume, self.run.row, self.selected, self.assign])
         self.native.layout().insertWidget(0, self.settings_box)
 
         self.run_slice.changed.connect(self.segment_slice)
         self.run_volume.changed.connect(self.segment_volume)
         self.assign.changed.connect(self.assign_selected)
-        self.run = PanelRun(context.runner, AUTOMATIC, (self.run_slice, self.run_volume), self.cancel, context.say)
         self.result_layer: napari.layers.Labels | None = None
         self._result_image = None  # the image layer the result layer belongs to
         self._highest_id = 0  # the highest object id written into it (its max over the volume cost 0.1 s a run)
@@ -153,7 +151,7 @@ class AutomaticPanel(Container):
         plane, objects = result
         self._check_image(image, started)
         if objects is None:
-            self.context.say("Automatic: cancelled, nothing was written.")
+            self.context.keep("Automatic: cancelled, nothing was written.")
             return
         layer, note = self._result_for(image, started)
         new = np.zeros(plane.alone.shape, dtype=layer.data.dtype)
@@ -161,7 +159,7 @@ class AutomaticPanel(Container):
         plane.alone.take(new)[...] = np.where(objects > 0, objects + offset, 0)
         commit_block(layer, plane.block, new)
         self._highest_id = offset + int(objects.max(initial=0))
-        self.context.say(f"Automatic: {int(objects.max(initial=0))} objects on this slice.{note}")
+        self.context.keep(f"Automatic: {int(objects.max(initial=0))} objects on this slice.{note}")
 
     @_reported("Segment everything in the volume")
     def segment_volume(self) -> None:
@@ -187,7 +185,7 @@ class AutomaticPanel(Container):
     def _on_volume_result(self, image, started, result) -> None:
         self._check_image(image, started)
         if not result.finished:
-            self.context.say("Automatic: cancelled before the first slice finished, nothing was written.")
+            self.context.keep("Automatic: cancelled before the first slice finished, nothing was written.")
             return
         layer, note = self._result_for(image, started)
         data, axis = layer.data, result.axis
@@ -203,7 +201,7 @@ class AutomaticPanel(Container):
         def written(_, voxels: int) -> None:
             self._highest_id = max(self._highest_id, result.highest)
             state = "cancelled, kept" if result.cancelled else "done:"
-            self.context.say(f"Automatic {state} {len(result.finished)} slices, {result.highest} objects.{note}")
+            self.context.keep(f"Automatic {state} {len(result.finished)} slices, {result.highest} objects.{note}")
 
         write_in_worker(self.run, layer, write, written, "Writing the automatic result", len(result.finished))
         self.context.say(f"Writing {len(result.finished)} slices into '{layer.name}'…")

@@ -48,6 +48,9 @@ class PanelContext(Protocol):
     def say(self, message: str) -> None:
         """Show ``message`` in the widget's status line."""
 
+    def keep(self, message: str) -> None:
+        """Show ``message`` and keep it at the top of the dock until the user dismisses it (what a run wrote)."""
+
     def report_error(self, error: Exception) -> None:
         """Tell the user what went wrong (status line and a notification); nothing else changes."""
 

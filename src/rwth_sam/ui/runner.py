@@ -20,6 +20,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
+from magicgui.widgets import Container, ProgressBar, PushButton
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
 from psygnal import Signal as EventedSignal
@@ -52,14 +53,19 @@ class Run:
 
 
 class PanelRun:
-    """A panel's one run at a time: its start buttons wait while it goes, its *Cancel* button is the
-    run's ``quit()`` (said in the status line; ``cancel()`` is the quiet form, for the widget)."""
+    """A panel's one run at a time: its start buttons wait while it goes; ``row`` is its progress bar and
+    *Cancel* side by side, for the panel to show next to its run buttons (napari's own bars are in its
+    activity dock, out of sight). *Cancel* is the run's ``quit()`` (said in the status line;
+    ``cancel()`` is the quiet form, for the widget)."""
 
-    def __init__(self, runner: LatestJobRunner, kind: str, start_buttons, cancel_button, say: Callable[[str], None]):
-        self._runner, self._kind, self._start_buttons, self._cancel_button = runner, kind, start_buttons, cancel_button
-        self._say = say
+    def __init__(self, runner: LatestJobRunner, kind: str, start_buttons, say: Callable[[str], None]):
+        self._runner, self._kind, self._start_buttons, self._say = runner, kind, start_buttons, say
         self.current: Run | None = None
-        cancel_button.changed.connect(self._on_cancel)
+        self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.row = Container(layout="horizontal", labels=False, widgets=[self.progress, self.cancel_button])
+        self.row.margins = (0, 0, 0, 0)
+        self.cancel_button.changed.connect(self._on_cancel)
 
     def start(self, job, on_result, description: str, total: int, bar=None, on_finished=None, cancellable=True) -> Run:
         """``runner.submit_run`` for this panel; ``on_finished`` follows the run's end, however it ends.
@@ -74,6 +80,9 @@ class PanelRun:
                 on_finished()
 
         run = self.current = self._runner.submit_run(self._kind, job, on_result, description, total, finished, bar=bar)
+        run.advanced.connect(lambda done, total: self._show_progress(run, done, total))
+        self.progress.max, self.progress.value = max(1, total), 0
+        self.progress.tooltip = description
         self._show_running(True, cancellable)
         return run
 
@@ -87,10 +96,17 @@ class PanelRun:
             self._say("Cancelling…")
             self.cancel()
 
+    def _show_progress(self, run: Run, done: int, total: int) -> None:
+        if run is not self.current:
+            return
+        self.progress.max = max(1, total)
+        self.progress.value = min(done, self.progress.max)
+
     def _show_running(self, running: bool, cancellable: bool = True) -> None:
         for button in self._start_buttons:
             button.enabled = not running
-        self._cancel_button.enabled = running and cancellable
+        self.cancel_button.enabled = running and cancellable
+        self.progress.visible = running
 
 
 class JobBar:

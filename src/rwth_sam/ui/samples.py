@@ -1,14 +1,26 @@
-"""npe2 sample data: the synthetic battery cell, as a volume and as one slice, with its truth labels."""
+"""npe2 sample data: the synthetic battery cell, as a volume and as one slice, with its truth labels (marked as
+a reference, never the widget's default target) and an empty labels layer for the user's results."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from rwth_sam.core.phantom import CLASS_NAMES, battery_phantom
+
+REFERENCE_LABELS = "rwth_sam_reference"  # metadata key of labels to compare with, not to write into
 
 
 def _layers(image, labels):
+    truth = {
+        "name": "battery phantom truth",
+        "visible": False,
+        "features": _features(),
+        "metadata": {REFERENCE_LABELS: True},
+    }
     return [
         (image, {"name": "battery phantom", "contrast_limits": (0, 255)}, "image"),
-        (labels, {"name": "battery phantom truth", "visible": False, "features": _features()}, "labels"),
+        (labels, truth, "labels"),
+        (np.zeros(labels.shape, dtype=np.uint32), {"name": "battery phantom labels"}, "labels"),
     ]
 
 

@@ -35,6 +35,7 @@ from rwth_sam.core.tasks.volume_session import (
 )
 from rwth_sam.ui.context import PanelContext
 from rwth_sam.ui.labels_io import write_in_worker
+from rwth_sam.ui.layout import side_by_side
 from rwth_sam.ui.runner import EMBED_RANGE, PREDICT, PROPAGATE, PanelRun
 from rwth_sam.ui.runner import Run as RunHandle
 
@@ -49,24 +50,38 @@ class VolumePanel(Container):
         self.set_start = PushButton(text="Set start slice")
         self.set_end = PushButton(text="Set end slice")
         self.range_label = Label(value="Range: not set")
-        self.add_box = PushButton(text="Add box (drawn with Shift+middle drag) for the class")
+        self.add_box = PushButton(
+            text="Add box", tooltip="The box drawn with Shift+middle drag, as an object of the class"
+        )
         self.objects_label = Label(value="Objects: none")
         self.object_choice = ComboBox(
             label="Object", choices=self._object_choices, tooltip="The object to refine or correct"
         )
         self.segment_middle = PushButton(text="Segment middle slice")
-        self.refine = PushButton(text="Refine the object with the clicks on this slice")
-        self.edit = PushButton(text="Edit the object here with the brush (in the preview)")
-        self.full = PushButton(text="Full segmentation (propagate both ways)")
-        self.correct = PushButton(text="Use the preview as the object's mask here; re-propagate")
-        self.cancel = PushButton(text="Cancel", enabled=False)
+        self.refine = PushButton(text="Refine", tooltip="Refine the object with the clicks on this slice")
+        self.edit = PushButton(
+            text="Edit with the brush",
+            tooltip="Put the object's mask on this slice into the preview, the brush selected",
+        )
+        self.full = PushButton(text="Full segmentation", tooltip="Propagate every object both ways through the range")
+        self.correct = PushButton(
+            text="Use the preview here; re-propagate", tooltip="The preview becomes the object's mask on this slice"
+        )
+        # the propagation going on; what would change the session under it waits
+        self.run = PanelRun(
+            context.runner, PROPAGATE,
+            (self.set_start, self.set_end, self.add_box, self.segment_middle, self.full, self.correct),
+            context.say,
+        )  # fmt: skip
+        self.cancel = self.run.cancel_button
         self.flags_label = Label(value="")
         self.next_flag = PushButton(text="Go to the next slice to check", enabled=False)
         self.extend(
             [
-                self.set_start, self.set_end, self.range_label, self.add_box, self.objects_label,
-                Container(widgets=[self.object_choice], labels=True), self.segment_middle, self.refine, self.edit, self.full, self.correct,
-                self.cancel, self.flags_label, self.next_flag,
+                side_by_side(self.set_start, self.set_end), self.range_label, self.add_box, self.objects_label,
+                Container(widgets=[self.object_choice], labels=True), self.segment_middle,
+                side_by_side(self.refine, self.edit), self.full, self.correct, self.run.row, self.flags_label,
+                self.next_flag,
             ]
         )  # fmt: skip
         actions = [
@@ -82,12 +97,6 @@ class VolumePanel(Container):
         ]
         for button, what, action in actions:
             button.changed.connect(context.guard(what, action))
-        # the propagation going on; what would change the session under it waits
-        self.run = PanelRun(
-            context.runner, PROPAGATE,
-            (self.set_start, self.set_end, self.add_box, self.segment_middle, self.full, self.correct),
-            self.cancel, context.say,
-        )  # fmt: skip
         session = self.session
         session.changed.connect(self._show_state)
         session.flags_changed.connect(self._show_flags)
@@ -364,7 +373,7 @@ class VolumePanel(Container):
             context.show_preview(None, None)  # the result is in the labels layer now
             for obj in self.session.objects:
                 context.record_class(labels, obj.value, context.profile_class(obj.name))
-            context.say(run_summary(result, voxels, applied.edited))
+            context.keep(run_summary(result, voxels, applied.edited))
 
         write_in_worker(
             self.run, labels, write, written, "Writing the propagation", len(result.finished),

@@ -31,8 +31,8 @@ from magicgui.widgets import (
 )
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QEvent, QObject
-from qtpy.QtWidgets import QComboBox, QFileDialog
+from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtWidgets import QFileDialog
 from superqt.utils import qdebounced
 
 from rwth_sam.core.coordinates import LayerGeometry, SlicePlane, plane_at
@@ -60,9 +60,12 @@ from rwth_sam.core.tasks.prompt_session import PromptSession
 from rwth_sam.ui.automatic_panel import AutomaticPanel
 from rwth_sam.ui.context import ModelRequest, full_resolution
 from rwth_sam.ui.labels_io import check_unlocked, commit_mask, lock
+from rwth_sam.ui.layout import VerticalScrollArea, collapsible, compact_layout, side_by_side
+from rwth_sam.ui.messages import Messages
 from rwth_sam.ui.profile_widget import apply_profile
 from rwth_sam.ui.reporting import as_user_error, guarded
 from rwth_sam.ui.runner import EMBED_AHEAD, PREDICT, JobBar, LatestJobRunner
+from rwth_sam.ui.samples import REFERENCE_LABELS
 from rwth_sam.ui.volume_files import LABELS_FILE_FILTER, default_labels_path, write_labels
 from rwth_sam.ui.volume_panel import VolumePanel
 
@@ -91,22 +94,6 @@ KEY_BINDINGS = {
 }
 
 
-def _compact_layout(container: Container) -> None:
-    """Long names and messages must not widen the dock and squeeze napari's canvas.
-
-    Messages wrap instead, with room for three lines (magicgui's rows do not grow with wrapped text).
-    """
-    for combo in container.native.findChildren(QComboBox):
-        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        combo.setMinimumContentsLength(14)
-    for widget in container:
-        if isinstance(widget, Container):
-            _compact_layout(widget)
-        elif isinstance(widget, Label):
-            widget.native.setWordWrap(True)
-            widget.native.setMinimumHeight(3 * widget.native.fontMetrics().lineSpacing())
-
-
 def model_choices(_widget=None) -> list[tuple[str, str]]:
     """Registry entries as (text, name), the text telling whether weights are cached and their size."""
     choices = []
@@ -127,7 +114,7 @@ class SamWidget(Container):
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         import_upstream_packages()  # here rather than in the worker at the first click
         leave_a_core_free()  # for napari's drawing while a model runs
         gc.freeze()  # napari's and torch's objects out of the collector's full passes (300 ms, all threads stopped)
@@ -152,6 +139,8 @@ class SamWidget(Container):
         self.device = ComboBox(label="Device", choices=available_devices())
         self.image_picker = create_widget(annotation=napari.layers.Image, label="Image")
         self.labels_picker = ComboBox(label="Labels", choices=self._labels_choices)
+        self._user_picked = None  # the labels layer the user last picked in the list
+        self.labels_picker.native.activated.connect(self._on_labels_picked)
         self.new_labels = PushButton(text="New labels layer for image")
         self.save_labels = PushButton(text="Save labels…")
         self.labels_on_disk_above = FloatSpinBox(label="Labels on disk above", min=0.0, max=1e6, step=0.5, value=0.5)
@@ -189,7 +178,8 @@ class SamWidget(Container):
             "A new label id for each submitted object; its class is recorded in the layer's features"
         )
         self.overwrite_labels = CheckBox(text="Overwrite other labels", value=False)
-        self.status = Label(value=HELP)  # before the panels, which report into it
+        self.messages = Messages(HELP)  # before the panels, which report into it
+        self.status = self.messages.status
         self.mode = ComboBox(label="Mode", choices=[CLICK_MODE, AUTOMATIC_MODE, VOLUME_MODE], value=CLICK_MODE)
         self.automatic = AutomaticPanel(self)
         self.automatic.visible = False
@@ -197,16 +187,30 @@ class SamWidget(Container):
         self.volume.visible = False
         self.submit_button = PushButton(text="Submit preview")
         self.clear_button = PushButton(text="Clear prompts")
-        self.extend(
+        self.click_buttons = side_by_side(self.submit_button, self.clear_button)
+        # the dock: the messages on top, always in view; the controls below them scroll on a small screen,
+        # the options used less often collapsed
+        self.controls = Container(labels=True)
+        self.controls.extend(
             [
-                self.model, self.checkpoint, self.device, self.image_picker, self.labels_picker,
-                self._labels_buttons(), self.labels_on_disk_above, self.window,
-                self.model_sees, self.resolution,
-                self.keep_on_disk,
-                self.profile, self.classes, self.label_value, self.instance_mode, self.overwrite_labels,
-                self.mode, self.submit_button, self.clear_button, self.automatic, self.volume, self.status,
+                self.model, self.image_picker, self.labels_picker, side_by_side(self.new_labels, self.save_labels),
+                self.profile, self.classes, self.window, self.model_sees, self.resolution, self.mode,
+                self.click_buttons, self.automatic, self.volume,
             ]
         )  # fmt: skip
+        self.more_options = collapsible(
+            "More options",
+            [
+                self.checkpoint, self.device, self.label_value, self.instance_mode, self.overwrite_labels,
+                self.labels_on_disk_above, self.keep_on_disk,
+            ],
+        )  # fmt: skip
+        self.controls.native.layout().insertWidget(self.controls.index(self.mode), self.more_options)
+        self.controls.native.layout().addStretch(1)  # rows packed at the top when there is room to spare
+        self.margins = (0, 0, 0, 0)
+        self.append(self.messages)
+        self.controls_area = VerticalScrollArea(self.controls.native)
+        self.native.layout().addWidget(self.controls_area, 1)  # the room left goes to the controls
 
         self.new_labels.changed.connect(self.guard("Making a labels layer", self.create_labels_layer))
         self.save_labels.changed.connect(self.guard("Saving the labels", self._ask_where_to_save_labels))
@@ -244,14 +248,17 @@ class SamWidget(Container):
             napari_viewer.bind_key(key, handler, overwrite=True)
         napari_viewer.dims.events.current_step.connect(self._embed_ahead)
         self._close_watch = _CloseWatch(self.native, self.close_session)
-        _compact_layout(self)
+        compact_layout(self.controls)
 
     def guard(self, what: str, handler):
         """``handler`` for a GUI signal: whatever it raises becomes a message in the status line."""
         return guarded(what, self.report_error)(handler)
 
     def say(self, message: str) -> None:
-        self.status.value = message
+        self.messages.say(message)
+
+    def keep(self, message: str) -> None:
+        self.messages.keep(message)
 
     @property
     def model_loaded(self) -> bool:
@@ -297,11 +304,29 @@ class SamWidget(Container):
 
     def _labels_choices(self, _widget=None) -> list[tuple[str, napari.layers.Labels]]:
         """The labels layers results can go to: none of the layers rwth-sam makes for itself (the
-        preview, the automatic result), which it clears and rewrites."""
-        return [
-            (layer.name, layer) for layer in self.viewer.layers
+        preview, the automatic result), which it clears and rewrites; reference labels (the sample's
+        truth) last, named so."""
+        layers = [
+            layer for layer in self.viewer.layers
             if isinstance(layer, napari.layers.Labels) and HELPER_LAYER not in layer.metadata
         ]  # fmt: skip
+        working = [(layer.name, layer) for layer in layers if not _is_reference(layer)]
+        return working + [(f"{layer.name} (reference)", layer) for layer in layers if _is_reference(layer)]
+
+    def reset_choices(self, *_) -> None:
+        """The layers changed: the target is never reference labels while there is another labels layer
+        (the newest), unless the user picked them."""
+        super().reset_choices()
+        self.controls.reset_choices()  # in the scroll area: not a child magicgui knows of
+        picked = self.labels_picker.value
+        if picked is not None and picked is self._user_picked:
+            return
+        working = [layer for _, layer in self._labels_choices() if not _is_reference(layer)]
+        if working and (picked is None or _is_reference(picked)):
+            self.labels_picker.value = working[-1]
+
+    def _on_labels_picked(self, *_) -> None:
+        self._user_picked = self.labels_picker.value
 
     def _geometry(self, layer) -> LayerGeometry:
         return LayerGeometry(tuple(layer.scale), tuple(layer.translate))
@@ -339,7 +364,7 @@ class SamWidget(Container):
                 "metadata": metadata,
             }
             data = create_disk_labels(path, shape, settings)
-            self.say(f"The labels ({labels_bytes(shape) / 2**30:.1f} GB as uint32) are kept on disk, in {path}.")
+            self.keep(f"The labels ({labels_bytes(shape) / 2**30:.1f} GB as uint32) are kept on disk, in {path}.")
         else:
             data = np.zeros(shape, dtype=np.uint32)
         return self.viewer.add_labels(
@@ -355,11 +380,6 @@ class SamWidget(Container):
             if writable_folder(folder):
                 return folder
         return default_labels_folder()
-
-    def _labels_buttons(self) -> Container:
-        row = Container(layout="horizontal", labels=False, widgets=[self.new_labels, self.save_labels])
-        row.margins = (0, 0, 0, 0)  # as wide as the rows above and below
-        return row
 
     def _ask_where_to_save_labels(self) -> None:
         labels = self._labels_to_save()
@@ -393,7 +413,7 @@ class SamWidget(Container):
         self.say(f"Saving '{labels.name}'…")
 
         def saved(written: list[str]) -> None:
-            self.say(f"Saved '{labels.name}' to {', '.join(Path(item).name for item in written)}.")
+            self.keep(f"Saved '{labels.name}' to {', '.join(Path(item).name for item in written)}.")
 
         def finished() -> None:
             self._saving = False
@@ -796,6 +816,14 @@ class SamWidget(Container):
         self.volume.visible = mode == VOLUME_MODE
         self.submit_button.visible = mode == CLICK_MODE
         self.clear_button.visible = mode != AUTOMATIC_MODE
+        run_controls = {CLICK_MODE: self.click_buttons, AUTOMATIC_MODE: self.automatic.run.row}
+        shown = run_controls.get(mode, self.volume.run.row)
+        QTimer.singleShot(0, lambda: self._scroll_to(shown))  # once the layout has the mode's controls
+
+    def _scroll_to(self, control) -> None:
+        """Bring a mode's run buttons and *Cancel* into view on a screen too small for the whole dock."""
+        if not self.closed:
+            self.controls_area.ensureWidgetVisible(control.native)
 
     def profile_class(self, name: str):
         """The selected profile's class of that name, if any."""
@@ -917,7 +945,7 @@ class SamWidget(Container):
         message = str(as_user_error(error, "rwth-sam"))
         if self.closed:
             return
-        self.say(message)
+        self.messages.keep(message, error=True)
         show_error(message)
 
     def close_session(self) -> None:
@@ -948,6 +976,10 @@ class SamWidget(Container):
             if layer is not None and layer in viewer.layers:
                 viewer.layers.remove(layer)
         self._preview_layer = self._points_layer = self._box_layer = None
+
+
+def _is_reference(layer) -> bool:
+    return bool(layer.metadata.get(REFERENCE_LABELS))
 
 
 def _close_when_destroyed(on_close) -> None:
