@@ -498,3 +498,33 @@ class CountingVolume:
                 read.add(int(first))
         self.keys.clear()
         return read
+
+
+X_TOOLS = ("Xvfb", "xdotool", "xwd", "convert")
+
+
+@pytest.fixture
+def x_server():
+    """Start fresh Xvfb servers of our own (24-bit, of the size asked for), on display numbers that are free;
+    each call returns its $DISPLAY. All stop after the test.
+
+    ``-noreset``: by default Xvfb resets whenever its last client disconnects, and a screenshot taken
+    during that reset fails ("unable to open display"), as each one did while napari was still starting."""
+    import shutil
+
+    from pyvirtualdisplay import Display
+
+    missing = [tool for tool in X_TOOLS if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: run scripts/setup.sh, which installs them")
+    servers = []
+
+    def start(size: tuple[int, int]) -> str:
+        server = Display(visible=False, size=size, color_depth=24, extra_args=["-nolisten", "tcp", "-noreset"])
+        server.start()
+        servers.append(server)
+        return server.new_display_var
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -100,13 +100,19 @@ def test_volume_run_links_slices_and_cancel_keeps_finished_slices(viewer, checkp
     panel.run_volume.clicked.emit()
     assert panel.cancel.enabled
     qtbot.waitUntil(third_slice_started.is_set, timeout=120_000)
+    bar = panel.run.progress
+    qtbot.waitUntil(lambda: bar.value == 2, timeout=10_000)  # beside Cancel, not only in napari's activity dock
+    assert bar.max == 5 and not bar.native.isHidden()
     panel.cancel.clicked.emit()
     wait_idle(qtbot, widget, timeout=120_000)
+    assert bar.native.isHidden()
     result = panel.result_layer.data
     assert result[0].any() and result[1].any(), "finished slices were lost"
     assert not result[2:].any(), "the slice in progress at the cancel, or one after it, was written"
     assert len(started) == 3
     assert "cancelled, kept 2 slices" in widget.status.value and not panel.cancel.enabled
+    widget.say("Preview: 10 pixels")  # the next click's status
+    assert "cancelled, kept 2 slices" in widget.messages.kept[0], "what the run wrote is kept until dismissed"
     panel.result_layer.undo()
     assert not panel.result_layer.data.any()
 

@@ -70,7 +70,7 @@ def test_a_layer_written_in_a_worker_is_locked_until_the_write_ends(viewer, chec
         after[...] = 6
         return write_blocks(labels.data, [(block, before, after)]), "done"
 
-    run = PanelRun(widget.runner, "propagate", (), widget.automatic.cancel, widget.say)
+    run = PanelRun(widget.runner, "propagate", (), widget.say)
     write_in_worker(run, labels, write, lambda outcome, voxels: told.append((outcome, voxels)), "Writing", 1)
     qtbot.waitUntil(started.is_set, timeout=10_000)
     assert not labels.editable, "napari's brush and eraser wait"
@@ -99,7 +99,7 @@ def test_a_stale_result_written_in_a_worker_is_taken_back(viewer, checkpoint, qt
     def stale(outcome, voxels):
         raise InputError("The 3D session changed: nothing was written.")
 
-    run = PanelRun(widget.runner, "propagate", (), widget.automatic.cancel, widget.say)
+    run = PanelRun(widget.runner, "propagate", (), widget.say)
     write_in_worker(run, labels, write, stale, "Writing", 1)
     wait_idle(qtbot, widget)
     assert not labels.data.any() and not labels._undo_history

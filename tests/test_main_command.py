@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +16,6 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from pyvirtualdisplay import Display
 from scipy import ndimage
 
 from conftest import messages
@@ -25,23 +23,12 @@ from napari_helpers import SCREENSHOTS
 
 pytestmark = [pytest.mark.gui, pytest.mark.skipif(sys.platform != "linux", reason="drives an X server (Xvfb)")]
 
-TOOLS = ("Xvfb", "xdotool", "xwd", "convert")
 SCREEN = (1600, 1000)
 
 
 @pytest.fixture
-def x_display():
-    """A fresh Xvfb of our own (24-bit, laptop-sized), on a display number that is free.
-
-    ``-noreset``: by default Xvfb resets whenever its last client disconnects, and a screenshot taken
-    during that reset fails ("unable to open display"), as each one did while napari was still starting."""
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not found: run scripts/setup.sh, which installs them")
-    server = Display(visible=False, size=SCREEN, color_depth=24, extra_args=["-nolisten", "tcp", "-noreset"])
-    server.start()
-    yield server.new_display_var
-    server.stop()
+def x_display(x_server):
+    return x_server(SCREEN)
 
 
 def screenshot(display: str) -> np.ndarray:

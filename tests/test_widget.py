@@ -7,6 +7,7 @@ import pytest
 from vispy.util import keys
 
 import rwth_sam
+from rwth_sam.core.errors import InputError
 from rwth_sam.ui.widget import SamWidget
 
 from conftest import SAM2_TINY_256, random_model
@@ -571,3 +572,22 @@ def test_a_box_segments_a_region_around_it_at_native_resolution(viewer, checkpoi
     np.testing.assert_allclose(box, (400 - col0, 300 - row0, 440 - col0, 330 - row0), atol=0.05)
     masks, _, _ = upstream_predict(upstream, box=box, multimask_output=False)
     np.testing.assert_array_equal(widget.preview_mask(plane), masks[0])
+
+
+def test_messages_that_matter_are_kept_on_top_until_dismissed(viewer, checkpoint):
+    widget = dock(viewer, checkpoint)
+    messages = widget.messages
+    widget.report_error(InputError("Slice 3 is outside the range."))
+    widget.keep("Propagation done: 13 slices (100 voxels).")
+    assert messages.kept == ["Propagation done: 13 slices (100 voxels).", "Slice 3 is outside the range."]
+    assert widget.status.native.isHidden(), "said and kept: shown once, in the kept row"
+    widget.say("Preview: 120 pixels, score 0.91")
+    assert not widget.status.native.isHidden() and messages.kept[1] == "Slice 3 is outside the range."
+    assert not messages.dismiss_all.native.isHidden()
+    widget.keep("Slice 3 is outside the range.")
+    assert messages.kept == ["Slice 3 is outside the range.", "Propagation done: 13 slices (100 voxels)."]
+    messages.rows[1][1].clicked.emit()  # its ×
+    assert messages.kept == ["Slice 3 is outside the range."] and messages.dismiss_all.native.isHidden()
+    widget.keep("Saved 'labels' to labels.tif.")
+    messages.dismiss_all.clicked.emit()
+    assert messages.kept == []
