@@ -26,6 +26,7 @@ from napari.utils import progress
 from psygnal import Signal as EventedSignal
 from qtpy.QtCore import QTimer
 
+from rwth_sam.core.models.device import release_freed_memory
 from rwth_sam.ui.reporting import as_user_error
 
 PREDICT = "predict"
@@ -189,6 +190,7 @@ class LatestJobRunner:
         self._bar = None
         self._close_bar = QTimer(singleShot=True, interval=IDLE_BEFORE_CLOSING_MS)
         self._close_bar.timeout.connect(self._on_idle)
+        self._close_bar.timeout.connect(release_freed_memory)  # idle a moment: nothing waits on it
 
     @property
     def busy(self) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import warnings
 
 import torch
@@ -58,3 +60,18 @@ def leave_a_core_free() -> int:
     if cores > 1 and torch.get_num_threads() >= cores:
         torch.set_num_threads(cores - 1)
     return torch.get_num_threads()
+
+
+def release_freed_memory() -> bool:
+    """Hand memory that the model's worker threads freed back to the system (Linux, glibc).
+
+    glibc keeps what a thread frees in that thread's arena: after a 3D run of 2048² slices, resident
+    memory stayed about 0.5 GB above what was in use. ``malloc_trim`` returns it (as dask's workers
+    do); elsewhere this does nothing. Returns whether memory was trimmed.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc (musl)
+        return False
