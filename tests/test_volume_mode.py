@@ -219,6 +219,7 @@ def test_flagged_slices_are_listed_and_shown_in_turn(viewer, qtbot, oracle_check
     wait_idle(qtbot, widget)
     assert [flag[:2] for flag in panel.session.flags] == [(9, 1)]
     assert "slice 9" in panel.flags_label.value and panel.next_flag.enabled
+    assert widget.messages.kept[0].endswith("To check: slice 9."), "kept at the top until dismissed"
     viewer.dims.set_point(0, 12 * 3.0)
     panel.next_flag.clicked.emit()  # after the last flagged slice: back to the first
     assert round(viewer.dims.point[0] / 3.0) == 9

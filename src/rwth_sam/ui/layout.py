@@ -83,4 +83,5 @@ def compact_layout(container: Container) -> None:
             compact_layout(widget)
         elif isinstance(widget, Label):
             widget.native.setWordWrap(True)
+            widget.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
             widget.native.setMinimumHeight(3 * widget.native.fontMetrics().lineSpacing())

@@ -80,8 +80,8 @@ class VolumePanel(Container):
             [
                 side_by_side(self.set_start, self.set_end), self.range_label, self.add_box, self.objects_label,
                 Container(widgets=[self.object_choice], labels=True), self.segment_middle,
-                side_by_side(self.refine, self.edit), self.full, self.correct, self.run.row, self.flags_label,
-                self.next_flag,
+                side_by_side(self.refine, self.edit), self.full, self.correct, self.flags_label, self.next_flag,
+                self.run.row,
             ]
         )  # fmt: skip
         actions = [
@@ -373,7 +373,8 @@ class VolumePanel(Container):
             context.show_preview(None, None)  # the result is in the labels layer now
             for obj in self.session.objects:
                 context.record_class(labels, obj.value, context.profile_class(obj.name))
-            context.keep(run_summary(result, voxels, applied.edited))
+            to_check = describe_flags(self.session.flags)
+            context.keep(run_summary(result, voxels, applied.edited) + (f" {to_check}." if to_check else ""))
 
         write_in_worker(
             self.run, labels, write, written, "Writing the propagation", len(result.finished),
