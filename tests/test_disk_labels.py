@@ -121,9 +121,34 @@ def test_labels_on_disk_too_large_for_memory_are_not_read_for_a_whole_array_form
     stored = create_disk_labels(tmp_path / "big.zarr", (12, 40, 30), {})
     counting = CountingVolume(stored)
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": 100_000})())
-    with pytest.raises(LabelsNotSaved, match=r"written whole from memory .* save them as \.tif"):
-        write_labels(str(tmp_path / "big.nii.gz"), counting, {"name": "big", "scale": (1, 1, 1), "translate": (0,) * 3})
-    assert not counting.keys and not (tmp_path / "big.nii.gz").exists()
+    with pytest.raises(LabelsNotSaved, match=r"written whole from memory .* save them as \.tif or \.nii\.gz"):
+        write_labels(str(tmp_path / "big.nrrd"), counting, {"name": "big", "scale": (1, 1, 1), "translate": (0,) * 3})
+    assert not counting.keys and not (tmp_path / "big.nrrd").exists()
+
+
+def test_labels_on_disk_are_saved_as_nifti_slab_by_slab(tmp_path, monkeypatch):
+    import psutil
+    import SimpleITK as sitk
+
+    import rwth_sam.ui.volume_files as volume_files
+    from rwth_sam.ui.volume_files import write_labels
+
+    stored = create_disk_labels(tmp_path / "big.zarr", (12, 40, 30), {})
+    stored[3, 5:9, 2:4] = 300
+    stored[10, 0, 0] = 2
+    counting = CountingVolume(stored)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": 100_000})())
+    monkeypatch.setattr(volume_files, "MAX_SLAB", 6 * 40 * 30)  # two slabs of six slices
+    steps = []
+    meta = {"name": "big", "scale": (2.0, 0.5, 0.5), "translate": (10.0, 0.0, 0.0)}
+    written = write_labels(str(tmp_path / "big.nii.gz"), counting, meta, lambda *step: steps.append(step))
+    assert written == [str(tmp_path / "big.nii.gz")] and steps == [(0, 12), (6, 12), (12, 12)]
+    assert counting.keys[1:] == [(slice(0, 6),), (slice(6, 12),)], "after the scan for label values: two slabs"
+    saved = sitk.ReadImage(str(tmp_path / "big.nii.gz"))
+    assert saved.GetPixelID() == sitk.sitkUInt16, "the smallest type that holds label 300"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(saved), stored[...])
+    np.testing.assert_allclose(saved.GetSpacing(), (0.5, 0.5, 2.0))
+    np.testing.assert_allclose(saved.GetOrigin(), (0.0, 0.0, 10.0))
 
 
 @pytest.mark.gui

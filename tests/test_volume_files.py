@@ -28,7 +28,7 @@ import SimpleITK as sitk
 from rwth_sam.core.errors import InputError
 from rwth_sam.core.files.geometry import SourceGeometry
 from rwth_sam.core.files.hdf5 import read_hdf5
-from rwth_sam.core.files.medical import labels_dtype, read_volume, write_image
+from rwth_sam.core.files.medical import labels_dtype, read_volume, write_image, write_nifti_in_slabs
 from rwth_sam.core.files.segmentations import (
     class_table_path,
     looks_like_labels,
@@ -260,6 +260,30 @@ def test_reorientation_matches_simpleitk_dicomorient_for_every_axis_aligned_dire
         shown = geometry.to_display(array)
         np.testing.assert_array_equal(geometry.to_source(shown), array, err_msg=where)
         assert SourceGeometry.from_metadata({"rwth_sam_source": geometry.to_metadata()}) == geometry
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_nifti_written_slab_by_slab_is_the_file_simpleitk_writes_for_every_axis_aligned_direction(tmp_path, suffix):
+    """Labels that need not fit in memory are streamed into NIfTI; ITK reads back what it reads of its own
+    file of the same labels: voxels on the source grid, spacing, origin and direction."""
+    labels = (index_coded() % 251).astype(np.uint8)
+    for number, direction in enumerate(signed_permutations()):
+        geometry = SourceGeometry.from_grid(SIZE, SPACING, (3.0, -4.0, 5.0), direction.ravel())
+        shown = geometry.to_display(labels)
+        where = f"direction {direction.tolist()}"
+        ours, theirs = tmp_path / f"ours{number}{suffix}", tmp_path / f"theirs{number}{suffix}"
+        steps = []
+        one_slice = SIZE[0] * SIZE[1]
+        write_nifti_in_slabs(ours, shown, geometry, np.uint8, one_slice, lambda *step: steps.append(step))
+        write_image(theirs, np.ascontiguousarray(shown), geometry)
+        assert steps == [(k, SIZE[2]) for k in range(SIZE[2])] + [(SIZE[2], SIZE[2])], where
+        mine, reference = sitk.ReadImage(str(ours)), sitk.ReadImage(str(theirs))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(mine), labels, err_msg=where)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(reference), labels, err_msg=where)
+        for read in ("GetSpacing", "GetOrigin", "GetDirection"):
+            np.testing.assert_allclose(getattr(mine, read)(), getattr(reference, read)(), atol=1e-6, err_msg=where)
+        np.testing.assert_allclose(nib.load(ours).affine, nib.load(theirs).affine, atol=1e-6, err_msg=where)
+    assert not list(tmp_path.glob(".*partial*")), "no partial file is left behind"
 
 
 def test_2d_image_is_shown_at_its_physical_position(tmp_path):

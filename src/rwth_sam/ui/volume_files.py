@@ -31,6 +31,7 @@ from rwth_sam.core.files.medical import (
     labels_dtype,
     read_volume,
     write_image,
+    write_nifti_in_slabs,
 )
 from rwth_sam.core.files.segmentations import (
     SEGMENTATION_SUFFIX,
@@ -40,7 +41,7 @@ from rwth_sam.core.files.segmentations import (
     write_class_table,
     write_segmentation,
 )
-from rwth_sam.core.labels.disk_labels import disk_labels_layer, label_values, slabs
+from rwth_sam.core.labels.disk_labels import MAX_SLAB, disk_labels_layer, label_values, slabs
 from rwth_sam.core.labels.profiles import Profile, SegmentationClass
 from rwth_sam.ui.reader import NO_LAYERS, add_profile
 from rwth_sam.ui.reporting import as_user_error, show_user_error
@@ -48,7 +49,8 @@ from rwth_sam.ui.reporting import as_user_error, show_user_error
 Step = Callable[[int, int], None]  # step(done, total)
 
 DICOM_PROBE = 32  # a folder is offered as DICOM when one of its first files is
-LABELS_SUFFIXES = (".nii.gz", ".nii", SEGMENTATION_SUFFIX, ".nrrd", ".mha", ".tif", ".tiff")  # as in napari.yaml
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+LABELS_SUFFIXES = (*NIFTI_SUFFIXES, SEGMENTATION_SUFFIX, ".nrrd", ".mha", ".tif", ".tiff")  # as in napari.yaml
 LABELS_FILE_FILTER = ";;".join(
     [f"Labels ({' '.join('*' + suffix for suffix in LABELS_SUFFIXES)})", "3D Slicer segmentation (*.seg.nrrd)"]
 )
@@ -121,8 +123,9 @@ class LabelsNotSaved(RwthSamError):
 
 def write_labels(path: str, data, meta: dict, step: Step | None = None) -> list[str]:
     """Write a labels layer: NIfTI, NRRD, MetaImage or 3D Slicer segmentation on its image's source grid, or
-    TIFF; a class table goes beside the formats that cannot hold class names. ``step(done, total)`` follows
-    the slices of a TIFF (the other formats are written whole, at once)."""
+    TIFF; a class table goes beside the formats that cannot hold class names. TIFF, and NIfTI of labels on
+    disk, are written slab by slab, ``step(done, total)`` following their slices (the other formats are
+    written whole, at once)."""
     path = Path(path)
     try:
         return _write_labels(path, data, meta, step)
@@ -132,8 +135,9 @@ def write_labels(path: str, data, meta: dict, step: Step | None = None) -> list[
 
 def _write_labels(path: Path, data, meta: dict, step: Step | None) -> list[str]:
     suffix = file_suffix(path)
-    if suffix in (".tif", ".tiff"):  # slab by slab: labels on disk need not fit in memory
-        shown = data
+    in_slabs = suffix in (".tif", ".tiff") or (suffix in NIFTI_SUFFIXES and data.ndim == 3)
+    if in_slabs or isinstance(data, np.ndarray):
+        shown = data  # TIFF and NIfTI of labels on disk are written slab by slab: they need not fit in memory
     else:  # SimpleITK writes a whole array
         _check_fits_in_memory(data, path)
         shown = np.asarray(data)
@@ -156,6 +160,8 @@ def _write_labels(path: Path, data, meta: dict, step: Step | None) -> list[str]:
     dtype = labels_dtype(max((item.value for item in profile.classes), default=0))
     if suffix in (".tif", ".tiff"):
         _write_tiff(path, shown, dtype, step)
+    elif suffix in NIFTI_SUFFIXES and not isinstance(shown, np.ndarray):
+        write_nifti_in_slabs(path, shown, geometry, dtype, MAX_SLAB, step)
     else:
         write_image(path, shown.astype(dtype, copy=False), geometry)
     if any(item.name != _unnamed(item.value) for item in profile.classes):
@@ -213,7 +219,7 @@ def _check_fits_in_memory(data, path: Path) -> None:
     if needed > available / 2:
         raise LabelsNotSaved(
             f"The labels are {needed / 2**30 / 2:.1f} GB and {file_suffix(path)} is written whole from memory "
-            f"({available / 2**30:.1f} GB free): save them as .tif, which is written slab by slab. "
+            f"({available / 2**30:.1f} GB free): save them as .tif or .nii.gz, which are written slab by slab. "
             "They are on disk already, in their .zarr folder."
         )
 

@@ -130,6 +130,30 @@ class SourceGeometry:
         flips = tuple(slice(None, None, -1) if flipped else slice(None) for flipped in self.display_flips)
         return shown_array[flips].transpose(np.argsort(self.display_axes))
 
+    def source_slabs(self, shown_array, depth: int):
+        """``to_source(shown_array)`` slab by slab along the source's slowest axis (numpy axis 0, ITK's z):
+        (start, stop, slab) for source slices ``start:stop``, each reading only its own part of the shown
+        array (which may be on disk)."""
+        axis = self.display_axes.index(0)  # the shown axis the source's slowest axis is shown along
+        count = self.source_shape[0]
+        flips = tuple(slice(None, None, -1) if flipped else slice(None) for flipped in self.display_flips)
+        order = np.argsort(self.display_axes)
+        for start in range(0, count, depth):
+            stop = min(count, start + depth)
+            low, high = (count - stop, count - start) if self.display_flips[axis] else (start, stop)
+            part = np.asarray(shown_array[(slice(None),) * axis + (slice(low, high),)])
+            yield start, stop, part[flips].transpose(order)
+
+    def nifti_affine(self) -> np.ndarray:
+        """The source grid's voxel-to-world matrix as NIfTI stores it (RAS), from ITK's LPS one (as ITK
+        writes it)."""
+        if self.ndim != 3:
+            raise ValueError(f"a NIfTI affine here is of a 3D grid, not {self.ndim}D")
+        affine = np.eye(4)
+        affine[:3, :3] = self.direction_matrix * np.asarray(self.spacing)
+        affine[:3, 3] = self.origin
+        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+
     def describe(self) -> str:
         """One line for the layer's metadata: how the shown array relates to the file."""
         if not self.reoriented:

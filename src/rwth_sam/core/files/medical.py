@@ -18,6 +18,7 @@ from pathlib import Path
 import nibabel
 import numpy as np
 import SimpleITK as sitk
+from nibabel.openers import Opener
 
 from rwth_sam.core.errors import InputError
 from rwth_sam.core.files.geometry import SourceGeometry
@@ -167,6 +168,42 @@ def write_image(path: str | os.PathLike, shown: np.ndarray, geometry: SourceGeom
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def write_nifti_in_slabs(
+    path: str | os.PathLike, shown, geometry: SourceGeometry, dtype, max_voxels: int, step=None
+) -> None:
+    """Write a shown 3D array (labels that need not fit in memory, e.g. on disk) as NIfTI on ``geometry``'s
+    source grid: the header, then the voxels a slab of at most ``max_voxels`` at a time, atomically.
+    ``step(done, total)`` follows the source slices written. (SimpleITK writes only whole arrays.)"""
+    path = Path(path)
+    suffix = file_suffix(path)
+    if suffix not in (".nii", ".nii.gz") or geometry.ndim != 3:
+        raise InputError(f"Only 3D NIfTI (.nii, .nii.gz) is written slab by slab, not {suffix} of {geometry.ndim}D.")
+    header = nibabel.Nifti1Header()
+    header.set_data_shape(geometry.size)  # ITK's (x, y, z) is NIfTI's
+    header.set_data_dtype(dtype)
+    affine = geometry.nifti_affine()
+    header.set_qform(affine, code=1)  # scanner coordinates, in both forms, as ITK writes them
+    header.set_sform(affine, code=1)
+    header.set_xyzt_units("mm")
+    header.set_slope_inter(1.0, 0.0)
+    header.set_data_offset(352)  # the header and the (empty) extension flag of a single .nii file
+    slices = geometry.source_shape[0]
+    depth = max(1, max_voxels // max(1, int(np.prod(geometry.source_shape[1:]))))
+    partial = path.with_name(f".{path.name[: -len(suffix)]}.partial{suffix}")  # .gz: the opener compresses
+    try:
+        with Opener(partial, "wb") as file:
+            header.write_to(file)
+            for start, stop, slab in geometry.source_slabs(shown, depth):
+                if step is not None:
+                    step(start, slices)
+                file.write(np.ascontiguousarray(slab, dtype=dtype).tobytes())  # C order: x fastest, as NIfTI
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    if step is not None:
+        step(slices, slices)
 
 
 def labels_dtype(maximum: int) -> np.dtype:
