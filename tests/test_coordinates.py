@@ -327,3 +327,16 @@ def test_the_square_around_a_box_keeps_its_side_at_the_slice_edges():
     assert corner.region == (344, 600, 0, 256), "moved inside the slice, still square"
     large = plane.square_around((100, 100, 500, 300), margin=2.0, least=256)
     assert large.region is None, "twice a 400-px box is more than the slice: the whole slice"
+
+
+def test_an_upright_plane_is_the_same_slice_and_region_with_x_and_y_swapped():
+    volume = np.arange(4 * 5 * 6).reshape(4, 5, 6)
+    shown = SlicePlane((4, 5, 6), row_axis=2, col_axis=1, axis=0, index=2, region=(1, 4, 0, 3))  # rows along axis 2
+    upright = shown.upright
+    assert (upright.row_axis, upright.col_axis, upright.region) == (1, 2, (0, 3, 1, 4))
+    np.testing.assert_array_equal(np.asarray(upright.take(volume)), np.asarray(shown.take(volume)).T)
+    assert upright.upright is upright
+    box = (0.5, 1.0, 2.5, 2.0)  # (x0, y0, x1, y1) as shown
+    np.testing.assert_array_equal(shown.xy_in(upright, box), (1.0, 0.5, 2.0, 2.5))
+    np.testing.assert_array_equal(shown.xy_in(upright, [(1, 2), (3, 0)]), [(2, 1), (0, 3)])
+    np.testing.assert_array_equal(upright.xy_in(upright, box), box)

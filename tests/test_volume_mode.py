@@ -355,3 +355,40 @@ def test_a_propagation_in_a_region_around_the_first_box_segments_and_writes_that
     inside[3:14, row0:row1, col0:col1] = True
     assert dice(written[inside] == 5, truth[inside] == 5) >= 0.99, widget.status.value
     assert not written[~inside].any(), "nothing outside the region and the range"
+
+
+@pytest.mark.parametrize("model_sees", ["Whole slice", "Region around the box"])
+def test_a_transposed_view_propagates_what_the_upright_one_does(viewer, qtbot, checkpoint, model_sees):
+    """Rows along the higher axis (axis order (0, 2, 1)): the box, the middle slice and the propagation are
+    the upright view's, voxel for voxel (they were transposed, and refused for non-square slices)."""
+    rng = np.random.default_rng(3)
+    volume = rng.integers(0, 120, (9, 300, 340)).astype(np.uint8)
+    volume[:, 100:180, 60:150] = 230
+    image = viewer.add_image(volume)
+    widget = dock(viewer, checkpoint)
+    widget.model_sees.value = model_sees
+    widget.mode.value = VOLUME_MODE
+    panel = widget.volume
+    results = []
+    for order in ((0, 1, 2), (0, 2, 1)):
+        labels = widget.create_labels_layer()
+        viewer.dims.order = order
+        for index, button in ((7, panel.set_end), (1, panel.set_start)):
+            viewer.dims.set_point(0, float(index))
+            button.clicked.emit()
+        corners = [image.data_to_world(np.array([4.0, 95, 55])), image.data_to_world(np.array([4.0, 185, 155]))]
+        middle_drag(viewer, *corners, keys.SHIFT)
+        panel.add_box.clicked.emit()
+        assert len(panel.session.objects) == 1, widget.status.value
+        panel.segment_middle.clicked.emit()
+        wait_idle(qtbot, widget)
+        panel.full.clicked.emit()
+        wait_idle(qtbot, widget, timeout=120_000)
+        assert "Propagation done: 7 slices" in widget.status.value, widget.status.value
+        results.append((panel.session.objects[0].box, panel.session.region, np.array(labels.data)))
+        panel.session.reset()
+    (box, region, upright), (box_t, region_t, transposed) = results
+    np.testing.assert_allclose(box_t, box)
+    assert region_t == region and (region is None) == (model_sees == "Whole slice")
+    assert upright[1:8].any() and not upright[[0, 8]].any()
+    np.testing.assert_array_equal(transposed, upright)

@@ -133,6 +133,23 @@ class SlicePlane:
         return replace(self, region=None)
 
     @property
+    def upright(self) -> SlicePlane:
+        """This slice (or region) with its rows along the lower array axis, as ``SlicePlane.of`` and a 3D
+        session hold it, however the viewer's axis order shows it."""
+        if not self._transposed:
+            return self
+        region = None if self.region is None else (*self.region[2:], *self.region[:2])
+        return replace(self, row_axis=self.col_axis, col_axis=self.row_axis, region=region)
+
+    def xy_in(self, plane: SlicePlane, xy) -> np.ndarray:
+        """(x, y) coordinates (points (N, 2), or a box (x0, y0, x1, y1)) of this slice as ``plane``, the same
+        slice shown transposed or not, has them."""
+        xy = np.asarray(xy, dtype=np.float64)
+        if self._transposed == plane._transposed:
+            return xy
+        return xy.reshape(-1, 2)[:, ::-1].reshape(xy.shape)
+
+    @property
     def offset(self) -> tuple[int, int]:
         """(row, column) of the region's first pixel in the slice: (0, 0) for the whole slice."""
         return (0, 0) if self.region is None else (self.region[0], self.region[2])

@@ -121,8 +121,9 @@ class VolumePanel(Container):
         self.object_choice.value = obj.object_id
 
     def _current_plane(self) -> SlicePlane:
-        """The slice shown, or its region the session segments at native resolution."""
-        plane = self.context.plane_under(self.viewer.dims.point)[0]
+        """The slice shown, upright (as the session holds every slice), or its region the session segments
+        at native resolution."""
+        plane = self.context.plane_under(self.viewer.dims.point)[0].upright
         if plane.axis is None:
             raise InputError("3D propagation needs a volume; this image is 2D.")
         if self.session.region is not None and plane.axis == self.session.axis:
@@ -197,12 +198,9 @@ class VolumePanel(Container):
         try:
             plane = self._middle_plane()
             box, boxed = context.prompts.box, context.prompts.plane
-            if box is None or boxed is None or boxed.whole != plane.whole:
+            if box is None or boxed is None or boxed.upright.whole != plane.whole:
                 raise InputError("Draw a box on the middle slice first (Shift+middle drag).")
-            if boxed.region is not None and boxed.row_axis > boxed.col_axis:
-                raise InputError(
-                    "A region in 3D mode needs the slice shown with its axes in order: change the axis order."
-                )
+            box, boxed = boxed.xy_in(boxed.upright, box), boxed.upright
             labels = context.target_labels()
             value = context.submit_value(labels, taken=self.session.taken_values())
             segment_class = context.selected_class
@@ -247,12 +245,13 @@ class VolumePanel(Container):
         try:
             plane = self._middle_plane()
             refinement = session.refinement(self.object_choice.value)
-            if not prompts.points or prompts.plane != plane:
+            if not prompts.points or prompts.plane.upright != plane:
                 raise InputError("Click on the middle slice to refine (middle click: add, Ctrl+middle: remove).")
             request = context.model_request()
         except RwthSamError as error:
             return context.report_error(error)
-        points, labels, box = list(prompts.points), list(prompts.labels), refinement.object.box
+        points = [tuple(point) for point in prompts.plane.xy_in(plane, list(prompts.points))]
+        labels, box = list(prompts.labels), refinement.object.box
 
         def job():
             segmenter = context.segmenter_for(request)
