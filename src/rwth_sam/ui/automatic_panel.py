@@ -151,7 +151,7 @@ class AutomaticPanel(Container):
         plane, objects = result
         self._check_image(image, started)
         if objects is None:
-            self.context.keep("Automatic: cancelled, nothing was written.")
+            self.context.say("Automatic: cancelled, nothing was written.")
             return
         layer, note = self._result_for(image, started)
         new = np.zeros(plane.alone.shape, dtype=layer.data.dtype)
@@ -185,7 +185,7 @@ class AutomaticPanel(Container):
     def _on_volume_result(self, image, started, result) -> None:
         self._check_image(image, started)
         if not result.finished:
-            self.context.keep("Automatic: cancelled before the first slice finished, nothing was written.")
+            self.context.say("Automatic: cancelled before the first slice finished, nothing was written.")
             return
         layer, note = self._result_for(image, started)
         data, axis = layer.data, result.axis
