@@ -34,11 +34,21 @@ NAPARI_INTERNALS = {
     "Labels._undo_history": "what one submit stores for undo",
     "progress._all_instances": "the open progress bars (those napari's activity dock lists)",
     "viewer_model.get_preferred_reader": "a remembered reader choice, without writing the user's napari settings",
+    "Window._qt_window": "napari's main window, placed on the screen as a window manager would (screen_fit_driver)",
 }
 
 
 def qt_viewer(viewer):
     return viewer.window._qt_viewer
+
+
+def main_window(viewer):
+    return viewer.window._qt_window
+
+
+def canvas_widget(viewer):
+    """The Qt widget napari draws the canvas in."""
+    return qt_viewer(viewer).canvas.native
 
 
 def canvas_events(viewer):

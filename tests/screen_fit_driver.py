@@ -57,9 +57,11 @@ def check(out: Path) -> None:
     from rwth_sam.core.errors import InputError
     from rwth_sam.ui.widget import SamWidget
 
+    from napari_helpers import canvas_widget, main_window  # the napari internals, checked by their test
+
     viewer = napari.current_viewer()
     [widget] = [w for w in viewer.window.dock_widgets.values() if isinstance(w, SamWidget)]
-    window = viewer.window._qt_window
+    window = main_window(viewer)
     screen = QApplication.primaryScreen()
     window.setGeometry(screen.availableGeometry())  # maximised, as a window manager would
     settle(3)
@@ -79,7 +81,7 @@ def check(out: Path) -> None:
         controls = {name: rect(control) for name, control in run_controls(widget, key).items()}
         report["modes"][key] = {
             "window": {"x": frame.x(), "y": frame.y(), "width": frame.width(), "height": frame.height()},
-            "canvas": rect(viewer.window._qt_viewer.canvas.native),
+            "canvas": rect(canvas_widget(viewer)),
             "status": rect(widget.status),
             "error": rect(widget.messages.rows[0]),
             "controls": controls,

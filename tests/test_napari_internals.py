@@ -9,8 +9,10 @@ import pytest
 from napari_helpers import (
     NAPARI_INTERNALS,
     canvas_events,
+    canvas_widget,
     key_map_handler,
     last_undo_step,
+    main_window,
     open_progress_bars,
     qt_viewer,
 )
@@ -69,6 +71,13 @@ def _get_preferred_reader(viewer):
     )
 
 
+def _qt_window(viewer):
+    from qtpy.QtWidgets import QMainWindow, QWidget
+
+    assert isinstance(main_window(viewer), QMainWindow)
+    assert isinstance(canvas_widget(viewer), QWidget)
+
+
 CHECKS = {
     "Window._qt_viewer": _qt_viewer,
     "QtViewer.canvas._scene_canvas.events": _scene_canvas_events,
@@ -77,6 +86,7 @@ CHECKS = {
     "Labels._undo_history": _undo_history,
     "progress._all_instances": _all_instances,
     "viewer_model.get_preferred_reader": _get_preferred_reader,
+    "Window._qt_window": _qt_window,
 }
 
 
