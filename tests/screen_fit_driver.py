@@ -50,6 +50,30 @@ def run_controls(widget, mode: str) -> dict:
     return {"segment middle slice": panel.segment_middle, "full segmentation": panel.full, "cancel": panel.cancel}
 
 
+def while_running(widget, mode: str) -> dict:
+    """A run started with the dock scrolled to its top and more messages kept: its progress bar and *Cancel*
+    come into view. (The run waits for *Cancel*: no model is needed.)"""
+    import time
+
+    panel = widget.automatic if mode == "automatic" else widget.volume
+    for number in range(3):
+        widget.keep(f"A result kept in {mode} mode, number {number + 1}.")
+    widget.controls_area.verticalScrollBar().setValue(0)
+    settle(1)
+
+    def job(step, should_stop):
+        step(1, 3)
+        while not should_stop():
+            time.sleep(0.05)
+
+    panel.run.start(job, lambda _: None, "Waiting for Cancel", 3)
+    settle(2)
+    seen = {"progress while running": rect(panel.run.progress), "cancel while running": rect(panel.cancel)}
+    panel.cancel.clicked.emit()
+    settle(1)
+    return seen
+
+
 def check(out: Path) -> None:
     import napari
     from qtpy.QtWidgets import QApplication
@@ -79,6 +103,8 @@ def check(out: Path) -> None:
         settle(2)
         frame = window.frameGeometry()
         controls = {name: rect(control) for name, control in run_controls(widget, key).items()}
+        if key != "click":
+            controls.update(while_running(widget, key))
         report["modes"][key] = {
             "window": {"x": frame.x(), "y": frame.y(), "width": frame.width(), "height": frame.height()},
             "canvas": rect(canvas_widget(viewer)),

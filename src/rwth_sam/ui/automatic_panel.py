@@ -82,7 +82,7 @@ class AutomaticPanel(Container):
         self.workload.tooltip = "What one slice costs with these settings; the time grows with the prompt points."
         self.run_slice = PushButton(text="Segment everything on this slice")
         self.run_volume = PushButton(text="Segment everything in the volume")
-        self.run = PanelRun(context.runner, AUTOMATIC, (self.run_slice, self.run_volume), context.say)
+        self.run = PanelRun(context.runner, AUTOMATIC, (self.run_slice, self.run_volume), context.say, context.reveal)
         self.cancel = self.run.cancel_button
         self.selected = Label(value="Left click an object of the result to select it")
         self.assign = PushButton(text="Assign selected object to class")

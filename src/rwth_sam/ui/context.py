@@ -51,6 +51,9 @@ class PanelContext(Protocol):
     def keep(self, message: str) -> None:
         """Show ``message`` and keep it at the top of the dock until the user dismisses it (what a run wrote)."""
 
+    def reveal(self, control) -> None:
+        """Scroll the dock so that ``control`` is in view (a run's progress and *Cancel* when it starts)."""
+
     def report_error(self, error: Exception) -> None:
         """Tell the user what went wrong (status line and a notification); nothing else changes."""
 

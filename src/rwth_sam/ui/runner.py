@@ -59,8 +59,12 @@ class PanelRun:
     activity dock, out of sight). *Cancel* is the run's ``quit()`` (said in the status line;
     ``cancel()`` is the quiet form, for the widget)."""
 
-    def __init__(self, runner: LatestJobRunner, kind: str, start_buttons, say: Callable[[str], None]):
+    def __init__(
+        self, runner: LatestJobRunner, kind: str, start_buttons, say: Callable[[str], None],
+        reveal: Callable[[Container], None] | None = None,
+    ):  # fmt: skip
         self._runner, self._kind, self._start_buttons, self._say = runner, kind, start_buttons, say
+        self._reveal = reveal  # scrolls the dock to the row when a run starts
         self.current: Run | None = None
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -85,6 +89,8 @@ class PanelRun:
         self.progress.max, self.progress.value = max(1, total), 0
         self.progress.tooltip = description
         self._show_running(True, cancellable)
+        if self._reveal is not None:
+            self._reveal(self.row)
         return run
 
     def cancel(self, *_) -> None:

@@ -71,7 +71,7 @@ class VolumePanel(Container):
         self.run = PanelRun(
             context.runner, PROPAGATE,
             (self.set_start, self.set_end, self.add_box, self.segment_middle, self.full, self.correct),
-            context.say,
+            context.say, context.reveal,
         )  # fmt: skip
         self.cancel = self.run.cancel_button
         self.flags_label = Label(value="")

@@ -818,12 +818,17 @@ class SamWidget(Container):
         self.clear_button.visible = mode != AUTOMATIC_MODE
         run_controls = {CLICK_MODE: self.click_buttons, AUTOMATIC_MODE: self.automatic.run.row}
         shown = run_controls.get(mode, self.volume.run.row)
-        QTimer.singleShot(0, lambda: self._scroll_to(shown))  # once the layout has the mode's controls
+        self.reveal(shown)
 
-    def _scroll_to(self, control) -> None:
-        """Bring a mode's run buttons and *Cancel* into view on a screen too small for the whole dock."""
-        if not self.closed:
-            self.controls_area.ensureWidgetVisible(control.native)
+    def reveal(self, control) -> None:
+        """Scroll the dock so that ``control`` (a mode's run buttons, a run's progress and *Cancel*) is in
+        view on a screen too small for the whole dock, once the layout has settled."""
+
+        def scroll() -> None:
+            if not self.closed:
+                self.controls_area.ensureWidgetVisible(control.native)
+
+        QTimer.singleShot(0, scroll)
 
     def profile_class(self, name: str):
         """The selected profile's class of that name, if any."""
