@@ -59,14 +59,11 @@ class VerticalScrollArea(QScrollArea):
         return super().eventFilter(watched, event)
 
 
-def collapsible(title: str, widgets: list[Widget], expanded: bool = False) -> QCollapsible:
-    """A group of labelled controls under a title the user clicks to show or hide them."""
+def collapsible(title: str, widgets: list[Widget]) -> QCollapsible:
+    """A group of labelled controls under a title the user clicks to show them, collapsed at first."""
     group = QCollapsible(title)
     group.addWidget(Container(labels=True, widgets=widgets).native)
-    if expanded:
-        group.expand(animate=False)
-    else:
-        group.collapse(animate=False)
+    group.collapse(animate=False)
     return group
 
 

@@ -24,9 +24,7 @@ class Messages(Container):
         super().__init__(labels=False)
         self.margins = (0, 0, 0, 0)
         self.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
-        self.status = Label(value=status)
-        self.status.native.setWordWrap(True)
-        self.status.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.status = _wrapped(status)
         self._kept = Container(labels=False)
         self._kept.margins = (0, 0, 0, 0)
         self._kept_area = VerticalScrollArea(self._kept.native, max_height=KEPT_AREA_HEIGHT)
@@ -56,9 +54,7 @@ class Messages(Container):
         for row in list(self._kept):
             if row[0].value == message:
                 self._kept.remove(row)
-        text = Label(value=message)
-        text.native.setWordWrap(True)
-        text.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        text = _wrapped(message)
         if error:
             text.native.setStyleSheet(ERROR_STYLE)
         dismiss = PushButton(text="×", tooltip="Dismiss this message")
@@ -84,3 +80,11 @@ class Messages(Container):
         # said and kept: shown once, in the kept row
         self.status.visible = not (len(self._kept) and self._kept[0][0].value == self.status.value)
         self.dismiss_all.visible = len(self._kept) > 1
+
+
+def _wrapped(text: str) -> Label:
+    """A message that wraps to the dock's width and never widens it."""
+    label = Label(value=text)
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    return label

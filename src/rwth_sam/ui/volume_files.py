@@ -135,8 +135,9 @@ def write_labels(path: str, data, meta: dict, step: Step | None = None) -> list[
 
 def _write_labels(path: Path, data, meta: dict, step: Step | None) -> list[str]:
     suffix = file_suffix(path)
-    in_slabs = suffix in (".tif", ".tiff") or (suffix in NIFTI_SUFFIXES and data.ndim == 3)
-    if in_slabs or isinstance(data, np.ndarray):
+    on_disk = not isinstance(data, np.ndarray)
+    nifti_in_slabs = on_disk and suffix in NIFTI_SUFFIXES and data.ndim == 3
+    if suffix in (".tif", ".tiff") or nifti_in_slabs or not on_disk:
         shown = data  # TIFF and NIfTI of labels on disk are written slab by slab: they need not fit in memory
     else:  # SimpleITK writes a whole array
         _check_fits_in_memory(data, path)
@@ -160,7 +161,7 @@ def _write_labels(path: Path, data, meta: dict, step: Step | None) -> list[str]:
     dtype = labels_dtype(max((item.value for item in profile.classes), default=0))
     if suffix in (".tif", ".tiff"):
         _write_tiff(path, shown, dtype, step)
-    elif suffix in NIFTI_SUFFIXES and not isinstance(shown, np.ndarray):
+    elif nifti_in_slabs:
         write_nifti_in_slabs(path, shown, geometry, dtype, MAX_SLAB, step)
     else:
         write_image(path, shown.astype(dtype, copy=False), geometry)

@@ -816,9 +816,9 @@ class SamWidget(Container):
         self.volume.visible = mode == VOLUME_MODE
         self.submit_button.visible = mode == CLICK_MODE
         self.clear_button.visible = mode != AUTOMATIC_MODE
-        run_controls = {CLICK_MODE: self.click_buttons, AUTOMATIC_MODE: self.automatic.run.row}
-        shown = run_controls.get(mode, self.volume.run.row)
-        self.reveal(shown)
+        run_controls = {CLICK_MODE: self.click_buttons, AUTOMATIC_MODE: self.automatic.run.row,
+                        VOLUME_MODE: self.volume.run.row}  # fmt: skip
+        self.reveal(run_controls[mode])
 
     def reveal(self, control) -> None:
         """Scroll the dock so that ``control`` (a mode's run buttons, a run's progress and *Cancel*) is in
